@@ -1,0 +1,418 @@
+//! The events themselves: one flat JSON object each, past tense, with `saga_id` and `user_id`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{DecodeError, EventKind, Krw, Rate, SagaId, Subject, Usd, UserId};
+
+/// Largest event body accepted, in bytes. Real events are a few hundred bytes; the cap keeps a
+/// hostile publisher from making every consumer parse megabytes.
+pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
+
+/// Longest human message carried in an event, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 500;
+
+/// A user's request to exchange KRW for USD. Published on `fx.exchange.requested.<user_id>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeRequested {
+    /// The saga's id, chosen by the requester; a retry must reuse it.
+    pub saga_id: SagaId,
+    /// Who exchanges; must equal the subject's user token.
+    pub user_id: UserId,
+    /// KRW to sell, whole won, positive.
+    pub krw_amount: Krw,
+    /// Slippage guard: fail rather than fill for less USD than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_usd_amount: Option<Usd>,
+}
+
+/// Why fx-krw refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// The request body could not be read (bad JSON, bad amount, missing field).
+    InvalidRequest,
+    /// The subject's user differs from the body's `user_id`.
+    UserMismatch,
+    /// No KRW account exists for the user (nothing was ever deposited).
+    UnknownUser,
+    /// Available KRW is less than the amount.
+    InsufficientFunds,
+    /// Below `FX_MIN_KRW`.
+    BelowMinimum,
+    /// Above `FX_MAX_KRW_PER_TX`.
+    AboveTransactionLimit,
+    /// Would take the user's day total above `FX_MAX_KRW_PER_USER_DAY`.
+    AboveDailyLimit,
+}
+
+/// fx-krw refused the request; the saga ends here with nothing moved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KrwRejected {
+    pub saga_id: SagaId,
+    pub user_id: UserId,
+    /// Machine-readable reason.
+    pub reason: RejectReason,
+    /// What went wrong and what to do, for a person.
+    pub message: String,
+}
+
+/// fx-krw moved the amount from the user's available to held KRW (TCC try).
+/// The amounts of the saga are these, not those of the first request seen on the stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KrwHeld {
+    pub saga_id: SagaId,
+    pub user_id: UserId,
+    pub krw_amount: Krw,
+    /// The request's slippage guard, so fx-trade decides from this event alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_usd_amount: Option<Usd>,
+    /// When an unpinned hold expires, in milliseconds since the Unix epoch.
+    pub hold_expires_at_ms: u64,
+}
+
+/// fx-krw debited the held KRW to the house (TCC confirm). Terminal for a completed saga.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KrwCommitted {
+    pub saga_id: SagaId,
+    pub user_id: UserId,
+    pub krw_amount: Krw,
+}
+
+/// Why a hold was released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseReason {
+    /// fx-trade said trade.failed.
+    TradeFailed,
+    /// fx-trade reversed the order (trade.cancelled).
+    TradeCancelled,
+    /// The hold saw no fill before `hold_expires_at_ms` plus the grace period.
+    Expired,
+}
+
+/// fx-krw gave the held KRW back to the user (TCC cancel).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KrwReleased {
+    pub saga_id: SagaId,
+    pub user_id: UserId,
+    pub krw_amount: Krw,
+    pub reason: ReleaseReason,
+}
+
+/// An operator deposited KRW. `saga_id` is the deposit's own id (an admin operation is a
+/// one-step saga), which makes the deposit idempotent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KrwDeposited {
+    pub saga_id: SagaId,
+    pub user_id: UserId,
+    pub krw_amount: Krw,
+    /// Who asked for the deposit (the admin identity), for the audit trail.
+    pub actor: String,
+}
+
+/// fx-trade bought `usd_amount` for `krw_amount` at `rate` (the pivot of the saga).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TradeFilled {
+    pub saga_id: SagaId,
+    pub user_id: UserId,
+    pub krw_amount: Krw,
+    pub usd_amount: Usd,
+    /// KRW per USD.
+    pub rate: Rate,
+}
+
+/// Why fx-trade did not fill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TradeFailReason {
+    /// The fill would give less than `min_usd_amount`.
+    RateMoved,
+    /// The venue is down or the circuit breaker is open.
+    VenueUnavailable,
+    /// The hold expires too soon to fill safely.
+    HoldExpiring,
+    /// fx-krw released the hold before fx-trade saw it (reordering).
+    HoldReleased,
+}
+
+/// fx-trade will not fill this saga.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TradeFailed {
+    pub saga_id: SagaId,
+    pub user_id: UserId,
+    pub reason: TradeFailReason,
+    pub message: String,
+}
+
+/// Why fx-trade reversed a fill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    /// fx-usd could not credit (usd.credit_failed).
+    CreditFailed,
+    /// fx-krw released the hold after the fill (expiry raced the fill).
+    HoldReleased,
+}
+
+/// fx-trade reversed a filled order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TradeCancelled {
+    pub saga_id: SagaId,
+    pub user_id: UserId,
+    pub krw_amount: Krw,
+    pub usd_amount: Usd,
+    pub reason: CancelReason,
+}
+
+/// fx-usd credited the user's USD account from the house float.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsdCredited {
+    pub saga_id: SagaId,
+    pub user_id: UserId,
+    pub usd_amount: Usd,
+}
+
+/// Why fx-usd did not credit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreditFailReason {
+    /// The user's USD account is frozen.
+    AccountFrozen,
+    /// The house float cannot cover the credit.
+    InsufficientLiquidity,
+    /// trade.cancelled arrived before trade.filled; the later fill is ignored.
+    OrderCancelled,
+}
+
+/// fx-usd will not credit this saga.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsdCreditFailed {
+    pub saga_id: SagaId,
+    pub user_id: UserId,
+    pub reason: CreditFailReason,
+    pub message: String,
+}
+
+/// fx-usd took a credit back after the order was reversed (always succeeds, even when frozen).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsdDebited {
+    pub saga_id: SagaId,
+    pub user_id: UserId,
+    pub usd_amount: Usd,
+}
+
+/// An operator deposited USD (a user's account, or the house float at start-up).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsdDeposited {
+    pub saga_id: SagaId,
+    pub user_id: UserId,
+    pub usd_amount: Usd,
+    pub actor: String,
+}
+
+/// Any event of the contract.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    ExchangeRequested(ExchangeRequested),
+    KrwHeld(KrwHeld),
+    KrwRejected(KrwRejected),
+    KrwCommitted(KrwCommitted),
+    KrwReleased(KrwReleased),
+    KrwDeposited(KrwDeposited),
+    TradeFilled(TradeFilled),
+    TradeFailed(TradeFailed),
+    TradeCancelled(TradeCancelled),
+    UsdCredited(UsdCredited),
+    UsdCreditFailed(UsdCreditFailed),
+    UsdDebited(UsdDebited),
+    UsdDeposited(UsdDeposited),
+}
+
+/// Applies `$body` to the inner struct of any variant, bound as `$e`.
+macro_rules! each {
+    ($self:expr, $e:ident => $body:expr) => {
+        match $self {
+            Event::ExchangeRequested($e) => $body,
+            Event::KrwHeld($e) => $body,
+            Event::KrwRejected($e) => $body,
+            Event::KrwCommitted($e) => $body,
+            Event::KrwReleased($e) => $body,
+            Event::KrwDeposited($e) => $body,
+            Event::TradeFilled($e) => $body,
+            Event::TradeFailed($e) => $body,
+            Event::TradeCancelled($e) => $body,
+            Event::UsdCredited($e) => $body,
+            Event::UsdCreditFailed($e) => $body,
+            Event::UsdDebited($e) => $body,
+            Event::UsdDeposited($e) => $body,
+        }
+    };
+}
+
+impl Event {
+    /// Which kind of event this is.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::ExchangeRequested(_) => EventKind::ExchangeRequested,
+            Event::KrwHeld(_) => EventKind::KrwHeld,
+            Event::KrwRejected(_) => EventKind::KrwRejected,
+            Event::KrwCommitted(_) => EventKind::KrwCommitted,
+            Event::KrwReleased(_) => EventKind::KrwReleased,
+            Event::KrwDeposited(_) => EventKind::KrwDeposited,
+            Event::TradeFilled(_) => EventKind::TradeFilled,
+            Event::TradeFailed(_) => EventKind::TradeFailed,
+            Event::TradeCancelled(_) => EventKind::TradeCancelled,
+            Event::UsdCredited(_) => EventKind::UsdCredited,
+            Event::UsdCreditFailed(_) => EventKind::UsdCreditFailed,
+            Event::UsdDebited(_) => EventKind::UsdDebited,
+            Event::UsdDeposited(_) => EventKind::UsdDeposited,
+        }
+    }
+
+    /// The saga this event belongs to.
+    pub fn saga_id(&self) -> SagaId {
+        each!(self, e => e.saga_id)
+    }
+
+    /// The user this event is about (the subject's last token).
+    pub fn user_id(&self) -> &UserId {
+        each!(self, e => &e.user_id)
+    }
+
+    /// `fx.<domain>.<event>.<user_id>`.
+    pub fn subject(&self) -> String {
+        self.kind().subject(self.user_id())
+    }
+
+    /// The deterministic event id `<saga_id>:<domain>.<event>` (the `Nats-Msg-Id`).
+    pub fn id(&self) -> String {
+        self.saga_id().event_id(self.kind())
+    }
+
+    /// The JSON body.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing these plain structs cannot fail: no maps with non-string keys, no I/O.
+        each!(self, e => serde_json::to_vec(e).expect("event serializes"))
+    }
+
+    /// Decodes and validates an event from its subject and body.
+    ///
+    /// Checks, in order: payload size, subject shape, JSON shape of the subject's kind (money as
+    /// strings, valid ids), that the body's `user_id` equals the subject's, and that amounts are
+    /// positive where zero is meaningless.
+    pub fn decode(subject: &str, payload: &[u8]) -> Result<Event, DecodeError> {
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(DecodeError::TooLarge {
+                bytes: payload.len(),
+                max_bytes: MAX_PAYLOAD_BYTES,
+            });
+        }
+        let parsed = Subject::parse(subject)?;
+        let kind = parsed.kind;
+        fn body<'a, T: Deserialize<'a>>(kind: EventKind, p: &'a [u8]) -> Result<T, DecodeError> {
+            serde_json::from_slice(p).map_err(|e| DecodeError::Body {
+                kind,
+                message: e.to_string(),
+            })
+        }
+        let event = match kind {
+            EventKind::ExchangeRequested => Event::ExchangeRequested(body(kind, payload)?),
+            EventKind::KrwHeld => Event::KrwHeld(body(kind, payload)?),
+            EventKind::KrwRejected => Event::KrwRejected(body(kind, payload)?),
+            EventKind::KrwCommitted => Event::KrwCommitted(body(kind, payload)?),
+            EventKind::KrwReleased => Event::KrwReleased(body(kind, payload)?),
+            EventKind::KrwDeposited => Event::KrwDeposited(body(kind, payload)?),
+            EventKind::TradeFilled => Event::TradeFilled(body(kind, payload)?),
+            EventKind::TradeFailed => Event::TradeFailed(body(kind, payload)?),
+            EventKind::TradeCancelled => Event::TradeCancelled(body(kind, payload)?),
+            EventKind::UsdCredited => Event::UsdCredited(body(kind, payload)?),
+            EventKind::UsdCreditFailed => Event::UsdCreditFailed(body(kind, payload)?),
+            EventKind::UsdDebited => Event::UsdDebited(body(kind, payload)?),
+            EventKind::UsdDeposited => Event::UsdDeposited(body(kind, payload)?),
+        };
+        if event.user_id() != &parsed.user {
+            return Err(DecodeError::UserMismatch {
+                subject_user: parsed.user.to_string(),
+                body_user: event.user_id().to_string(),
+            });
+        }
+        event.validate()?;
+        Ok(event)
+    }
+
+    /// Rules JSON shape cannot express: amounts that must be positive, bounded messages.
+    fn validate(&self) -> Result<(), DecodeError> {
+        let positive_krw = |field: &'static str, v: Krw| {
+            if v.is_positive() {
+                Ok(())
+            } else {
+                Err(DecodeError::Invalid {
+                    field,
+                    message: format!("{field} must be greater than zero"),
+                })
+            }
+        };
+        let positive_usd = |field: &'static str, v: Usd| {
+            if v.is_positive() {
+                Ok(())
+            } else {
+                Err(DecodeError::Invalid {
+                    field,
+                    message: format!("{field} must be greater than zero"),
+                })
+            }
+        };
+        let message = |m: &str| {
+            if m.chars().count() <= MAX_MESSAGE_CHARS {
+                Ok(())
+            } else {
+                Err(DecodeError::Invalid {
+                    field: "message",
+                    message: format!("message is longer than {MAX_MESSAGE_CHARS} characters"),
+                })
+            }
+        };
+        match self {
+            Event::ExchangeRequested(e) => {
+                positive_krw("krw_amount", e.krw_amount)?;
+                if let Some(m) = e.min_usd_amount {
+                    positive_usd("min_usd_amount", m)?;
+                }
+                Ok(())
+            }
+            Event::KrwHeld(e) => positive_krw("krw_amount", e.krw_amount),
+            Event::KrwCommitted(e) => positive_krw("krw_amount", e.krw_amount),
+            Event::KrwReleased(e) => positive_krw("krw_amount", e.krw_amount),
+            Event::KrwDeposited(e) => positive_krw("krw_amount", e.krw_amount),
+            Event::TradeFilled(e) => {
+                positive_krw("krw_amount", e.krw_amount)?;
+                positive_usd("usd_amount", e.usd_amount)
+            }
+            Event::TradeCancelled(e) => {
+                positive_krw("krw_amount", e.krw_amount)?;
+                positive_usd("usd_amount", e.usd_amount)
+            }
+            Event::UsdCredited(e) => positive_usd("usd_amount", e.usd_amount),
+            Event::UsdDebited(e) => positive_usd("usd_amount", e.usd_amount),
+            Event::UsdDeposited(e) => positive_usd("usd_amount", e.usd_amount),
+            Event::KrwRejected(e) => message(&e.message),
+            Event::TradeFailed(e) => message(&e.message),
+            Event::UsdCreditFailed(e) => message(&e.message),
+        }
+    }
+}
+
+/// From a request that failed to decode, the saga id and user to address a `krw.rejected` to.
+///
+/// A request whose subject names a valid user and whose body carries a valid `saga_id` deserves
+/// an answer on the user's own subject; anything less readable goes to the dead-letter stream.
+pub fn salvage_request_ids(subject: &str, payload: &[u8]) -> Option<(SagaId, UserId)> {
+    let parsed = Subject::parse(subject).ok()?;
+    if parsed.kind != EventKind::ExchangeRequested || payload.len() > MAX_PAYLOAD_BYTES {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let saga = SagaId::parse(value.get("saga_id")?.as_str()?).ok()?;
+    Some((saga, parsed.user))
+}

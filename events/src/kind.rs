@@ -1,0 +1,208 @@
+//! The catalog of event kinds and their subjects `fx.<domain>.<event>.<user_id>`.
+
+use std::fmt;
+
+use crate::{DecodeError, UserId};
+
+/// Every subject of the contract starts with this token.
+pub const SUBJECT_PREFIX: &str = "fx";
+
+/// Every kind of event on the `FX` stream. Past tense: each records something that happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EventKind {
+    /// A user asked to exchange KRW for USD (published by users and fxctl).
+    ExchangeRequested,
+    /// fx-krw placed a hold on the user's KRW (TCC try).
+    KrwHeld,
+    /// fx-krw refused the request: bad input, unknown user, funds, limits.
+    KrwRejected,
+    /// fx-krw turned the hold into a debit (TCC confirm).
+    KrwCommitted,
+    /// fx-krw gave the held KRW back (TCC cancel).
+    KrwReleased,
+    /// An operator deposited KRW into a user's account.
+    KrwDeposited,
+    /// fx-trade bought USD at the venue (the pivot).
+    TradeFilled,
+    /// fx-trade did not fill (and never will for this saga).
+    TradeFailed,
+    /// fx-trade reversed a filled order.
+    TradeCancelled,
+    /// fx-usd credited the user's USD account.
+    UsdCredited,
+    /// fx-usd did not credit (and never will for this saga).
+    UsdCreditFailed,
+    /// fx-usd took back a credit after the order was reversed.
+    UsdDebited,
+    /// An operator deposited USD into a user's account (or the house float).
+    UsdDeposited,
+}
+
+impl EventKind {
+    /// Every kind, in flow order.
+    pub const ALL: [EventKind; 13] = [
+        EventKind::ExchangeRequested,
+        EventKind::KrwHeld,
+        EventKind::KrwRejected,
+        EventKind::KrwCommitted,
+        EventKind::KrwReleased,
+        EventKind::KrwDeposited,
+        EventKind::TradeFilled,
+        EventKind::TradeFailed,
+        EventKind::TradeCancelled,
+        EventKind::UsdCredited,
+        EventKind::UsdCreditFailed,
+        EventKind::UsdDebited,
+        EventKind::UsdDeposited,
+    ];
+
+    /// The subject's domain token: `exchange`, `krw`, `trade` or `usd`.
+    pub fn domain(self) -> &'static str {
+        match self {
+            EventKind::ExchangeRequested => "exchange",
+            EventKind::KrwHeld
+            | EventKind::KrwRejected
+            | EventKind::KrwCommitted
+            | EventKind::KrwReleased
+            | EventKind::KrwDeposited => "krw",
+            EventKind::TradeFilled | EventKind::TradeFailed | EventKind::TradeCancelled => "trade",
+            EventKind::UsdCredited
+            | EventKind::UsdCreditFailed
+            | EventKind::UsdDebited
+            | EventKind::UsdDeposited => "usd",
+        }
+    }
+
+    /// The subject's event token.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::ExchangeRequested => "requested",
+            EventKind::KrwHeld => "held",
+            EventKind::KrwRejected => "rejected",
+            EventKind::KrwCommitted => "committed",
+            EventKind::KrwReleased => "released",
+            EventKind::KrwDeposited | EventKind::UsdDeposited => "deposited",
+            EventKind::TradeFilled => "filled",
+            EventKind::TradeFailed => "failed",
+            EventKind::TradeCancelled => "cancelled",
+            EventKind::UsdCredited => "credited",
+            EventKind::UsdCreditFailed => "credit_failed",
+            EventKind::UsdDebited => "debited",
+        }
+    }
+
+    /// `domain.event`, e.g. `krw.held`: the type name shown in the tracker and logs.
+    pub fn type_name(self) -> String {
+        format!("{}.{}", self.domain(), self.name())
+    }
+
+    /// The subject of this kind for one user: `fx.<domain>.<event>.<user_id>`.
+    pub fn subject(self, user: &UserId) -> String {
+        format!("{SUBJECT_PREFIX}.{}.{}.{user}", self.domain(), self.name())
+    }
+
+    /// The filter matching this kind for every user: `fx.<domain>.<event>.*`.
+    pub fn filter(self) -> String {
+        format!("{SUBJECT_PREFIX}.{}.{}.*", self.domain(), self.name())
+    }
+
+    /// Finds the kind for a `domain` and `event` token pair.
+    pub fn from_tokens(domain: &str, name: &str) -> Option<EventKind> {
+        EventKind::ALL
+            .into_iter()
+            .find(|k| k.domain() == domain && k.name() == name)
+    }
+
+    /// The kind named `domain.event`, e.g. `krw.held`.
+    pub fn from_type_name(type_name: &str) -> Option<EventKind> {
+        let (d, n) = type_name.split_once('.')?;
+        EventKind::from_tokens(d, n)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.domain(), self.name())
+    }
+}
+
+/// A parsed event subject.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subject {
+    /// Which event the subject names.
+    pub kind: EventKind,
+    /// The user token (the partition key).
+    pub user: UserId,
+}
+
+impl Subject {
+    /// Parses `fx.<domain>.<event>.<user_id>`.
+    pub fn parse(subject: &str) -> Result<Subject, DecodeError> {
+        let bad = |why: &str| DecodeError::Subject {
+            subject: subject.chars().take(200).collect(),
+            reason: why.to_owned(),
+        };
+        let mut tokens = subject.split('.');
+        let (Some(prefix), Some(domain), Some(name), Some(user), None) = (
+            tokens.next(),
+            tokens.next(),
+            tokens.next(),
+            tokens.next(),
+            tokens.next(),
+        ) else {
+            return Err(bad(
+                "expected four tokens fx.<domain>.<event>.<user_id>, e.g. fx.exchange.requested.alice",
+            ));
+        };
+        if prefix != SUBJECT_PREFIX {
+            return Err(bad("subjects of this system start with \"fx.\""));
+        }
+        let kind =
+            EventKind::from_tokens(domain, name).ok_or_else(|| DecodeError::UnknownEvent {
+                subject: subject.chars().take(200).collect(),
+            })?;
+        let user = UserId::parse(user).map_err(|e| bad(&e.to_string()))?;
+        Ok(Subject { kind, user })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_round_trip_for_every_kind() {
+        let alice = UserId::parse("alice").unwrap();
+        for kind in EventKind::ALL {
+            let s = kind.subject(&alice);
+            let parsed = Subject::parse(&s).unwrap();
+            assert_eq!(parsed.kind, kind);
+            assert_eq!(parsed.user, alice);
+            assert_eq!(EventKind::from_type_name(&kind.type_name()), Some(kind));
+        }
+        assert_eq!(
+            EventKind::UsdCreditFailed.subject(&alice),
+            "fx.usd.credit_failed.alice"
+        );
+    }
+
+    #[test]
+    fn bad_subjects_say_what_is_wrong() {
+        assert!(matches!(
+            Subject::parse("fx.krw.held"),
+            Err(DecodeError::Subject { .. })
+        ));
+        assert!(matches!(
+            Subject::parse("xx.krw.held.a"),
+            Err(DecodeError::Subject { .. })
+        ));
+        assert!(matches!(
+            Subject::parse("fx.krw.exploded.a"),
+            Err(DecodeError::UnknownEvent { .. })
+        ));
+        assert!(matches!(
+            Subject::parse("fx.krw.held.a.b"),
+            Err(DecodeError::Subject { .. })
+        ));
+    }
+}

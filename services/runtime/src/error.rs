@@ -1,0 +1,48 @@
+//! The runtime's one error type. Each variant says what the caller should do about it.
+
+/// Errors of the participant runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A setting is missing or malformed: fix the environment and restart.
+    #[error("configuration: {var}: {message}")]
+    Config { var: &'static str, message: String },
+    /// The broker could not be reached or refused us: check `NATS_URL` and credentials.
+    #[error("cannot connect to NATS at {url}: {message}")]
+    Connect { url: String, message: String },
+    /// A JetStream API call failed (stream, consumer, publish); usually transient.
+    #[error("JetStream {action}: {message}")]
+    JetStream {
+        action: &'static str,
+        message: String,
+    },
+    /// The local store failed; transient for a message (nak and retry), fatal at start-up.
+    #[error("store: {0}")]
+    Store(#[from] sled::Error),
+    /// Stored bytes did not decode: a bug or a corrupted store. Do not retry blindly.
+    #[error("stored record {key:?} does not decode: {message}")]
+    Corrupt { key: String, message: String },
+    /// A second journal entry for one (saga, operation): invariant 4 would break. A bug.
+    #[error("journal already has an entry {key:?}; an effect would happen twice")]
+    JournalConflict { key: String },
+    /// A handler refused to go on with a bad state; the transaction was rolled back.
+    #[error("handler aborted: {0}")]
+    Handler(String),
+    /// The HTTP server could not start (address in use, bad address).
+    #[error("http server on {addr}: {message}")]
+    Http { addr: String, message: String },
+    /// A test's fault hook asked the runtime to die here, as a crash would.
+    #[error("injected crash at {0:?}")]
+    Crashed(crate::FaultPoint),
+}
+
+impl RuntimeError {
+    pub(crate) fn js(action: &'static str, e: impl std::fmt::Display) -> RuntimeError {
+        RuntimeError::JetStream {
+            action,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Shorthand for runtime results.
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

@@ -1,0 +1,77 @@
+//! The contract between the runtime and a service: what it consumes and how it handles one
+//! event inside one store transaction.
+
+use std::future::Future;
+
+use events::{DecodeError, Event, EventKind};
+
+use crate::{Records, TxResult};
+
+/// What became of one consumed message. A closed set: the runtime knows exactly what to do
+/// with the broker for each (ack, dead-letter then term, or nak with a delay).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// State changed and/or events were emitted. Ack after the flush.
+    Applied,
+    /// Nothing to do: a duplicate, a late final word, an event this service ignores now.
+    /// Ack after the flush.
+    Ignored,
+    /// The message breaks the contract; copy it whole to `FX_DLQ` with this reason, then
+    /// terminate it. Nothing may have been written.
+    DeadLetter {
+        /// Stable snake_case code, e.g. `saga_id_conflict`.
+        reason: &'static str,
+        /// What was wrong, for a person.
+        message: String,
+    },
+    /// Not now: nak with this delay and handle it again later. Nothing may have been written.
+    RetryAfter {
+        /// Delay before redelivery, in ms.
+        delay_ms: u64,
+    },
+}
+
+/// A service of the choreography, run by [`crate::Runtime`].
+///
+/// `handle` must be deterministic in its inputs (the records, the event, `now_ms` and what
+/// `prepare` returned): it may run twice on a transaction conflict, and the deterministic
+/// simulation runs the same code.
+pub trait Participant: Send + Sync + 'static {
+    /// What `prepare` hands to `handle` (e.g. a venue quote); `()` for most services.
+    type Prepared: Send + Sync;
+
+    /// Short name: the durable consumer (`fx-<name>`), the DLQ subject token, the metric label.
+    fn name(&self) -> &'static str;
+
+    /// Event kinds this service consumes (its consumer's `filter_subjects`).
+    fn consumes(&self) -> &'static [EventKind];
+
+    /// Side-effecting work before the transaction (a venue call). Runs once per delivery.
+    fn prepare(&self, event: &Event, now_ms: u64) -> impl Future<Output = Self::Prepared> + Send;
+
+    /// Handles one decoded event: reads and writes records, journals, emits.
+    fn handle<R: Records>(
+        &self,
+        records: &R,
+        event: &Event,
+        prepared: &Self::Prepared,
+        now_ms: u64,
+    ) -> TxResult<Handled>;
+
+    /// Handles a message that did not decode. The default dead-letters it with the decode
+    /// error's reason; fx-krw overrides it to answer a readable but invalid request with
+    /// `krw.rejected`.
+    fn undecodable<R: Records>(
+        &self,
+        _records: &R,
+        _subject: &str,
+        _payload: &[u8],
+        error: &DecodeError,
+        _now_ms: u64,
+    ) -> TxResult<Handled> {
+        Ok(Handled::DeadLetter {
+            reason: error.reason(),
+            message: error.to_string(),
+        })
+    }
+}

@@ -1,0 +1,403 @@
+//! The service's sled store: per-saga and per-account state, the journal, the outbox and the
+//! inbox, written together in one transaction per handled event.
+//!
+//! Durability rule (DESIGN.md, "publish only what is durable"): nothing leaves the process until
+//! the sled write that produced it is flushed. `Store::flush` is the group-commit point: it reads
+//! the outbox tail under the write lock, flushes, and only then raises the watermark up to which
+//! the relay may publish. The caller acks consumed messages after the same flush.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use events::{Event, SagaId};
+use rust_decimal::Decimal;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, TransactionalTree,
+};
+use sled::Transactional;
+use tokio::sync::watch;
+
+use crate::{Result, RuntimeError};
+
+/// Result inside a store transaction; `?` works on sled errors and on `abort(..)`.
+pub type TxResult<T> = std::result::Result<T, ConflictableTransactionError<RuntimeError>>;
+
+/// Aborts the current transaction with `err` (it is rolled back and returned by `transact`).
+pub fn abort<T>(err: RuntimeError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(err))
+}
+
+/// One double-entry journal line: `amount` of `currency` leaves `debit` and enters `credit`.
+/// Keyed by `(saga_id, op)`, so a second entry for one operation is refused (invariant 4).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// The saga (or admin operation) this entry belongs to.
+    pub saga_id: SagaId,
+    /// The operation, e.g. `hold`, `commit`, `release`, `deposit`, `credit`, `debit`.
+    pub op: String,
+    /// `KRW` or `USD`.
+    pub currency: String,
+    /// The account the amount leaves, e.g. `user:alice:available` or `external`.
+    pub debit: String,
+    /// The account the amount enters.
+    pub credit: String,
+    /// Positive amount at the currency's scale.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    /// When it was written (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// Who asked for it, for admin operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+}
+
+impl JournalEntry {
+    /// The journal key: `<saga_id>:<op>`.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.saga_id, self.op)
+    }
+}
+
+/// An event waiting in the outbox for the relay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// `fx.<domain>.<event>.<user_id>`.
+    pub subject: String,
+    /// The deterministic event id (`Nats-Msg-Id`).
+    pub event_id: String,
+    /// The saga id (`Fx-Saga-Id`, and the trace id).
+    pub saga_id: SagaId,
+    /// The id of the event that caused this one (`Fx-Causation-Id`).
+    pub causation_id: String,
+    /// The JSON body, encoded once when the event was decided.
+    pub payload: String,
+    /// When it was appended (ms since the Unix epoch), for the oldest-entry-age metric.
+    pub created_at_ms: u64,
+}
+
+/// The store of one service.
+pub struct Store {
+    db: sled::Db,
+    state: sled::Tree,
+    journal: sled::Tree,
+    outbox: sled::Tree,
+    inbox: sled::Tree,
+    /// Serializes write transactions against the outbox-tail read in `flush`, so that every
+    /// outbox key at or below a published watermark belongs to a committed transaction.
+    write_lock: Mutex<()>,
+    /// Highest outbox key known to be flushed; the relay publishes up to it and no further.
+    watermark: watch::Sender<u64>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, and flushes once so that whatever survived a crash
+    /// is publishable.
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(|e| RuntimeError::Config {
+            var: "FX_DATA_DIR",
+            message: format!("cannot create {}: {e}", dir.display()),
+        })?;
+        let db = sled::Config::new()
+            .path(dir.join("sled"))
+            // Durability comes from our explicit flushes; the background flusher only bounds
+            // how much unflushed work a crash can discard.
+            .flush_every_ms(Some(1000))
+            .cache_capacity(64 * 1024 * 1024)
+            .open()?;
+        Store::from_db(db)
+    }
+
+    /// A store in a temporary directory that sled deletes on drop (tests).
+    pub fn temporary() -> Result<Store> {
+        Store::from_db(sled::Config::new().temporary(true).open()?)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Store> {
+        let store = Store {
+            state: db.open_tree("state")?,
+            journal: db.open_tree("journal")?,
+            outbox: db.open_tree("outbox")?,
+            inbox: db.open_tree("inbox")?,
+            db,
+            write_lock: Mutex::new(()),
+            watermark: watch::Sender::new(0),
+        };
+        store.db.flush()?;
+        let tail = store.outbox_tail()?;
+        store.watermark.send_replace(tail);
+        Ok(store)
+    }
+
+    /// Runs `f` as one atomic transaction over state, journal, outbox and inbox. `f` may run
+    /// more than once (on a conflict), so it must not have side effects outside `Tx`.
+    pub fn transact<T>(&self, f: impl Fn(&mut Tx<'_>) -> TxResult<T>) -> Result<T> {
+        let _guard = self.write_lock.lock().expect("write lock is never poisoned");
+        let result = (&self.state, &self.journal, &self.outbox, &self.inbox).transaction(
+            |(state, journal, outbox, inbox)| {
+                let mut tx = Tx {
+                    state,
+                    journal,
+                    outbox,
+                    inbox,
+                };
+                f(&mut tx)
+            },
+        );
+        match result {
+            Ok(v) => Ok(v),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(RuntimeError::Store(e)),
+        }
+    }
+
+    /// The group-commit point: makes every committed transaction durable, then lets the relay
+    /// publish the outbox entries they appended. Returns the new watermark.
+    pub async fn flush(&self) -> Result<u64> {
+        let tail = {
+            let _guard = self.write_lock.lock().expect("write lock is never poisoned");
+            self.outbox_tail()?
+        };
+        self.db.flush_async().await?;
+        self.watermark.send_if_modified(|w| {
+            if tail > *w {
+                *w = tail;
+                true
+            } else {
+                false
+            }
+        });
+        Ok(tail)
+    }
+
+    /// A receiver of the flushed-outbox watermark (the relay waits on it).
+    pub fn watermark(&self) -> watch::Receiver<u64> {
+        self.watermark.subscribe()
+    }
+
+    fn outbox_tail(&self) -> Result<u64> {
+        Ok(self
+            .outbox
+            .last()?
+            .map(|(k, _)| decode_outbox_key(&k))
+            .unwrap_or(0))
+    }
+
+    /// Up to `max` outbox entries with keys at or below `up_to`, oldest first.
+    pub fn outbox_batch(&self, up_to: u64, max: usize) -> Result<Vec<(u64, OutboxEntry)>> {
+        let mut out = Vec::new();
+        for item in self.outbox.range(..=up_to.to_be_bytes()).take(max) {
+            let (k, v) = item?;
+            let key = decode_outbox_key(&k);
+            out.push((key, decode(&format!("outbox/{key}"), &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Removes published entries. Not flushed: if the removal is lost in a crash, the entries
+    /// are published again with the same ids and deduplicated downstream.
+    pub fn outbox_remove(&self, keys: &[u64]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for k in keys {
+            batch.remove(&k.to_be_bytes());
+        }
+        self.outbox.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Entries waiting in the outbox, and the age in ms of the oldest (0 when empty).
+    pub fn outbox_stats(&self, now_ms: u64) -> Result<(usize, u64)> {
+        let depth = self.outbox.len();
+        let oldest = match self.outbox.first()? {
+            Some((k, v)) => {
+                let e: OutboxEntry = decode(&format!("outbox/{}", decode_outbox_key(&k)), &v)?;
+                now_ms.saturating_sub(e.created_at_ms)
+            }
+            None => 0,
+        };
+        Ok((depth, oldest))
+    }
+
+    /// Reads one state record outside a transaction (admin reads, audits).
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        self.state
+            .get(key.as_bytes())?
+            .map(|v| decode(key, &v))
+            .transpose()
+    }
+
+    /// Every state record whose key starts with `prefix`, in key order.
+    pub fn scan<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>> {
+        let mut out = Vec::new();
+        for item in self.state.scan_prefix(prefix.as_bytes()) {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let value = decode(&key, &v)?;
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    /// Every journal entry, in key order.
+    pub fn journal_entries(&self) -> Result<Vec<JournalEntry>> {
+        let mut out = Vec::new();
+        for item in self.journal.iter() {
+            let (k, v) = item?;
+            out.push(decode(&String::from_utf8_lossy(&k), &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Forgets consumed event ids seen before `before_ms`. Safe because each service's per-saga
+    /// state turns a replayed event into a no-op; the inbox is only the fast first line.
+    pub fn prune_inbox(&self, before_ms: u64) -> Result<usize> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in self.inbox.iter() {
+            let (k, v) = item?;
+            if read_u64(&v) < before_ms {
+                batch.remove(k);
+                n += 1;
+            }
+        }
+        self.inbox.apply_batch(batch)?;
+        Ok(n)
+    }
+
+    /// Number of remembered event ids.
+    pub fn inbox_len(&self) -> usize {
+        self.inbox.len()
+    }
+}
+
+/// What a service's event handling may read and write: the per-saga and per-account records,
+/// the journal and the outbox. Implemented by the sled transaction ([`Tx`]) and by the
+/// deterministic simulation's in-memory store, so both run the same service code.
+pub trait Records {
+    /// Reads a raw state record.
+    fn get_raw(&self, key: &str) -> TxResult<Option<Vec<u8>>>;
+    /// Writes a raw state record.
+    fn put_raw(&self, key: &str, value: Vec<u8>) -> TxResult<()>;
+    /// Deletes a state record (e.g. an expiry index entry).
+    fn remove(&self, key: &str) -> TxResult<()>;
+    /// Appends a journal entry; aborts with `JournalConflict` if (saga, op) already has one.
+    fn journal(&self, entry: &JournalEntry) -> TxResult<()>;
+    /// Appends an event to the outbox.
+    fn emit(&self, event: &Event, causation_id: &str, now_ms: u64) -> TxResult<()>;
+
+    /// Reads and decodes a state record.
+    fn get<T: DeserializeOwned>(&self, key: &str) -> TxResult<Option<T>>
+    where
+        Self: Sized,
+    {
+        match self.get_raw(key)? {
+            Some(v) => match decode(key, &v) {
+                Ok(t) => Ok(Some(t)),
+                Err(e) => abort(e),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// Encodes and writes a state record.
+    fn put<T: Serialize>(&self, key: &str, value: &T) -> TxResult<()>
+    where
+        Self: Sized,
+    {
+        self.put_raw(key, serde_json::to_vec(value).expect("state records serialize"))
+    }
+}
+
+/// Builds the outbox entry for an event (shared by the store and the simulation).
+pub fn outbox_entry(event: &Event, causation_id: &str, now_ms: u64) -> OutboxEntry {
+    OutboxEntry {
+        subject: event.subject(),
+        event_id: event.id(),
+        saga_id: event.saga_id(),
+        causation_id: causation_id.to_owned(),
+        payload: String::from_utf8(event.to_json()).expect("JSON is UTF-8"),
+        created_at_ms: now_ms,
+    }
+}
+
+/// The view of the store inside one transaction.
+pub struct Tx<'a> {
+    state: &'a TransactionalTree,
+    journal: &'a TransactionalTree,
+    outbox: &'a TransactionalTree,
+    inbox: &'a TransactionalTree,
+}
+
+impl Records for Tx<'_> {
+    fn get_raw(&self, key: &str) -> TxResult<Option<Vec<u8>>> {
+        Ok(self.state.get(key.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    fn put_raw(&self, key: &str, value: Vec<u8>) -> TxResult<()> {
+        self.state.insert(key.as_bytes(), value)?;
+        Ok(())
+    }
+
+    fn remove(&self, key: &str) -> TxResult<()> {
+        self.state.remove(key.as_bytes())?;
+        Ok(())
+    }
+
+    fn journal(&self, entry: &JournalEntry) -> TxResult<()> {
+        let key = entry.key();
+        if self.journal.get(key.as_bytes())?.is_some() {
+            return abort(RuntimeError::JournalConflict { key });
+        }
+        let bytes = serde_json::to_vec(entry).expect("journal entries serialize");
+        self.journal.insert(key.as_bytes(), bytes)?;
+        Ok(())
+    }
+
+    fn emit(&self, event: &Event, causation_id: &str, now_ms: u64) -> TxResult<()> {
+        let entry = outbox_entry(event, causation_id, now_ms);
+        // generate_id starts at 0; shift by one so that watermark 0 means "nothing flushed".
+        let key = self.outbox.generate_id()? + 1;
+        let bytes = serde_json::to_vec(&entry).expect("outbox entries serialize");
+        self.outbox.insert(&key.to_be_bytes(), bytes)?;
+        Ok(())
+    }
+}
+
+impl Tx<'_> {
+    /// True when an event with this id was already handled (and not yet pruned).
+    pub fn seen(&self, event_id: &str) -> TxResult<bool> {
+        Ok(self.inbox.get(event_id.as_bytes())?.is_some())
+    }
+
+    /// Records that the event was handled, at `now_ms` (for pruning).
+    pub fn mark_seen(&self, event_id: &str, now_ms: u64) -> TxResult<()> {
+        self.inbox
+            .insert(event_id.as_bytes(), &now_ms.to_be_bytes())?;
+        Ok(())
+    }
+}
+
+impl From<RuntimeError> for ConflictableTransactionError<RuntimeError> {
+    fn from(e: RuntimeError) -> Self {
+        ConflictableTransactionError::Abort(e)
+    }
+}
+
+fn decode_outbox_key(k: &[u8]) -> u64 {
+    read_u64(k)
+}
+
+fn read_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    let n = b.len().min(8);
+    a[8 - n..].copy_from_slice(&b[b.len() - n..]);
+    u64::from_be_bytes(a)
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| RuntimeError::Corrupt {
+        key: key.to_owned(),
+        message: e.to_string(),
+    })
+}

@@ -28,7 +28,9 @@ impl NatsConfig {
     pub fn from_env() -> Result<NatsConfig> {
         let urls = env_or("NATS_URL", Self::DEFAULT_URL);
         let user = std::env::var("NATS_USER").ok().filter(|s| !s.is_empty());
-        let password = std::env::var("NATS_PASSWORD").ok().filter(|s| !s.is_empty());
+        let password = std::env::var("NATS_PASSWORD")
+            .ok()
+            .filter(|s| !s.is_empty());
         let user_password = match (user, password) {
             (Some(u), Some(p)) => Some((u, p)),
             (None, None) => None,
@@ -184,10 +186,12 @@ where
     T::Err: std::fmt::Display,
 {
     match std::env::var(var) {
-        Ok(s) if !s.trim().is_empty() => s.trim().parse().map_err(|e: T::Err| RuntimeError::Config {
-            var,
-            message: format!("{s:?} is not valid: {e}"),
-        }),
+        Ok(s) if !s.trim().is_empty() => {
+            s.trim().parse().map_err(|e: T::Err| RuntimeError::Config {
+                var,
+                message: format!("{s:?} is not valid: {e}"),
+            })
+        }
         _ => Ok(default),
     }
 }

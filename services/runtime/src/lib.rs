@@ -4,15 +4,26 @@
 //!   per handled event and a group-commit flush that gates both acks and publishing.
 //! - [`Records`]: the read/write surface service code uses, implemented by the sled
 //!   transaction and by the deterministic simulation.
+//! - [`Participant`]: what a service implements; [`Runtime`] runs it: a durable pull consumer
+//!   with group commit, the relay (outbox to JetStream, pipelined), inbox pruning, and the
+//!   `/healthz` `/readyz` `/metrics` server.
+//! - [`broker`]: connecting with retry, provisioning `FX` and `FX_DLQ`, dead letters.
 
+pub mod broker;
 mod config;
 mod error;
 mod fault;
 mod participant;
+mod runtime;
 mod store;
+pub mod telemetry;
 
+pub use broker::{connect, provision, ProvisionReport, DLQ_STREAM, STREAM};
 pub use config::{env_or, env_parse, NatsConfig, RuntimeConfig, StreamSettings};
 pub use error::{Result, RuntimeError};
 pub use fault::{no_faults, FaultAction, FaultHook, FaultPoint};
 pub use participant::{Handled, Participant};
+pub use runtime::{
+    consumer_config, durable_name, publish_message, system_clock, traceparent, Clock, Runtime,
+};
 pub use store::{abort, outbox_entry, JournalEntry, OutboxEntry, Records, Store, Tx, TxResult};

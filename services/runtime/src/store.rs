@@ -13,9 +13,7 @@ use events::{Event, SagaId};
 use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sled::transaction::{
-    ConflictableTransactionError, TransactionError, TransactionalTree,
-};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 use tokio::sync::watch;
 
@@ -133,7 +131,10 @@ impl Store {
     /// Runs `f` as one atomic transaction over state, journal, outbox and inbox. `f` may run
     /// more than once (on a conflict), so it must not have side effects outside `Tx`.
     pub fn transact<T>(&self, f: impl Fn(&mut Tx<'_>) -> TxResult<T>) -> Result<T> {
-        let _guard = self.write_lock.lock().expect("write lock is never poisoned");
+        let _guard = self
+            .write_lock
+            .lock()
+            .expect("write lock is never poisoned");
         let result = (&self.state, &self.journal, &self.outbox, &self.inbox).transaction(
             |(state, journal, outbox, inbox)| {
                 let mut tx = Tx {
@@ -156,7 +157,10 @@ impl Store {
     /// publish the outbox entries they appended. Returns the new watermark.
     pub async fn flush(&self) -> Result<u64> {
         let tail = {
-            let _guard = self.write_lock.lock().expect("write lock is never poisoned");
+            let _guard = self
+                .write_lock
+                .lock()
+                .expect("write lock is never poisoned");
             self.outbox_tail()?
         };
         self.db.flush_async().await?;
@@ -305,7 +309,10 @@ pub trait Records {
     where
         Self: Sized,
     {
-        self.put_raw(key, serde_json::to_vec(value).expect("state records serialize"))
+        self.put_raw(
+            key,
+            serde_json::to_vec(value).expect("state records serialize"),
+        )
     }
 }
 
@@ -400,4 +407,84 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> 
         key: key.to_owned(),
         message: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use events::{EventKind, Krw, KrwCommitted, UserId};
+
+    fn committed(saga: SagaId) -> Event {
+        Event::KrwCommitted(KrwCommitted {
+            saga_id: saga,
+            user_id: UserId::parse("alice").unwrap(),
+            krw_amount: Krw::parse("100").unwrap(),
+        })
+    }
+
+    fn entry(saga: SagaId, op: &str) -> JournalEntry {
+        JournalEntry {
+            saga_id: saga,
+            op: op.into(),
+            currency: "KRW".into(),
+            debit: "user:alice:held".into(),
+            credit: "house".into(),
+            amount: Decimal::from(100),
+            at_ms: 1,
+            actor: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_relay_sees_an_outbox_entry_only_after_its_flush() {
+        let store = Store::temporary().unwrap();
+        let saga = SagaId::new_v7();
+        store
+            .transact(|tx| tx.emit(&committed(saga), "cause", 5))
+            .unwrap();
+        let wm = *store.watermark().borrow();
+        assert!(
+            store.outbox_batch(wm, 10).unwrap().is_empty(),
+            "unflushed entry is visible"
+        );
+        let wm = store.flush().await.unwrap();
+        let batch = store.outbox_batch(wm, 10).unwrap();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].1.event_id, saga.event_id(EventKind::KrwCommitted));
+        assert_eq!(batch[0].1.causation_id, "cause");
+        store.outbox_remove(&[batch[0].0]).unwrap();
+        assert_eq!(store.outbox_stats(10).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn a_second_journal_entry_for_one_operation_rolls_the_transaction_back() {
+        let store = Store::temporary().unwrap();
+        let saga = SagaId::new_v7();
+        store
+            .transact(|tx| tx.journal(&entry(saga, "commit")))
+            .unwrap();
+        let err = store
+            .transact(|tx| {
+                tx.put("touched", &true)?;
+                tx.journal(&entry(saga, "commit"))
+            })
+            .unwrap_err();
+        assert!(matches!(err, RuntimeError::JournalConflict { .. }), "{err}");
+        assert_eq!(
+            store.get::<bool>("touched").unwrap(),
+            None,
+            "not rolled back"
+        );
+        assert_eq!(store.journal_entries().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn pruning_forgets_only_old_event_ids() {
+        let store = Store::temporary().unwrap();
+        store.transact(|tx| tx.mark_seen("old", 10)).unwrap();
+        store.transact(|tx| tx.mark_seen("new", 1000)).unwrap();
+        assert_eq!(store.prune_inbox(500).unwrap(), 1);
+        assert!(!store.transact(|tx| tx.seen("old")).unwrap());
+        assert!(store.transact(|tx| tx.seen("new")).unwrap());
+    }
 }

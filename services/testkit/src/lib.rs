@@ -7,6 +7,9 @@
 //! The binary is `$NATS_SERVER_BIN`, else the one `scripts/ensure-nats.sh` installs into
 //! `.tools/`, else `nats-server` on PATH.
 
+pub mod wait;
+pub use wait::{messages_on, stream_messages, wait_for};
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,635 @@
+//! The participant runtime: consumer loop with group commit, relay, inbox pruning, HTTP.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, ReplayPolicy};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, AckKind};
+use events::{Event, EventKind};
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use crate::broker::{self, DeadLetter};
+use crate::telemetry::{self, names, Health};
+use crate::{
+    FaultAction, FaultHook, FaultPoint, Handled, OutboxEntry, Participant, Result, RuntimeConfig,
+    RuntimeError, Store,
+};
+
+/// Milliseconds since the Unix epoch; injectable so tests and the simulation control time.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The wall clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    })
+}
+
+/// How often consumed event ids older than the retention are pruned.
+const INBOX_PRUNE_INTERVAL_MS: u64 = 3_600_000;
+/// The broker's idle heartbeat on the pull stream; a missed one surfaces as an error item.
+const PULL_HEARTBEAT_MS: u64 = 5_000;
+/// How long one pull request waits for messages before the client issues the next.
+const PULL_EXPIRES_MS: u64 = 30_000;
+/// Most messages the broker lets this consumer have unacked: a few batches in flight.
+const MAX_ACK_PENDING: i64 = 20_000;
+/// Relay retry policy: first and largest delay after a failed publish.
+const RELAY_RETRY_MIN_MS: u64 = 50;
+const RELAY_RETRY_MAX_MS: u64 = 5_000;
+/// Nak delays for a transient store failure, and for a handler bug that must not lose the event.
+const TRANSIENT_NAK_MIN_MS: u64 = 100;
+const TRANSIENT_NAK_MAX_MS: u64 = 30_000;
+
+/// The durable consumer name of a service.
+pub fn durable_name(service: &str) -> String {
+    format!("fx-{service}")
+}
+
+/// A participant wired to its store and the broker, ready to run.
+pub struct Runtime<P: Participant> {
+    participant: Arc<P>,
+    config: RuntimeConfig,
+    store: Arc<Store>,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    relay_js: jetstream::Context,
+    clock: Clock,
+    faults: FaultHook,
+    health: Health,
+}
+
+impl<P: Participant> Runtime<P> {
+    /// Connects (with retry), provisions the streams, and opens the store.
+    pub async fn start(participant: P, config: RuntimeConfig) -> Result<Runtime<P>> {
+        let name = durable_name(participant.name());
+        let client = broker::connect(&config.nats, &name).await?;
+        // The relay gets its own connection: heavy publishing with many PubAcks in flight has
+        // stalled consumers that share a connection (nats.rs#1285).
+        let relay_client = broker::connect(&config.nats, &format!("{name}-relay")).await?;
+        let js = broker::jetstream(client.clone());
+        broker::provision(&js, &config.streams).await?;
+        let store = Arc::new(Store::open(&config.data_dir)?);
+        Ok(Runtime {
+            participant: Arc::new(participant),
+            config,
+            store,
+            client,
+            js,
+            relay_js: broker::jetstream(relay_client),
+            clock: system_clock(),
+            faults: crate::no_faults(),
+            health: Health::default(),
+        })
+    }
+
+    /// Replaces the clock (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Installs a fault hook (crash tests).
+    pub fn with_faults(mut self, faults: FaultHook) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// The service's store, for admin operations and timers that run beside the consumer.
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// The broker connection (admin services, requests).
+    pub fn client(&self) -> async_nats::Client {
+        self.client.clone()
+    }
+
+    /// The participant.
+    pub fn participant(&self) -> Arc<P> {
+        self.participant.clone()
+    }
+
+    /// The clock in use.
+    pub fn clock(&self) -> Clock {
+        self.clock.clone()
+    }
+
+    /// Readiness shared with the HTTP server.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// Runs until `shutdown` resolves (then stops gracefully: finish the batch, flush, ack,
+    /// drain the relay, within the deadline) or until a task fails (then returns the error at
+    /// once, as a crash would, leaving unacked messages to the broker's redelivery).
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let service = self.participant.name();
+        let (stop_consume_tx, stop_consume) = watch::channel(false);
+        let (stop_relay_tx, stop_relay) = watch::channel(false);
+
+        let http = match self.config.http_addr {
+            Some(addr) => {
+                let (local, fut) =
+                    telemetry::serve(addr, telemetry::standard_routes(self.health.clone())).await?;
+                info!(%local, "http: /healthz /readyz /metrics");
+                Some(tokio::spawn(fut))
+            }
+            None => None,
+        };
+
+        let consumer = tokio::spawn(
+            consume_loop(
+                self.participant.clone(),
+                self.config.clone(),
+                self.store.clone(),
+                self.js.clone(),
+                self.clock.clone(),
+                self.faults.clone(),
+                self.health.clone(),
+                stop_consume,
+            )
+            .instrument(info_span!("consumer", service)),
+        );
+        let relay = tokio::spawn(
+            relay_loop(
+                service,
+                self.store.clone(),
+                self.relay_js.clone(),
+                self.config.relay_window,
+                self.clock.clone(),
+                self.faults.clone(),
+                stop_relay,
+            )
+            .instrument(info_span!("relay", service)),
+        );
+        let pruner = tokio::spawn(prune_loop(
+            self.store.clone(),
+            self.clock.clone(),
+            self.config.inbox_retention_ms,
+        ));
+
+        // Each task handle is awaited at most once; `None` once it has completed.
+        let mut consumer = Some(consumer);
+        let mut relay = Some(relay);
+        let outcome = tokio::select! {
+            _ = shutdown => Ok(()),
+            r = consumer.as_mut().expect("running") => { consumer = None; flatten(r) }
+            r = relay.as_mut().expect("running") => { relay = None; flatten(r) }
+        };
+        let result = match outcome {
+            Ok(()) => {
+                info!(
+                    service,
+                    "stopping: finishing the batch, then draining the outbox"
+                );
+                let deadline = Duration::from_millis(self.config.shutdown_deadline_ms);
+                let started = Instant::now();
+                let _ = stop_consume_tx.send(true);
+                let consumed = match consumer.as_mut() {
+                    None => Ok(()),
+                    Some(task) => match tokio::time::timeout(deadline, task).await {
+                        Ok(r) => {
+                            consumer = None;
+                            flatten(r)
+                        }
+                        Err(_) => Err(RuntimeError::Handler(
+                            "consumer did not stop in time".into(),
+                        )),
+                    },
+                };
+                let _ = stop_relay_tx.send(true);
+                let left = deadline.saturating_sub(started.elapsed());
+                let drained = match relay.as_mut() {
+                    None => Ok(()),
+                    Some(task) => {
+                        match tokio::time::timeout(left, task).await {
+                            Ok(r) => {
+                                relay = None;
+                                flatten(r)
+                            }
+                            Err(_) => {
+                                warn!(service, "outbox not drained before the deadline; it resumes at next start");
+                                Ok(())
+                            }
+                        }
+                    }
+                };
+                consumed.and(drained)
+            }
+            Err(e) => Err(e),
+        };
+        // Abort what still runs and wait for it to drop its store handle, so that the caller
+        // can reopen the store (a restart in the same process, as the crash tests do).
+        for task in [consumer, relay, Some(pruner)].into_iter().flatten() {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Some(h) = http {
+            h.abort();
+        }
+        self.health.set_ready(false);
+        result
+    }
+}
+
+fn flatten(r: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+    match r {
+        Ok(r) => r,
+        Err(e) if e.is_cancelled() => Ok(()),
+        Err(e) => Err(RuntimeError::Handler(format!("task panicked: {e}"))),
+    }
+}
+
+/// The durable pull consumer's configuration, every option set on purpose.
+pub fn consumer_config(service: &str, kinds: &[EventKind], ack_wait: Duration) -> pull::Config {
+    pull::Config {
+        durable_name: Some(durable_name(service)),
+        name: Some(durable_name(service)),
+        description: Some(format!("fx-{service}: the events it reacts to")),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait,
+        // No finite max_deliver: a good event must never be dropped by the broker. A poison
+        // message is dead-lettered by the service itself.
+        max_deliver: -1,
+        filter_subject: String::new(),
+        filter_subjects: kinds.iter().map(|k| k.filter()).collect(),
+        replay_policy: ReplayPolicy::Instant,
+        rate_limit: 0,
+        sample_frequency: 0,
+        max_waiting: 512,
+        max_ack_pending: MAX_ACK_PENDING,
+        headers_only: false,
+        max_batch: 0,
+        max_bytes: 0,
+        max_expires: Duration::ZERO,
+        inactive_threshold: Duration::ZERO,
+        num_replicas: 0,
+        memory_storage: false,
+        // The remaining options (backoff, metadata, pause, priority groups) stay at the
+        // server's defaults: consumer backoff does not apply to NAKs, which carry their delay.
+        ..pull::Config::default()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn consume_loop<P: Participant>(
+    participant: Arc<P>,
+    config: RuntimeConfig,
+    store: Arc<Store>,
+    js: jetstream::Context,
+    clock: Clock,
+    faults: FaultHook,
+    health: Health,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let service = participant.name();
+    let stream = js
+        .get_stream(broker::STREAM)
+        .await
+        .map_err(|e| RuntimeError::js("get stream FX", e))?;
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .create_consumer(consumer_config(
+            service,
+            participant.consumes(),
+            config.ack_wait(),
+        ))
+        .await
+        .map_err(|e| RuntimeError::js("create consumer", e))?;
+    let batch_max = config.batch_max.max(1);
+    'connect: loop {
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(batch_max)
+            .heartbeat(Duration::from_millis(PULL_HEARTBEAT_MS))
+            .expires(Duration::from_millis(PULL_EXPIRES_MS))
+            .messages()
+            .await
+            .map_err(|e| RuntimeError::js("pull", e))?;
+        health.set_ready(true);
+        info!(service, "consuming");
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = stop.changed() => return Ok(()),
+                m = messages.next() => m,
+            };
+            let mut batch = Vec::with_capacity(batch_max);
+            match first {
+                Some(Ok(m)) => batch.push(m),
+                Some(Err(e)) => {
+                    // Missed heartbeats and pull errors arrive as items; the stream goes on.
+                    warn!(service, error = %e, "pull stream");
+                    continue;
+                }
+                None => {
+                    warn!(service, "pull stream ended; starting a new one");
+                    continue 'connect;
+                }
+            }
+            // Group commit sized by what is ready: take what has already arrived, no waiting.
+            while batch.len() < batch_max {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(m))) => batch.push(m),
+                    _ => break,
+                }
+            }
+            handle_batch(&*participant, &store, &js, &clock, &faults, batch).await?;
+        }
+    }
+}
+
+async fn handle_batch<P: Participant>(
+    participant: &P,
+    store: &Store,
+    js: &jetstream::Context,
+    clock: &Clock,
+    faults: &FaultHook,
+    batch: Vec<jetstream::Message>,
+) -> Result<()> {
+    let service = participant.name();
+    metrics::histogram!(names::BATCH_SIZE, "service" => service).record(batch.len() as f64);
+    let mut acks: Vec<(jetstream::Message, AckKind)> = Vec::with_capacity(batch.len());
+    for msg in batch {
+        let started = Instant::now();
+        let (stream_seq, delivered) = match msg.info() {
+            Ok(i) => (i.stream_sequence, i.delivered),
+            Err(_) => (0, 1),
+        };
+        if delivered > 1 {
+            metrics::counter!(names::REDELIVERIES, "service" => service).increment(1);
+        }
+        let now_ms = clock();
+        let outcome = handle_one(participant, store, &msg, now_ms).await;
+        let kind = match outcome {
+            Ok(Outcome::Handled(Handled::Applied)) => {
+                count(service, "applied");
+                AckKind::Ack
+            }
+            Ok(Outcome::Handled(Handled::Ignored)) => {
+                count(service, "ignored");
+                AckKind::Ack
+            }
+            Ok(Outcome::Duplicate) => {
+                count(service, "duplicate");
+                metrics::counter!(names::DUPLICATES, "service" => service).increment(1);
+                AckKind::Ack
+            }
+            Ok(Outcome::Handled(Handled::RetryAfter { delay_ms })) => {
+                count(service, "retry");
+                AckKind::Nak(Some(Duration::from_millis(delay_ms)))
+            }
+            Ok(Outcome::Handled(Handled::DeadLetter { reason, message })) => {
+                warn!(service, reason, %message, subject = %msg.subject, stream_seq, "dead-lettering");
+                let letter = DeadLetter {
+                    service,
+                    reason,
+                    message: &message,
+                    subject: msg.subject.as_str(),
+                    headers: msg.headers.as_ref(),
+                    payload: msg.payload.clone(),
+                    stream_seq,
+                };
+                match broker::publish_dead_letter(js, &letter).await {
+                    Ok(_) => {
+                        count(service, "dead_lettered");
+                        metrics::counter!(names::DEAD_LETTERED, "service" => service, "reason" => reason)
+                            .increment(1);
+                        AckKind::Term
+                    }
+                    Err(e) => {
+                        warn!(service, error = %e, "dead letter not stored; will retry");
+                        AckKind::Nak(Some(transient_delay(delivered)))
+                    }
+                }
+            }
+            Err(e) => {
+                // A store failure is transient; anything else is a bug. Either way the event
+                // must not be lost: nak it and try again later, loudly.
+                count(service, "error");
+                match e {
+                    RuntimeError::Store(_) => {
+                        warn!(service, error = %e, stream_seq, "transient failure")
+                    }
+                    _ => {
+                        error!(service, error = %e, stream_seq, "handler failed; the event will be retried")
+                    }
+                }
+                AckKind::Nak(Some(transient_delay(delivered)))
+            }
+        };
+        metrics::histogram!(names::HANDLER_SECONDS, "service" => service)
+            .record(started.elapsed().as_secs_f64());
+        acks.push((msg, kind));
+    }
+    // Group commit: one flush makes every transaction of the batch durable and releases their
+    // outbox entries to the relay; only then may the broker forget the messages.
+    let flush_started = Instant::now();
+    store.flush().await?;
+    metrics::histogram!(names::FLUSH_SECONDS, "service" => service)
+        .record(flush_started.elapsed().as_secs_f64());
+    if faults(FaultPoint::AfterCommitBeforeAck) == FaultAction::Crash {
+        return Err(RuntimeError::Crashed(FaultPoint::AfterCommitBeforeAck));
+    }
+    for (msg, kind) in acks {
+        // A lost ack only means a redelivery, which the inbox and per-saga state absorb.
+        if let Err(e) = msg.ack_with(kind).await {
+            debug!(service, error = %e, "ack not sent");
+        }
+    }
+    Ok(())
+}
+
+fn count(service: &'static str, outcome: &'static str) {
+    metrics::counter!(names::CONSUMED, "service" => service, "outcome" => outcome).increment(1);
+}
+
+fn transient_delay(delivered: i64) -> Duration {
+    let exp = (delivered.max(1) - 1).min(16) as u32;
+    Duration::from_millis((TRANSIENT_NAK_MIN_MS << exp).min(TRANSIENT_NAK_MAX_MS))
+}
+
+enum Outcome {
+    Handled(Handled),
+    Duplicate,
+}
+
+/// Decodes, prepares and handles one message in one transaction.
+async fn handle_one<P: Participant>(
+    participant: &P,
+    store: &Store,
+    msg: &jetstream::Message,
+    now_ms: u64,
+) -> Result<Outcome> {
+    let event = match Event::decode(msg.subject.as_str(), &msg.payload) {
+        Ok(e) => e,
+        Err(err) => {
+            let h = store.transact(|tx| {
+                participant.undecodable(tx, msg.subject.as_str(), &msg.payload, &err, now_ms)
+            })?;
+            return Ok(Outcome::Handled(h));
+        }
+    };
+    let span = info_span!("handle", saga_id = %event.saga_id(), kind = %event.kind());
+    async {
+        let prepared = participant.prepare(&event, now_ms).await;
+        let event_id = event.id();
+        // Requests are deduplicated by KRW's per-saga record, not by event id: a user's retry
+        // with a different body must reach the handler to be refused as a conflict.
+        let use_inbox = event.kind() != EventKind::ExchangeRequested;
+        store.transact(|tx| {
+            if use_inbox && tx.seen(&event_id)? {
+                return Ok(Outcome::Duplicate);
+            }
+            let h = participant.handle(tx, &event, &prepared, now_ms)?;
+            if use_inbox && matches!(h, Handled::Applied | Handled::Ignored) {
+                tx.mark_seen(&event_id, now_ms)?;
+            }
+            Ok(Outcome::Handled(h))
+        })
+    }
+    .instrument(span)
+    .await
+}
+
+/// Publishes flushed outbox entries in order, pipelined, removing each only after its PubAck.
+async fn relay_loop(
+    service: &'static str,
+    store: Arc<Store>,
+    js: jetstream::Context,
+    window: usize,
+    clock: Clock,
+    faults: FaultHook,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let mut watermark = store.watermark();
+    let mut retry_ms = 0u64;
+    loop {
+        let up_to = *watermark.borrow_and_update();
+        let entries = store.outbox_batch(up_to, window.max(1))?;
+        let (depth, oldest_ms) = store.outbox_stats(clock())?;
+        metrics::gauge!(names::OUTBOX_DEPTH, "service" => service).set(depth as f64);
+        metrics::gauge!(names::OUTBOX_OLDEST_AGE, "service" => service)
+            .set(oldest_ms as f64 / 1000.0);
+        if entries.is_empty() {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            tokio::select! {
+                r = watermark.changed() => { if r.is_err() { return Ok(()); } }
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        let (done, failure) = publish_window(&js, &entries).await;
+        if !done.is_empty() {
+            if faults(FaultPoint::AfterPublishBeforeRemove) == FaultAction::Crash {
+                return Err(RuntimeError::Crashed(FaultPoint::AfterPublishBeforeRemove));
+            }
+            store.outbox_remove(&done)?;
+            metrics::counter!(names::PUBLISHED, "service" => service).increment(done.len() as u64);
+        }
+        match failure {
+            None => retry_ms = 0,
+            Some(e) => {
+                metrics::counter!(names::PUBLISH_RETRIES, "service" => service).increment(1);
+                retry_ms = (retry_ms * 2).clamp(RELAY_RETRY_MIN_MS, RELAY_RETRY_MAX_MS);
+                warn!(service, error = %e, retry_ms, "publish failed; retrying");
+                // A deliberate backoff while the broker is unreachable; stop cuts it short.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(retry_ms)) => {}
+                    _ = stop.changed() => {}
+                }
+                if *stop.borrow() && !is_connected(&js) {
+                    warn!(
+                        service,
+                        "stopping with the broker unreachable; the outbox resumes at next start"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+fn is_connected(js: &jetstream::Context) -> bool {
+    js.client().connection_state() == async_nats::connection::State::Connected
+}
+
+/// Sends a window of entries without waiting, then awaits the PubAcks in order. Returns the
+/// keys acknowledged before the first failure (later ones are retried, and deduplicated by
+/// their `Nats-Msg-Id` if they did land).
+async fn publish_window(
+    js: &jetstream::Context,
+    entries: &[(u64, OutboxEntry)],
+) -> (Vec<u64>, Option<String>) {
+    let mut pending = Vec::with_capacity(entries.len());
+    let mut failure = None;
+    for (key, e) in entries {
+        match js.send_publish(e.subject.clone(), publish_message(e)).await {
+            Ok(ack) => pending.push((*key, ack)),
+            Err(err) => {
+                failure = Some(err.to_string());
+                break;
+            }
+        }
+    }
+    let mut done = Vec::with_capacity(pending.len());
+    for (key, ack) in pending {
+        if failure.is_some() {
+            // Keep awaiting so the acks don't leak, but count nothing after a failure.
+            let _ = ack.await;
+            continue;
+        }
+        match ack.await {
+            Ok(_) => done.push(key),
+            Err(err) => failure = Some(err.to_string()),
+        }
+    }
+    (done, failure)
+}
+
+/// The message for an outbox entry, with the contract's headers.
+pub fn publish_message(e: &OutboxEntry) -> PublishMessage {
+    PublishMessage::build()
+        .payload(e.payload.clone().into())
+        .message_id(&e.event_id)
+        .header(events::headers::SAGA_ID, e.saga_id.to_string().as_str())
+        .header(events::headers::CAUSATION_ID, e.causation_id.as_str())
+        .header(events::headers::TRACEPARENT, traceparent(e).as_str())
+}
+
+/// W3C trace context: the trace id is the saga UUID, the span id a stable hash of the event id
+/// (so a republished event carries the same span).
+pub fn traceparent(e: &OutboxEntry) -> String {
+    // FNV-1a, 64 bits: tiny, stable across versions and platforms.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in e.event_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    if h == 0 {
+        h = 1; // an all-zero span id is invalid
+    }
+    format!("00-{}-{h:016x}-01", e.saga_id.trace_id())
+}
+
+async fn prune_loop(store: Arc<Store>, clock: Clock, retention_ms: u64) -> Result<()> {
+    let mut every = tokio::time::interval(Duration::from_millis(INBOX_PRUNE_INTERVAL_MS));
+    loop {
+        every.tick().await;
+        let before = clock().saturating_sub(retention_ms);
+        match store.prune_inbox(before) {
+            Ok(0) => {}
+            Ok(n) => info!(pruned = n, "inbox pruned"),
+            Err(e) => warn!(error = %e, "inbox pruning failed"),
+        }
+    }
+}

@@ -9,6 +9,7 @@
 //!   `/healthz` `/readyz` `/metrics` server.
 //! - [`broker`]: connecting with retry, provisioning `FX` and `FX_DLQ`, dead letters.
 
+pub mod admin;
 pub mod broker;
 mod config;
 mod error;

@@ -1,0 +1,182 @@
+//! Admin request/reply over NATS micro services, so `nats micro ls|info|stats` shows them.
+//!
+//! Subjects are `fxadmin.<service>.<endpoint>`, deliberately outside `fx.>`: the `FX` stream
+//! would otherwise capture the requests and answer them with a PubAck.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_nats::service::ServiceExt;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::{Result, RuntimeError};
+
+/// Prefix of every admin subject.
+pub const ADMIN_PREFIX: &str = "fxadmin";
+/// Request header naming who asks (journaled with deposits, freezes and unfreezes).
+pub const ACTOR_HEADER: &str = "Fx-Actor";
+
+/// A refused admin request: `code` follows HTTP (400 bad request, 404 unknown, 500 failure).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{message}")]
+pub struct AdminError {
+    /// HTTP-like status code.
+    pub code: usize,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+impl AdminError {
+    /// A 400: the request itself is wrong.
+    pub fn bad_request(message: impl Into<String>) -> AdminError {
+        AdminError {
+            code: 400,
+            message: message.into(),
+        }
+    }
+
+    /// A 404: the user or record does not exist.
+    pub fn not_found(message: impl Into<String>) -> AdminError {
+        AdminError {
+            code: 404,
+            message: message.into(),
+        }
+    }
+
+    /// A 500: the service failed; retrying may help.
+    pub fn internal(e: impl std::fmt::Display) -> AdminError {
+        AdminError {
+            code: 500,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// One admin request: its JSON body and the actor that sent it.
+#[derive(Clone, Debug)]
+pub struct AdminRequest {
+    /// The request body (JSON).
+    pub payload: Bytes,
+    /// `Fx-Actor` header, or `unknown`.
+    pub actor: String,
+}
+
+impl AdminRequest {
+    /// Decodes the body as `T`, or a 400 that says what is wrong.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> std::result::Result<T, AdminError> {
+        serde_json::from_slice(&self.payload)
+            .map_err(|e| AdminError::bad_request(format!("request body: {e}")))
+    }
+}
+
+/// The future an endpoint handler returns: a JSON reply or an error.
+pub type AdminFuture =
+    Pin<Box<dyn Future<Output = std::result::Result<serde_json::Value, AdminError>> + Send>>;
+/// An endpoint handler.
+pub type AdminHandler = Arc<dyn Fn(AdminRequest) -> AdminFuture + Send + Sync>;
+
+/// Registers the micro service `fx-<service>` with one endpoint per `(name, handler)` on
+/// `fxadmin.<service>.<name>`, and serves them until the returned future is dropped.
+pub async fn serve_admin(
+    client: async_nats::Client,
+    service: &'static str,
+    description: &str,
+    endpoints: Vec<(&'static str, AdminHandler)>,
+) -> Result<impl Future<Output = ()>> {
+    let svc = client
+        .service_builder()
+        .description(description)
+        .start(format!("fx-{service}"), env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| RuntimeError::js("start admin service", e))?;
+    let group = svc.group(format!("{ADMIN_PREFIX}.{service}"));
+    let mut tasks = Vec::new();
+    for (name, handler) in endpoints {
+        let mut endpoint = group
+            .endpoint(name)
+            .await
+            .map_err(|e| RuntimeError::js("add admin endpoint", e))?;
+        tasks.push(async move {
+            while let Some(req) = endpoint.next().await {
+                let actor = req
+                    .message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(ACTOR_HEADER))
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_else(|| "unknown".to_owned());
+                let request = AdminRequest {
+                    payload: req.message.payload.clone(),
+                    actor,
+                };
+                let reply = match handler(request).await {
+                    Ok(v) => Ok(Bytes::from(serde_json::to_vec(&v).expect("JSON value"))),
+                    Err(e) => Err(async_nats::service::error::Error {
+                        status: e.message,
+                        code: e.code,
+                    }),
+                };
+                if let Err(e) = req.respond(reply).await {
+                    warn!(service, endpoint = name, error = %e, "admin reply not sent");
+                }
+            }
+        });
+    }
+    info!(service, "admin endpoints on {ADMIN_PREFIX}.{service}.*");
+    Ok(async move {
+        // Keep the service registered as long as this future lives.
+        let _svc = svc;
+        futures::future::join_all(tasks).await;
+    })
+}
+
+/// Wraps an async closure as an [`AdminHandler`].
+pub fn handler<F, Fut>(f: F) -> AdminHandler
+where
+    F: Fn(AdminRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<serde_json::Value, AdminError>> + Send + 'static,
+{
+    Arc::new(move |r| Box::pin(f(r)))
+}
+
+/// Sends an admin request and decodes the reply; a service error becomes `AdminError`.
+pub async fn request(
+    client: &async_nats::Client,
+    service: &str,
+    endpoint: &str,
+    actor: &str,
+    body: &serde_json::Value,
+) -> std::result::Result<serde_json::Value, AdminError> {
+    let subject = format!("{ADMIN_PREFIX}.{service}.{endpoint}");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(ACTOR_HEADER, actor);
+    let reply = client
+        .request_with_headers(
+            subject.clone(),
+            headers,
+            Bytes::from(serde_json::to_vec(body).expect("JSON value")),
+        )
+        .await
+        .map_err(|e| AdminError {
+            code: 503,
+            message: format!("no answer on {subject}: {e}; is fx-{service} running?"),
+        })?;
+    if let Some(h) = &reply.headers {
+        if let Some(err) = h.get("Nats-Service-Error") {
+            let code = h
+                .get("Nats-Service-Error-Code")
+                .and_then(|c| c.as_str().parse().ok())
+                .unwrap_or(500);
+            return Err(AdminError {
+                code,
+                message: err.as_str().to_owned(),
+            });
+        }
+    }
+    serde_json::from_slice(&reply.payload)
+        .map_err(|e| AdminError::internal(format!("reply from {subject} is not JSON: {e}")))
+}

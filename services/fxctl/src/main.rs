@@ -1,1 +1,276 @@
-fn main() {}
+//! fxctl: the command-line client of the FX exchange. See `fxctl --help`.
+
+use clap::{Parser, Subcommand};
+use fxctl::{CtlError, CtlResult};
+
+#[derive(Parser)]
+#[command(
+    name = "fxctl",
+    version,
+    about = "Publish KRW→USD exchanges and operate the FX services",
+    after_help = "Exit codes: 0 ok, 1 the answer is no (saga not completed, audit failed), 2 usage, 3 broker or service unreachable, 4 request refused."
+)]
+struct Cli {
+    /// NATS server(s), comma-separated.
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
+    nats_url: String,
+    /// Who is asking; journaled with deposits and freezes.
+    #[arg(long, env = "FX_ACTOR", default_value = "fxctl", global = true)]
+    actor: String,
+    /// Print JSON instead of tables (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Publish an ExchangeRequested and print the saga id.
+    Exchange {
+        /// The user who sells KRW.
+        #[arg(long)]
+        user: String,
+        /// KRW to sell, whole won (e.g. 1500000).
+        #[arg(long)]
+        krw: String,
+        /// Fail rather than fill for less USD than this (e.g. 1000.00).
+        #[arg(long)]
+        min_usd: Option<String>,
+        /// Reuse a saga id (a retry); a new UUID v7 otherwise.
+        #[arg(long)]
+        saga_id: Option<String>,
+        /// Follow the saga to its end; exit 1 unless it COMPLETED.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, in ms.
+        #[arg(long, default_value_t = 60_000)]
+        wait_ms: u64,
+    },
+    /// Deposit KRW and/or USD into a user's accounts.
+    Deposit {
+        #[arg(long)]
+        user: String,
+        /// KRW, whole won.
+        #[arg(long)]
+        krw: Option<String>,
+        /// USD, up to cents.
+        #[arg(long)]
+        usd: Option<String>,
+    },
+    /// Show a user's KRW (available, held) and USD balances.
+    Balance {
+        #[arg(long)]
+        user: String,
+    },
+    /// Freeze a user's USD account (credits are refused; compensations still run).
+    Freeze {
+        #[arg(long)]
+        user: String,
+    },
+    /// Unfreeze a user's USD account.
+    Unfreeze {
+        #[arg(long)]
+        user: String,
+    },
+    /// Check every invariant in fx-krw and fx-usd; exit 0 only when all hold.
+    Audit,
+    /// Dead letters in FX_DLQ.
+    Dlq {
+        #[command(subcommand)]
+        cmd: DlqCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCmd {
+    /// List dead letters with their reasons.
+    List,
+    /// Publish a dead letter back onto its subject (optionally with a fixed body).
+    Replay {
+        /// The FX_DLQ sequence (from `fxctl dlq list`).
+        seq: u64,
+        /// The fixed JSON body to publish instead of the original.
+        #[arg(long)]
+        payload: Option<String>,
+    },
+}
+
+fn money<T>(s: &str, parse: fn(&str) -> Result<T, events::MoneyError>) -> CtlResult<T> {
+    parse(s).map_err(|e| CtlError::Usage(e.to_string()))
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
+}
+
+async fn run(cli: Cli) -> CtlResult<()> {
+    let client = fxctl::connect(&cli.nats_url).await?;
+    match cli.cmd {
+        Cmd::Exchange {
+            user,
+            krw,
+            min_usd,
+            saga_id,
+            wait,
+            wait_ms,
+        } => {
+            let saga = saga_id
+                .map(|s| events::SagaId::parse(&s).map_err(|e| CtlError::Usage(e.to_string())))
+                .transpose()?;
+            let min = min_usd.map(|m| money(&m, events::Usd::parse)).transpose()?;
+            let out = fxctl::exchange(
+                &client,
+                fxctl::user(&user)?,
+                money(&krw, events::Krw::parse)?,
+                min,
+                saga,
+                wait.then_some(wait_ms),
+            )
+            .await?;
+            if cli.json {
+                print_json(&out);
+            } else {
+                println!("{}", out.saga_id);
+                if out.duplicate {
+                    eprintln!(
+                        "note: the broker had this saga id already; nothing new was published"
+                    );
+                }
+                if let Some(o) = &out.outcome {
+                    eprintln!("{}  {}", o.state, o.events.join(" → "));
+                    if let Some(u) = &o.usd_amount {
+                        eprintln!("credited {u} USD");
+                    }
+                    if let Some(r) = &o.reason {
+                        eprintln!("reason: {r}");
+                    }
+                }
+            }
+            match out.outcome {
+                Some(o) if o.state != "COMPLETED" => {
+                    Err(CtlError::Failed(format!("saga ended {}", o.state)))
+                }
+                _ => Ok(()),
+            }
+        }
+        Cmd::Deposit { user, krw, usd } => {
+            let krw = krw.map(|k| money(&k, events::Krw::parse)).transpose()?;
+            let usd = usd.map(|u| money(&u, events::Usd::parse)).transpose()?;
+            let out = fxctl::deposit(&client, &fxctl::user(&user)?, krw, usd, &cli.actor).await?;
+            if cli.json {
+                print_json(&out)
+            } else {
+                println!("deposited for {user}");
+            }
+            Ok(())
+        }
+        Cmd::Balance { user } => {
+            let b = fxctl::balance(&client, &fxctl::user(&user)?, &cli.actor).await?;
+            if cli.json {
+                print_json(&b);
+            } else {
+                println!(
+                    "{:<16} {:>20} {:>20} {:>18}  frozen",
+                    "user", "KRW available", "KRW held", "USD"
+                );
+                println!(
+                    "{:<16} {:>20} {:>20} {:>18}  {}",
+                    b.user_id, b.krw_available, b.krw_held, b.usd, b.usd_frozen
+                );
+            }
+            Ok(())
+        }
+        Cmd::Freeze { user } => {
+            let out = fxctl::set_frozen(&client, &fxctl::user(&user)?, true, &cli.actor).await?;
+            if cli.json {
+                print_json(&out)
+            } else {
+                println!("{user}: USD account frozen");
+            }
+            Ok(())
+        }
+        Cmd::Unfreeze { user } => {
+            let out = fxctl::set_frozen(&client, &fxctl::user(&user)?, false, &cli.actor).await?;
+            if cli.json {
+                print_json(&out)
+            } else {
+                println!("{user}: USD account unfrozen");
+            }
+            Ok(())
+        }
+        Cmd::Audit => {
+            let out = fxctl::audit(&client, &cli.actor).await?;
+            let ok = out["ok"].as_bool() == Some(true);
+            if cli.json {
+                print_json(&out);
+            } else {
+                for svc in ["krw", "usd"] {
+                    let a = &out[svc];
+                    let verdict = if a["ok"].as_bool() == Some(true) {
+                        "ok"
+                    } else {
+                        "FAILED"
+                    };
+                    println!("fx-{svc}: {verdict}");
+                    if let Some(fails) = a.get("failures").and_then(|f| f.as_array()) {
+                        for f in fails {
+                            println!(
+                                "  - {}",
+                                f.as_str()
+                                    .map(str::to_owned)
+                                    .unwrap_or_else(|| f.to_string())
+                            );
+                        }
+                    }
+                }
+            }
+            if ok {
+                Ok(())
+            } else {
+                Err(CtlError::Failed("an invariant does not hold".into()))
+            }
+        }
+        Cmd::Dlq { cmd: DlqCmd::List } => {
+            let letters = fxctl::dlq_list(&client).await?;
+            if cli.json {
+                print_json(&letters);
+            } else if letters.is_empty() {
+                println!("FX_DLQ is empty");
+            } else {
+                for l in letters {
+                    println!(
+                        "#{:<6} {:<6} {:<18} {}\n        {}\n        {}",
+                        l.seq, l.service, l.reason, l.subject, l.message, l.payload
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Dlq {
+            cmd: DlqCmd::Replay { seq, payload },
+        } => {
+            let new_seq = fxctl::dlq_replay(&client, seq, payload).await?;
+            if cli.json {
+                print_json(&serde_json::json!({ "replayed": seq, "seq": new_seq }))
+            } else {
+                println!("replayed dead letter {seq} as FX sequence {new_seq}");
+            }
+            Ok(())
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("fxctl: {e}");
+        std::process::exit(e.exit_code());
+    }
+}

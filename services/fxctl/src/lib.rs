@@ -1,0 +1,414 @@
+//! fxctl: publish exchange requests, call the services' admin endpoints, inspect streams.
+//!
+//! Every command is a function here returning a typed result, so tests drive the same code the
+//! binary runs; `main.rs` only parses arguments, prints, and maps errors to exit codes.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use events::{Event, EventKind, ExchangeRequested, Krw, SagaId, Usd, UserId};
+use futures::StreamExt;
+use runtime::admin::{self, AdminError};
+use serde::Serialize;
+use serde_json::json;
+
+/// Why a command failed; `exit_code()` is what the process returns.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// Bad arguments (an invalid user id or amount).
+    #[error("{0}")]
+    Usage(String),
+    /// The broker or a service could not be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A service refused the request (unknown user, bad amount...).
+    #[error("{0}")]
+    Refused(String),
+    /// The command ran, and the answer is "no" (saga not completed, audit failed).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CtlError {
+    /// 1 failed outcome, 2 usage, 3 unreachable, 4 refused.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CtlError::Failed(_) => 1,
+            CtlError::Usage(_) => 2,
+            CtlError::Unavailable(_) => 3,
+            CtlError::Refused(_) => 4,
+        }
+    }
+}
+
+impl From<AdminError> for CtlError {
+    fn from(e: AdminError) -> Self {
+        match e.code {
+            400 | 404 => CtlError::Refused(e.message),
+            503 => CtlError::Unavailable(e.message),
+            _ => CtlError::Failed(e.message),
+        }
+    }
+}
+
+/// Shorthand.
+pub type CtlResult<T> = Result<T, CtlError>;
+
+/// Connects to the broker named by `url` (with `NATS_USER`/`NATS_PASSWORD`/`NATS_CREDS`).
+pub async fn connect(url: &str) -> CtlResult<async_nats::Client> {
+    let mut cfg = runtime::NatsConfig::from_env().map_err(|e| CtlError::Usage(e.to_string()))?;
+    cfg.urls = url.split(',').map(|s| s.trim().to_owned()).collect();
+    cfg.connect_timeout_ms = 5_000;
+    runtime::connect(&cfg, "fxctl").await.map_err(|e| {
+        CtlError::Unavailable(format!(
+            "{e}; is nats-server running? (scripts/run.sh starts one)"
+        ))
+    })
+}
+
+/// Parses a user id, or a usage error that says the rule.
+pub fn user(s: &str) -> CtlResult<UserId> {
+    UserId::parse(s).map_err(|e| CtlError::Usage(e.to_string()))
+}
+
+/// What `exchange` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Exchanged {
+    /// The saga id (generated unless given).
+    pub saga_id: SagaId,
+    /// The subject the request went to.
+    pub subject: String,
+    /// The `FX` stream sequence of the request.
+    pub seq: u64,
+    /// Whether the broker saw this `Nats-Msg-Id` already (a retried request).
+    pub duplicate: bool,
+    /// With `--wait`: the terminal state reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+}
+
+/// How a saga ended, as seen from its events.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Outcome {
+    /// COMPLETED, REJECTED or COMPENSATED.
+    pub state: String,
+    /// The events seen, as `domain.event`.
+    pub events: Vec<String>,
+    /// The USD credited, when completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usd_amount: Option<String>,
+    /// The rejection or failure reason, when not completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Publishes an ExchangeRequested per the contract; with `wait_ms`, follows it to its end.
+pub async fn exchange(
+    client: &async_nats::Client,
+    user_id: UserId,
+    krw: Krw,
+    min_usd: Option<Usd>,
+    saga_id: Option<SagaId>,
+    wait_ms: Option<u64>,
+) -> CtlResult<Exchanged> {
+    let saga_id = saga_id.unwrap_or_else(SagaId::new_v7);
+    let request = Event::ExchangeRequested(ExchangeRequested {
+        saga_id,
+        user_id: user_id.clone(),
+        krw_amount: krw,
+        min_usd_amount: min_usd,
+    });
+    // Subscribe before publishing so no answer can slip past.
+    let mut answers = match wait_ms {
+        Some(_) => Some(
+            client
+                .subscribe(format!("fx.*.*.{user_id}"))
+                .await
+                .map_err(|e| CtlError::Unavailable(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let js = runtime::broker::jetstream(client.clone());
+    let ack = js
+        .send_publish(
+            request.subject(),
+            jetstream::message::PublishMessage::build()
+                .payload(request.to_json().into())
+                // The bare saga id, as DESIGN.md recommends: a retried publish is dropped by
+                // the broker's duplicate window, and fx-krw's saga record covers the rest.
+                .message_id(saga_id.to_string()),
+        )
+        .await
+        .map_err(|e| CtlError::Unavailable(e.to_string()))?
+        .await
+        .map_err(|e| {
+            CtlError::Unavailable(format!(
+                "no PubAck from stream FX: {e}; is a service running to provision it?"
+            ))
+        })?;
+    let mut out = Exchanged {
+        saga_id,
+        subject: request.subject(),
+        seq: ack.sequence,
+        duplicate: ack.duplicate,
+        outcome: None,
+    };
+    if let (Some(sub), Some(ms)) = (answers.as_mut(), wait_ms) {
+        let mut follow = SagaFollower::default();
+        let waited = tokio::time::timeout(Duration::from_millis(ms), async {
+            while let Some(m) = sub.next().await {
+                if let Ok(e) = Event::decode(m.subject.as_str(), &m.payload) {
+                    if e.saga_id() == saga_id {
+                        if let Some(o) = follow.push(&e) {
+                            return Some(o);
+                        }
+                    }
+                }
+            }
+            None
+        })
+        .await;
+        match waited {
+            Ok(Some(o)) => out.outcome = Some(o),
+            _ => {
+                return Err(CtlError::Failed(format!(
+                    "saga {saga_id} did not finish within {ms} ms (seen: {}); see `fxctl saga {saga_id}` or the dashboard",
+                    follow.seen.join(", ")
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Follows one saga's events until the choreography's end: COMPLETED on krw.committed,
+/// REJECTED on krw.rejected, COMPENSATED once the hold is released and trade (and, after a
+/// fill, USD) said their final words.
+#[derive(Default, Debug)]
+pub struct SagaFollower {
+    seen: Vec<String>,
+    kinds: Vec<EventKind>,
+    usd: Option<String>,
+    reason: Option<String>,
+}
+
+impl SagaFollower {
+    /// Records an event; returns the outcome once the saga is over.
+    pub fn push(&mut self, e: &Event) -> Option<Outcome> {
+        if self.kinds.contains(&e.kind()) {
+            return None;
+        }
+        self.kinds.push(e.kind());
+        self.seen.push(e.kind().type_name());
+        match e {
+            Event::UsdCredited(c) => self.usd = Some(c.usd_amount.to_string()),
+            Event::KrwRejected(r) => self.reason = Some(format!("{:?}: {}", r.reason, r.message)),
+            Event::TradeFailed(f) => self.reason = Some(format!("{:?}: {}", f.reason, f.message)),
+            Event::UsdCreditFailed(f) => {
+                self.reason = Some(format!("{:?}: {}", f.reason, f.message))
+            }
+            _ => {}
+        }
+        let has = |k| self.kinds.contains(&k);
+        let state = if has(EventKind::KrwCommitted) {
+            "COMPLETED"
+        } else if has(EventKind::KrwRejected) {
+            "REJECTED"
+        } else if has(EventKind::KrwReleased) {
+            let filled = has(EventKind::TradeFilled);
+            let trade_done =
+                has(EventKind::TradeFailed) || (filled && has(EventKind::TradeCancelled));
+            let usd_done = !filled
+                || has(EventKind::UsdCreditFailed)
+                || (has(EventKind::UsdCredited) && has(EventKind::UsdDebited));
+            if trade_done && usd_done {
+                "COMPENSATED"
+            } else {
+                return None;
+            }
+        } else {
+            return None;
+        };
+        Some(Outcome {
+            state: state.into(),
+            events: self.seen.clone(),
+            usd_amount: if state == "COMPLETED" {
+                self.usd.clone()
+            } else {
+                None
+            },
+            reason: if state == "COMPLETED" {
+                None
+            } else {
+                self.reason.clone()
+            },
+        })
+    }
+}
+
+/// A user's balances in both services.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Balance {
+    pub user_id: String,
+    pub krw_available: String,
+    pub krw_held: String,
+    pub usd: String,
+    pub usd_frozen: bool,
+}
+
+/// Reads a user's balances from fx-krw and fx-usd.
+pub async fn balance(
+    client: &async_nats::Client,
+    user_id: &UserId,
+    actor: &str,
+) -> CtlResult<Balance> {
+    let body = json!({ "user_id": user_id });
+    let krw = admin::request(client, "krw", "balance", actor, &body).await?;
+    let usd = admin::request(client, "usd", "balance", actor, &body).await?;
+    let s = |v: &serde_json::Value, k: &str, d: &str| {
+        v.get(k).and_then(|x| x.as_str()).unwrap_or(d).to_owned()
+    };
+    Ok(Balance {
+        user_id: user_id.to_string(),
+        krw_available: s(&krw, "krw_available", "0"),
+        krw_held: s(&krw, "krw_held", "0"),
+        usd: s(&usd, "usd", "0.00"),
+        usd_frozen: usd.get("frozen").and_then(|f| f.as_bool()).unwrap_or(false),
+    })
+}
+
+/// Deposits KRW and/or USD for a user (each idempotent by its deposit id).
+pub async fn deposit(
+    client: &async_nats::Client,
+    user_id: &UserId,
+    krw: Option<Krw>,
+    usd: Option<Usd>,
+    actor: &str,
+) -> CtlResult<serde_json::Value> {
+    if krw.is_none() && usd.is_none() {
+        return Err(CtlError::Usage("give --krw, --usd, or both".into()));
+    }
+    let mut out = serde_json::Map::new();
+    if let Some(k) = krw {
+        let body = json!({ "user_id": user_id, "krw_amount": k, "deposit_id": SagaId::new_v7() });
+        out.insert(
+            "krw".into(),
+            admin::request(client, "krw", "deposit", actor, &body).await?,
+        );
+    }
+    if let Some(u) = usd {
+        let body = json!({ "user_id": user_id, "usd_amount": u, "deposit_id": SagaId::new_v7() });
+        out.insert(
+            "usd".into(),
+            admin::request(client, "usd", "deposit", actor, &body).await?,
+        );
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
+/// Freezes (or unfreezes) a user's USD account: credits are refused while frozen; a
+/// compensating debit never is.
+pub async fn set_frozen(
+    client: &async_nats::Client,
+    user_id: &UserId,
+    frozen: bool,
+    actor: &str,
+) -> CtlResult<serde_json::Value> {
+    let endpoint = if frozen { "freeze" } else { "unfreeze" };
+    Ok(admin::request(
+        client,
+        "usd",
+        endpoint,
+        actor,
+        &json!({ "user_id": user_id }),
+    )
+    .await?)
+}
+
+/// Both services' audits; `ok` only when every invariant holds in each.
+pub async fn audit(client: &async_nats::Client, actor: &str) -> CtlResult<serde_json::Value> {
+    let krw = admin::request(client, "krw", "audit", actor, &json!({})).await?;
+    let usd = admin::request(client, "usd", "audit", actor, &json!({})).await?;
+    let ok = krw.get("ok").and_then(|v| v.as_bool()) == Some(true)
+        && usd.get("ok").and_then(|v| v.as_bool()) == Some(true);
+    Ok(json!({ "ok": ok, "krw": krw, "usd": usd }))
+}
+
+/// One dead letter, as `fxctl dlq list` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeadLetterView {
+    pub seq: u64,
+    pub service: String,
+    pub reason: String,
+    pub message: String,
+    pub subject: String,
+    pub payload: String,
+}
+
+/// Every message in `FX_DLQ`, oldest first.
+pub async fn dlq_list(client: &async_nats::Client) -> CtlResult<Vec<DeadLetterView>> {
+    let js = runtime::broker::jetstream(client.clone());
+    let mut stream = js
+        .get_stream(runtime::DLQ_STREAM)
+        .await
+        .map_err(|e| CtlError::Unavailable(format!("stream FX_DLQ: {e}")))?;
+    let state = stream
+        .info()
+        .await
+        .map_err(|e| CtlError::Unavailable(e.to_string()))?
+        .state
+        .clone();
+    let mut out = Vec::new();
+    for seq in state.first_sequence.max(1)..=state.last_sequence {
+        let Ok(m) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let h = |k: &str| {
+            m.headers
+                .get(k)
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default()
+        };
+        out.push(DeadLetterView {
+            seq,
+            service: h(runtime::broker::dlq_headers::SERVICE),
+            reason: h(runtime::broker::dlq_headers::REASON),
+            message: h(runtime::broker::dlq_headers::MESSAGE),
+            subject: h(runtime::broker::dlq_headers::SUBJECT),
+            payload: String::from_utf8_lossy(&m.payload).into_owned(),
+        });
+    }
+    Ok(out)
+}
+
+/// Publishes dead letter `seq` back onto its original subject, with `payload` (the fixed
+/// body) instead of the original when given. The body must decode as an event first.
+pub async fn dlq_replay(
+    client: &async_nats::Client,
+    seq: u64,
+    payload: Option<String>,
+) -> CtlResult<u64> {
+    let letters = dlq_list(client).await?;
+    let letter = letters.into_iter().find(|l| l.seq == seq).ok_or_else(|| {
+        CtlError::Refused(format!(
+            "no dead letter with sequence {seq}; see `fxctl dlq list`"
+        ))
+    })?;
+    let body = payload.unwrap_or(letter.payload);
+    Event::decode(&letter.subject, body.as_bytes()).map_err(|e| {
+        CtlError::Refused(format!(
+            "the message still does not decode ({e}); fix it and pass it with --payload"
+        ))
+    })?;
+    let js = runtime::broker::jetstream(client.clone());
+    let ack = js
+        .send_publish(
+            letter.subject.clone(),
+            jetstream::message::PublishMessage::build().payload(body.into_bytes().into()),
+        )
+        .await
+        .map_err(|e| CtlError::Unavailable(e.to_string()))?
+        .await
+        .map_err(|e| CtlError::Unavailable(e.to_string()))?;
+    Ok(ack.sequence)
+}

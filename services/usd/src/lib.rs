@@ -1,1 +1,131 @@
+//! fx-usd: USD accounts, the house float and the USD journal.
+//!
+//! Consumes trade.filled and trade.cancelled; emits usd.credited, usd.credit_failed,
+//! usd.debited (and usd.deposited for admin deposits). The pieces:
+//!
+//! - [`decide`]: the pure decision `(credit record, account, house, event, now) -> decision`.
+//! - [`apply`]: the thin adapter over [`Records`] that loads, decides, writes, journals and
+//!   emits; [`UsdService`] is the [`Participant`] the runtime (and the simulation) drives.
+//! - Admin: [`seed_house_float`], [`deposit`], [`freeze`], [`unfreeze`], [`balance`], and
+//!   [`audit`] for the invariants.
+//!
+//! Key layout and journal accounts: see [`model`].
 
+mod admin;
+mod audit;
+mod config;
+mod decide;
+pub mod model;
+pub mod server;
+
+#[cfg(test)]
+mod tests;
+
+use events::{Event, EventKind};
+use runtime::{abort, Handled, Participant, Records, RuntimeError, TxResult};
+
+pub use admin::{
+    balance, deposit, freeze, house_balance, seed_house_float, unfreeze, AdminOutcome,
+};
+pub use audit::{audit, UsdAudit};
+pub use config::UsdConfig;
+pub use decide::{decide, BrokenInvariant, UsdDecision, UsdState};
+pub use model::{
+    account_key, credit_key, deposit_key, house_float_deposit_id, CreditRecord, CreditState,
+    DepositRecord, HouseAccount, Totals, UsdAccount,
+};
+
+/// The event kinds fx-usd consumes.
+pub const CONSUMES: &[EventKind] = &[EventKind::TradeFilled, EventKind::TradeCancelled];
+
+/// Handles one event of one saga inside a transaction: loads `credit:<saga_id>`, the saga
+/// user's `acct:<user_id>` and `house`, decides, writes, journals and emits (causation id =
+/// the consumed event's id). A broken invariant aborts the transaction: nothing is written,
+/// and the runtime treats it as a failed handling rather than going negative.
+pub fn apply<R: Records>(records: &R, event: &Event, now_ms: u64) -> TxResult<Handled> {
+    if !CONSUMES.contains(&event.kind()) {
+        return Ok(Handled::Ignored);
+    }
+    let credit_key = credit_key(event.saga_id());
+    let credit: Option<CreditRecord> = records.get(&credit_key)?;
+    // Once credited, the account to touch is the one that was credited.
+    let user = credit
+        .as_ref()
+        .map_or_else(|| event.user_id().clone(), |c| c.user_id.clone());
+    let account_key = account_key(&user);
+    let state = UsdState {
+        credit,
+        account: records.get(&account_key)?,
+        house: records.get(model::HOUSE_KEY)?.unwrap_or_default(),
+    };
+    let decision = match decide(&state, event, now_ms) {
+        Ok(d) => d,
+        Err(e) => return abort(RuntimeError::Handler(e.to_string())),
+    };
+    if let Some(c) = &decision.credit {
+        records.put(&credit_key, c)?;
+    }
+    if let Some(a) = &decision.account {
+        records.put(&account_key, a)?;
+    }
+    if let Some(h) = &decision.house {
+        records.put(model::HOUSE_KEY, h)?;
+    }
+    for entry in &decision.journal {
+        records.journal(entry)?;
+    }
+    let cause = event.id();
+    for e in &decision.events {
+        records.emit(e, &cause, now_ms)?;
+    }
+    Ok(decision.handled)
+}
+
+/// The fx-usd participant.
+#[derive(Clone, Debug, Default)]
+pub struct UsdService {
+    config: UsdConfig,
+}
+
+impl UsdService {
+    /// A service with these settings.
+    pub fn new(config: UsdConfig) -> UsdService {
+        UsdService { config }
+    }
+
+    /// The settings the service runs with.
+    pub fn config(&self) -> &UsdConfig {
+        &self.config
+    }
+
+    /// Deposits the configured house float if it never was (call once at start, in a
+    /// transaction, before consuming).
+    pub fn seed<R: Records>(&self, records: &R, now_ms: u64) -> TxResult<AdminOutcome> {
+        seed_house_float(records, self.config.house_float, now_ms)
+    }
+}
+
+impl Participant for UsdService {
+    type Prepared = ();
+
+    fn name(&self) -> &'static str {
+        "usd"
+    }
+
+    fn consumes(&self) -> &'static [EventKind] {
+        CONSUMES
+    }
+
+    /// fx-usd decides from its own records alone.
+    async fn prepare(&self, _event: &Event, _now_ms: u64) {}
+
+    fn handle<R: Records>(
+        &self,
+        records: &R,
+        event: &Event,
+        _prepared: &(),
+        now_ms: u64,
+    ) -> TxResult<Handled> {
+        apply(records, event, now_ms)
+    }
+}

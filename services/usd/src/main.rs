@@ -1,1 +1,15 @@
-fn main() {}
+//! fx-usd: USD accounts, the house float, credits and compensating debits.
+
+use runtime::{telemetry, RuntimeConfig};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init_tracing();
+    let runtime_config = RuntimeConfig::from_env(
+        usd::server::DEFAULT_DATA_DIR,
+        Some(usd::server::DEFAULT_HTTP_ADDR),
+    )?;
+    let config = usd::UsdConfig::from_env()?;
+    usd::server::run(runtime_config, config, telemetry::shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,455 @@
+//! Adapter tests: the service over a real (temporary) sled store, the simulated venue, and
+//! injected time. Each test reads back records, journal entries and the outbox.
+
+use std::sync::Arc;
+
+use events::{
+    CancelReason, CreditFailReason, Event, Krw, KrwHeld, KrwReleased, Rate, ReleaseReason, SagaId,
+    TradeFailReason, Usd, UsdCreditFailed, UserId,
+};
+use futures::executor::block_on;
+use runtime::{Handled, JournalEntry, Participant, Store};
+use rust_decimal::Decimal;
+
+use crate::*;
+
+const T0: u64 = 1_700_000_000_000;
+const HOLD_MS: u64 = 30_000;
+
+fn saga(n: u128) -> SagaId {
+    SagaId::from(uuid::Uuid::from_u128(
+        0x0193_f0e2_0000_7000_8000_0000_0000_0000 + n,
+    ))
+}
+
+fn alice() -> UserId {
+    UserId::parse("alice").unwrap()
+}
+
+fn rate(r: i64) -> Rate {
+    Rate::new(Decimal::from(r)).unwrap()
+}
+
+fn held(n: u128, min_usd: Option<&str>, expires_at_ms: u64) -> Event {
+    Event::KrwHeld(KrwHeld {
+        saga_id: saga(n),
+        user_id: alice(),
+        krw_amount: Krw::parse("1500000").unwrap(),
+        min_usd_amount: min_usd.map(|m| Usd::parse(m).unwrap()),
+        hold_expires_at_ms: expires_at_ms,
+    })
+}
+
+fn released(n: u128) -> Event {
+    Event::KrwReleased(KrwReleased {
+        saga_id: saga(n),
+        user_id: alice(),
+        krw_amount: Krw::parse("1500000").unwrap(),
+        reason: ReleaseReason::Expired,
+    })
+}
+
+fn credit_failed(n: u128) -> Event {
+    Event::UsdCreditFailed(UsdCreditFailed {
+        saga_id: saga(n),
+        user_id: alice(),
+        reason: CreditFailReason::AccountFrozen,
+        message: "the USD account of alice is frozen".into(),
+    })
+}
+
+struct Harness {
+    store: Store,
+    venue: Arc<SimulatedVenue>,
+    svc: TradeService,
+}
+
+impl Harness {
+    fn new(venue: VenueConfig) -> Harness {
+        Harness::with(TradeConfig::default(), venue)
+    }
+
+    fn with(config: TradeConfig, venue: VenueConfig) -> Harness {
+        let venue = Arc::new(SimulatedVenue::new(&venue));
+        Harness {
+            store: Store::temporary().unwrap(),
+            svc: TradeService::new(config, venue.clone()),
+            venue,
+        }
+    }
+
+    /// One delivery as the runtime does it: prepare, then handle in one transaction.
+    fn deliver(&self, event: &Event, now_ms: u64) -> Handled {
+        let quote = block_on(self.svc.prepare(event, now_ms));
+        self.store
+            .transact(|tx| self.svc.handle(&*tx, event, &quote, now_ms))
+            .unwrap()
+    }
+
+    /// Emitted events since the last call, checking each names its cause.
+    fn emitted(&self, cause: &Event) -> Vec<Event> {
+        let batch = self.store.outbox_batch(u64::MAX, 100).unwrap();
+        let keys: Vec<u64> = batch.iter().map(|(k, _)| *k).collect();
+        self.store.outbox_remove(&keys).unwrap();
+        batch
+            .into_iter()
+            .map(|(_, entry)| {
+                assert_eq!(entry.causation_id, cause.id(), "causation id");
+                let e = Event::decode(&entry.subject, entry.payload.as_bytes()).unwrap();
+                assert_eq!(entry.event_id, e.id());
+                e
+            })
+            .collect()
+    }
+
+    fn order(&self, n: u128) -> Option<OrderRecord> {
+        self.store.get(&order_key(saga(n))).unwrap()
+    }
+
+    fn journal(&self) -> Vec<JournalEntry> {
+        self.store.journal_entries().unwrap()
+    }
+}
+
+fn only(events: Vec<Event>) -> Event {
+    assert_eq!(events.len(), 1, "exactly one event: {events:?}");
+    events.into_iter().next().unwrap()
+}
+
+fn fail_reason(e: Event) -> TradeFailReason {
+    match e {
+        Event::TradeFailed(f) => f.reason,
+        other => panic!("expected trade.failed, got {other:?}"),
+    }
+}
+
+#[test]
+fn held_is_filled_at_the_venue_rate_and_journaled() {
+    let h = Harness::new(VenueConfig::default());
+    let ev = held(1, Some("1000.00"), T0 + HOLD_MS);
+    assert_eq!(h.deliver(&ev, T0), Handled::Applied);
+
+    let Event::TradeFilled(f) = only(h.emitted(&ev)) else {
+        panic!("expected trade.filled")
+    };
+    assert_eq!(f.usd_amount.to_string(), "1071.42");
+    assert_eq!(f.krw_amount.to_string(), "1500000");
+    assert_eq!(f.rate, rate(1400));
+    let Some(OrderRecord {
+        state: OrderState::Filled(fill),
+        ..
+    }) = h.order(1)
+    else {
+        panic!("expected a filled order")
+    };
+    assert_eq!(fill.usd_amount, f.usd_amount);
+    let journal = h.journal();
+    assert_eq!(journal.len(), 1);
+    assert_eq!(journal[0].op, "fill");
+    assert_eq!(journal[0].saga_id, saga(1));
+    assert_eq!(journal[0].amount.to_string(), "1071.42");
+    assert_eq!(h.venue.orders_executed(), 1);
+    assert!(audit(&h.store).unwrap().ok);
+}
+
+#[test]
+fn rate_moved_below_the_minimum_fails_without_a_fill() {
+    let h = Harness::new(VenueConfig {
+        rate: rate(1500),
+        ..VenueConfig::default()
+    });
+    let ev = held(1, Some("1071.42"), T0 + HOLD_MS);
+    assert_eq!(h.deliver(&ev, T0), Handled::Applied);
+    let e = only(h.emitted(&ev));
+    assert_eq!(fail_reason(e), TradeFailReason::RateMoved);
+    assert!(h.journal().is_empty());
+    assert!(matches!(
+        h.order(1).unwrap().state,
+        OrderState::Failed {
+            reason: TradeFailReason::RateMoved
+        }
+    ));
+}
+
+#[test]
+fn a_hold_expiring_within_the_margin_fails_without_calling_the_venue() {
+    let h = Harness::new(VenueConfig::default());
+    let ev = held(1, None, T0 + 1_999);
+    assert_eq!(h.deliver(&ev, T0), Handled::Applied);
+    assert_eq!(
+        fail_reason(only(h.emitted(&ev))),
+        TradeFailReason::HoldExpiring
+    );
+    assert_eq!(h.venue.attempts(), 0, "the venue was not asked");
+    assert!(h.journal().is_empty());
+}
+
+#[test]
+fn venue_down_retries_while_the_hold_has_time_then_fails_venue_unavailable() {
+    let h = Harness::new(VenueConfig::default());
+    h.venue.set_down(true);
+    let expires = T0 + HOLD_MS;
+    let ev = held(1, None, expires);
+
+    assert_eq!(h.deliver(&ev, T0), Handled::RetryAfter { delay_ms: 500 });
+    assert!(h.order(1).is_none(), "a retry writes nothing");
+    assert!(h.emitted(&ev).is_empty());
+
+    // Redelivered when a further 500 ms would land inside the 2000 ms margin.
+    let late = expires - 2_400;
+    assert_eq!(h.deliver(&ev, late), Handled::Applied);
+    assert_eq!(
+        fail_reason(only(h.emitted(&ev))),
+        TradeFailReason::VenueUnavailable
+    );
+    assert!(h.journal().is_empty());
+
+    // The final word stands even when the venue comes back.
+    h.venue.set_down(false);
+    assert_eq!(h.deliver(&ev, late + 1), Handled::Ignored);
+    assert!(h.emitted(&ev).is_empty());
+}
+
+#[test]
+fn venue_recovers_and_the_retried_hold_fills() {
+    let h = Harness::new(VenueConfig::default());
+    h.venue.set_down(true);
+    let ev = held(1, None, T0 + HOLD_MS);
+    assert_eq!(h.deliver(&ev, T0), Handled::RetryAfter { delay_ms: 500 });
+    h.venue.set_down(false);
+    assert_eq!(h.deliver(&ev, T0 + 500), Handled::Applied);
+    assert!(matches!(only(h.emitted(&ev)), Event::TradeFilled(_)));
+}
+
+#[test]
+fn breaker_opens_after_n_failures_half_opens_after_the_period_and_closes_on_success() {
+    let config = TradeConfig::new(
+        2_000,
+        500,
+        BreakerConfig {
+            failures: 3,
+            open_ms: 5_000,
+        },
+    );
+    let h = Harness::with(config, VenueConfig::default());
+    h.venue.set_down(true);
+    let expires = T0 + 60_000;
+
+    // Three failures, each a retry: the third opens the breaker, and its retry waits for
+    // the probe instead of hammering the venue.
+    for n in 1..=2 {
+        assert_eq!(
+            h.deliver(&held(n, None, expires), T0 + n as u64),
+            Handled::RetryAfter { delay_ms: 500 }
+        );
+    }
+    assert_eq!(h.svc.breaker_state(T0 + 2), BreakerState::Closed);
+    assert_eq!(
+        h.deliver(&held(3, None, expires), T0 + 3),
+        Handled::RetryAfter { delay_ms: 5_000 }
+    );
+    assert_eq!(h.svc.breaker_state(T0 + 3), BreakerState::Open);
+    assert_eq!(h.venue.attempts(), 3);
+
+    // Open: refused without a venue call.
+    assert_eq!(
+        h.deliver(&held(4, None, expires), T0 + 1_003),
+        Handled::RetryAfter { delay_ms: 4_000 }
+    );
+    assert_eq!(
+        h.venue.attempts(),
+        3,
+        "an open breaker does not call the venue"
+    );
+
+    // After the open period: half-open, one probe. The venue is back, so it closes.
+    h.venue.set_down(false);
+    assert_eq!(h.svc.breaker_state(T0 + 5_003), BreakerState::HalfOpen);
+    let probe = held(1, None, expires);
+    assert_eq!(h.deliver(&probe, T0 + 5_003), Handled::Applied);
+    assert_eq!(h.venue.attempts(), 4);
+    assert_eq!(h.svc.breaker_state(T0 + 5_003), BreakerState::Closed);
+    assert!(matches!(only(h.emitted(&probe)), Event::TradeFilled(_)));
+    for n in 2..=4 {
+        assert_eq!(
+            h.deliver(&held(n, None, expires), T0 + 5_004),
+            Handled::Applied
+        );
+    }
+    assert_eq!(h.venue.orders_executed(), 4);
+}
+
+#[test]
+fn a_failed_probe_reopens_the_breaker() {
+    let config = TradeConfig::new(
+        2_000,
+        500,
+        BreakerConfig {
+            failures: 1,
+            open_ms: 1_000,
+        },
+    );
+    let h = Harness::with(config, VenueConfig::default());
+    h.venue.set_down(true);
+    let ev = held(1, None, T0 + 60_000);
+    assert_eq!(h.deliver(&ev, T0), Handled::RetryAfter { delay_ms: 1_000 });
+    assert_eq!(
+        h.deliver(&ev, T0 + 1_000),
+        Handled::RetryAfter { delay_ms: 1_000 }
+    );
+    assert_eq!(h.venue.attempts(), 2, "the probe reached the venue");
+    assert_eq!(h.svc.breaker_state(T0 + 1_500), BreakerState::Open);
+}
+
+#[test]
+fn a_fill_is_cancelled_once_on_credit_failed() {
+    let h = Harness::new(VenueConfig::default());
+    let ev = held(1, None, T0 + HOLD_MS);
+    h.deliver(&ev, T0);
+    h.emitted(&ev);
+
+    let cf = credit_failed(1);
+    assert_eq!(h.deliver(&cf, T0 + 10), Handled::Applied);
+    let Event::TradeCancelled(c) = only(h.emitted(&cf)) else {
+        panic!("expected trade.cancelled")
+    };
+    assert_eq!(c.reason, CancelReason::CreditFailed);
+    assert_eq!(c.usd_amount.to_string(), "1071.42");
+    assert_eq!(c.krw_amount.to_string(), "1500000");
+
+    // KRW's release answering our cancel, and a redelivered credit_failed: nothing more.
+    for again in [released(1), cf.clone()] {
+        assert_eq!(h.deliver(&again, T0 + 20), Handled::Ignored);
+        assert!(h.emitted(&again).is_empty());
+    }
+    let ops: Vec<String> = h.journal().into_iter().map(|e| e.op).collect();
+    assert_eq!(ops, ["cancel", "fill"]);
+    assert!(matches!(
+        h.order(1).unwrap().state,
+        OrderState::Cancelled {
+            reason: CancelReason::CreditFailed,
+            ..
+        }
+    ));
+    let a = audit(&h.store).unwrap();
+    assert!(a.ok, "{a:?}");
+    assert_eq!((a.cancelled, a.fill_entries, a.cancel_entries), (1, 1, 1));
+}
+
+#[test]
+fn a_release_after_the_fill_cancels_it() {
+    let h = Harness::new(VenueConfig::default());
+    let ev = held(1, None, T0 + HOLD_MS);
+    h.deliver(&ev, T0);
+    h.emitted(&ev);
+
+    let rel = released(1);
+    assert_eq!(h.deliver(&rel, T0 + HOLD_MS + 5_000), Handled::Applied);
+    let Event::TradeCancelled(c) = only(h.emitted(&rel)) else {
+        panic!("expected trade.cancelled")
+    };
+    assert_eq!(c.reason, CancelReason::HoldReleased);
+    // fx-usd's answer to the fill may still arrive: nothing left to reverse.
+    let cf = credit_failed(1);
+    assert_eq!(h.deliver(&cf, T0 + HOLD_MS + 6_000), Handled::Ignored);
+    assert!(h.emitted(&cf).is_empty());
+}
+
+#[test]
+fn a_release_before_the_hold_is_a_tombstone_announced_at_once() {
+    let h = Harness::new(VenueConfig::default());
+    let rel = released(1);
+    assert_eq!(h.deliver(&rel, T0), Handled::Applied);
+    assert_eq!(
+        fail_reason(only(h.emitted(&rel))),
+        TradeFailReason::HoldReleased
+    );
+
+    let ev = held(1, None, T0 + HOLD_MS);
+    assert_eq!(h.deliver(&ev, T0 + 10), Handled::Ignored);
+    assert!(h.emitted(&ev).is_empty(), "no second final word, no fill");
+    assert!(h.journal().is_empty());
+    assert!(matches!(
+        h.order(1).unwrap().state,
+        OrderState::Failed {
+            reason: TradeFailReason::HoldReleased
+        }
+    ));
+    assert!(audit(&h.store).unwrap().ok);
+}
+
+#[test]
+fn duplicates_are_ignored_and_a_re_decided_fill_reuses_the_venue_order() {
+    let h = Harness::new(VenueConfig {
+        volatility_bps: 100,
+        seed: 42,
+        ..VenueConfig::default()
+    });
+    let ev = held(1, None, T0 + HOLD_MS);
+
+    // A crash after the venue executed but before the transaction committed: the quote is
+    // lost. Meanwhile another order moves the market.
+    let lost = block_on(h.svc.prepare(&ev, T0));
+    h.deliver(&held(2, None, T0 + HOLD_MS), T0 + 1);
+    h.emitted(&held(2, None, T0 + HOLD_MS));
+
+    // The redelivery gets the same execution back, not a second order at a new rate.
+    assert_eq!(h.deliver(&ev, T0 + 2), Handled::Applied);
+    let Event::TradeFilled(f) = only(h.emitted(&ev)) else {
+        panic!("expected trade.filled")
+    };
+    assert_eq!(Quote::Rate(f.rate), lost);
+    assert_eq!(h.venue.orders_executed(), 2);
+
+    assert_eq!(h.deliver(&ev, T0 + 3), Handled::Ignored);
+    assert!(h.emitted(&ev).is_empty());
+    assert_eq!(h.journal().len(), 2, "one fill per saga");
+}
+
+#[test]
+fn events_trade_does_not_consume_are_ignored() {
+    let h = Harness::new(VenueConfig::default());
+    let ev = Event::UsdCredited(events::UsdCredited {
+        saga_id: saga(1),
+        user_id: alice(),
+        usd_amount: Usd::parse("1.00").unwrap(),
+    });
+    assert_eq!(h.deliver(&ev, T0), Handled::Ignored);
+    assert!(h.order(1).is_none());
+}
+
+#[test]
+fn audit_reports_a_corrupted_order_in_words() {
+    let h = Harness::new(VenueConfig::default());
+    let ev = held(1, None, T0 + HOLD_MS);
+    h.deliver(&ev, T0);
+    // Tamper: the record now claims a different fill amount than the journal.
+    let mut order = h.order(1).unwrap();
+    if let OrderState::Filled(fill) = &mut order.state {
+        fill.usd_amount = Usd::parse("9999.00").unwrap();
+    }
+    h.store
+        .transact(|tx| {
+            runtime::Records::put(&*tx, &order_key(saga(1)), &order)?;
+            runtime::Records::put_raw(&*tx, &order_key(saga(2)), b"{\"nonsense\":1}".to_vec())
+        })
+        .unwrap();
+    let a = audit(&h.store).unwrap();
+    assert!(!a.ok);
+    assert_eq!(a.failures.len(), 2, "{:?}", a.failures);
+    assert!(a.failures.iter().any(|f| f.contains("9999.00")), "{a:?}");
+    assert!(
+        a.failures.iter().any(|f| f.contains("does not decode")),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn config_reads_defaults() {
+    let c = TradeConfig::default();
+    assert_eq!(c.hold_safety_margin_ms, 2_000);
+    assert_eq!(c.venue_retry_ms, 500);
+    assert_eq!(c.breaker, BreakerConfig::default());
+    assert_eq!(c.venue.rate, rate(1400));
+    assert!(c.validate().is_ok());
+}

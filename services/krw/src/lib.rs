@@ -1,1 +1,38 @@
+//! fx-krw: KRW accounts, holds (TCC try/confirm/cancel) and the KRW double-entry journal.
+//!
+//! - [`decide`]: the pure rules, `(records, input, now) -> (records, events, journal)`.
+//! - [`KrwService`]: the [`runtime::Participant`] (and the adapter the simulation calls) that
+//!   loads records through [`runtime::Records`], decides, and writes back, journals and emits
+//!   inside the caller's one transaction; plus the hold-expiry timer ([`KrwService::expire`],
+//!   [`KrwService::due_expiries`]).
+//! - [`deposit`], [`balance`], [`audit`]: admin operations.
+//! - [`records`]: the state records and their key layout.
+//!
+//! Journal accounts: `user:<id>:available`, `user:<id>:held`, `house`, `external` (where
+//! deposits come from). Operations, one entry each per saga: `deposit` (external -> available),
+//! `hold` (available -> held), `commit` (held -> house), `release` (held -> available).
 
+mod admin;
+mod audit;
+mod config;
+pub mod decide;
+mod error;
+pub mod records;
+pub mod server;
+mod service;
+
+pub use admin::{balance, deposit};
+pub use audit::{audit, AuditTotals, KrwAudit};
+pub use config::KrwConfig;
+pub use decide::{
+    decide, decide_deposit, Decision, DepositDecision, DepositState, Input, InvalidRequest, State,
+};
+pub use error::KrwError;
+pub use records::{
+    expiry_due, expiry_key, parse_expiry_key, Account, DepositRecord, House, RequestFingerprint,
+    SagaRecord, SagaStatus, Seen, Totals, EXPIRY_PREFIX,
+};
+pub use service::{KrwService, CONSUMES};
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,15 @@
-fn main() {}
+//! fx-krw: KRW accounts, TCC holds with expiry, commits and releases.
+
+use runtime::{telemetry, RuntimeConfig};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init_tracing();
+    let runtime_config = RuntimeConfig::from_env(
+        krw::server::DEFAULT_DATA_DIR,
+        Some(krw::server::DEFAULT_HTTP_ADDR),
+    )?;
+    let config = krw::KrwConfig::from_env()?;
+    krw::server::run(runtime_config, config, telemetry::shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! Admin operations as plain functions; the NATS request/reply wiring lives elsewhere.
+
+use events::{Krw, SagaId, UserId};
+use runtime::{Handled, Records, Store, TxResult};
+
+use crate::decide::{decide_deposit, DepositState};
+use crate::records::{account_key, deposit_key, saga_key, Account, TOTALS_KEY};
+
+/// Deposits `amount` KRW into `user`'s available balance, creating the account if needed.
+///
+/// Journals `deposit` (external -> `user:<id>:available`), adds to `totals`, and emits
+/// `krw.deposited` (saga id = `deposit_id`, caused by the deposit id itself). Idempotent by
+/// `deposit_id`: repeating the same deposit returns `Ignored` and changes nothing. A refused
+/// deposit returns `DeadLetter` with reason `deposit_id_conflict` (the id was used for another
+/// user, amount or an exchange) or `invalid_deposit` (zero, or past the KRW ceiling), and
+/// writes nothing; the admin wiring turns that into an error reply.
+pub fn deposit<R: Records>(
+    r: &R,
+    deposit_id: SagaId,
+    user: &UserId,
+    amount: Krw,
+    actor: &str,
+    now_ms: u64,
+) -> TxResult<Handled> {
+    let before = DepositState {
+        deposit: r.get(&deposit_key(deposit_id))?,
+        saga_exists: r.get_raw(&saga_key(deposit_id))?.is_some(),
+        account: r.get(&account_key(user))?,
+        totals: r.get(TOTALS_KEY)?.unwrap_or_default(),
+    };
+    let d = decide_deposit(&before, deposit_id, user, amount, actor, now_ms);
+    if d.outcome != Handled::Applied {
+        return Ok(d.outcome);
+    }
+    if let Some(record) = &d.state.deposit {
+        r.put(&deposit_key(deposit_id), record)?;
+    }
+    if let Some(account) = &d.state.account {
+        r.put(&account_key(user), account)?;
+    }
+    r.put(TOTALS_KEY, &d.state.totals)?;
+    for entry in &d.journal {
+        r.journal(entry)?;
+    }
+    let causation = deposit_id.to_string();
+    for event in &d.events {
+        r.emit(event, &causation, now_ms)?;
+    }
+    Ok(d.outcome)
+}
+
+/// A user's KRW account, or `None` if nothing was ever deposited for them.
+pub fn balance(store: &Store, user: &UserId) -> runtime::Result<Option<Account>> {
+    store.get(&account_key(user))
+}

@@ -1,0 +1,143 @@
+//! fx-krw as a process: the runtime's consumer loop, the hold-expiry sweeper and the admin
+//! endpoints.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use events::{Krw, SagaId, UserId};
+use runtime::admin::{handler, serve_admin, AdminError, AdminHandler, AdminRequest};
+use runtime::{Clock, Handled, Runtime, RuntimeConfig, Store};
+use serde::Deserialize;
+use serde_json::json;
+use tracing::warn;
+
+use crate::{KrwConfig, KrwService};
+
+/// Default data directory when `FX_DATA_DIR` is unset.
+pub const DEFAULT_DATA_DIR: &str = ".fx/krw";
+/// Default `/healthz` `/readyz` `/metrics` address.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9101";
+/// How often the sweeper looks for expired holds, in ms (`FX_EXPIRY_SWEEP_MS`).
+pub const DEFAULT_EXPIRY_SWEEP_MS: u64 = 1_000;
+
+/// Runs fx-krw until `shutdown` resolves.
+pub async fn run(
+    runtime_config: RuntimeConfig,
+    config: KrwConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> runtime::Result<()> {
+    let sweep_ms = runtime::env_parse("FX_EXPIRY_SWEEP_MS", DEFAULT_EXPIRY_SWEEP_MS)?;
+    let rt = Runtime::start(KrwService::new(config), runtime_config).await?;
+    serve(rt, sweep_ms, shutdown).await
+}
+
+/// Runs an already started runtime (tests inject clocks and faults before calling this).
+pub async fn serve(
+    rt: Runtime<KrwService>,
+    sweep_ms: u64,
+    shutdown: impl Future<Output = ()> + Send,
+) -> runtime::Result<()> {
+    let store = rt.store();
+    let clock = rt.clock();
+    let admin = serve_admin(
+        rt.client(),
+        "krw",
+        "fx-krw admin: deposit, balance, audit",
+        endpoints(store.clone(), clock.clone()),
+    )
+    .await?;
+    let sweeper = sweep(rt.participant(), store, clock, sweep_ms);
+    tokio::select! {
+        r = rt.run(shutdown) => r,
+        _ = admin => Ok(()),
+        r = sweeper => r,
+    }
+}
+
+/// Releases unpinned holds past `expires_at + grace`, each in its own transaction (the same
+/// transactional path as events), then flushes so the relay may publish the releases.
+async fn sweep(
+    service: Arc<KrwService>,
+    store: Arc<Store>,
+    clock: Clock,
+    every_ms: u64,
+) -> runtime::Result<()> {
+    // A deliberate timer: expiry is a matter of time passing, not of an event arriving.
+    let mut tick = tokio::time::interval(Duration::from_millis(every_ms.max(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match service.expire_due(&store, clock()) {
+            Ok(0) => {}
+            Ok(n) => {
+                store.flush().await?;
+                tracing::info!(released = n, "expired holds released");
+            }
+            Err(e) => warn!(error = %e, "expiry sweep failed; retrying at the next tick"),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct UserBody {
+    user_id: UserId,
+}
+
+#[derive(Deserialize)]
+struct DepositBody {
+    user_id: UserId,
+    krw_amount: Krw,
+    deposit_id: Option<SagaId>,
+}
+
+fn account_json(store: &Store, user: &UserId) -> Result<serde_json::Value, AdminError> {
+    let acct = crate::balance(store, user).map_err(AdminError::internal)?;
+    Ok(match acct {
+        Some(a) => json!({
+            "user_id": user, "krw_available": a.available, "krw_held": a.held, "exists": true
+        }),
+        None => json!({
+            "user_id": user, "krw_available": Krw::ZERO, "krw_held": Krw::ZERO, "exists": false
+        }),
+    })
+}
+
+fn endpoints(store: Arc<Store>, clock: Clock) -> Vec<(&'static str, AdminHandler)> {
+    let s = store.clone();
+    let deposit = handler(move |req: AdminRequest| {
+        let (store, clock) = (s.clone(), clock.clone());
+        async move {
+            let body: DepositBody = req.json()?;
+            let id = body.deposit_id.unwrap_or_else(SagaId::new_v7);
+            let h = store
+                .transact(|tx| {
+                    crate::deposit(tx, id, &body.user_id, body.krw_amount, &req.actor, clock())
+                })
+                .map_err(AdminError::internal)?;
+            if let Handled::DeadLetter { message, .. } = h {
+                return Err(AdminError::bad_request(message));
+            }
+            store.flush().await.map_err(AdminError::internal)?;
+            let mut v = account_json(&store, &body.user_id)?;
+            v["deposit_id"] = json!(id);
+            Ok(v)
+        }
+    });
+    let s = store.clone();
+    let balance = handler(move |req: AdminRequest| {
+        let store = s.clone();
+        async move {
+            let body: UserBody = req.json()?;
+            account_json(&store, &body.user_id)
+        }
+    });
+    let audit = handler(move |_req: AdminRequest| {
+        let store = store.clone();
+        async move {
+            let a = crate::audit(&store).map_err(AdminError::internal)?;
+            serde_json::to_value(a).map_err(AdminError::internal)
+        }
+    });
+    vec![("deposit", deposit), ("balance", balance), ("audit", audit)]
+}

@@ -161,7 +161,8 @@ macro_rules! money_type {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}", self.0)
+                // Always at the currency's scale: "0.00", never "0".
+                write!(f, "{:.*}", $scale, self.0)
             }
         }
 
@@ -174,7 +175,7 @@ macro_rules! money_type {
 
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(&self.0)
+                s.collect_str(self)
             }
         }
 
@@ -319,6 +320,13 @@ mod tests {
             Krw::parse("99999999999999999999999999999999999"),
             Err(MoneyError::Overflow { .. })
         ));
+    }
+
+    #[test]
+    fn zero_prints_at_the_currency_scale() {
+        assert_eq!(Usd::ZERO.to_string(), "0.00");
+        assert_eq!(serde_json::to_string(&Usd::ZERO).unwrap(), "\"0.00\"");
+        assert_eq!(Krw::ZERO.to_string(), "0");
     }
 
     #[test]

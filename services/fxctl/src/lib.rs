@@ -202,11 +202,9 @@ impl SagaFollower {
         self.seen.push(e.kind().type_name());
         match e {
             Event::UsdCredited(c) => self.usd = Some(c.usd_amount.to_string()),
-            Event::KrwRejected(r) => self.reason = Some(format!("{:?}: {}", r.reason, r.message)),
-            Event::TradeFailed(f) => self.reason = Some(format!("{:?}: {}", f.reason, f.message)),
-            Event::UsdCreditFailed(f) => {
-                self.reason = Some(format!("{:?}: {}", f.reason, f.message))
-            }
+            Event::KrwRejected(r) => self.reason = Some(reason(&r.reason, &r.message)),
+            Event::TradeFailed(f) => self.reason = Some(reason(&f.reason, &f.message)),
+            Event::UsdCreditFailed(f) => self.reason = Some(reason(&f.reason, &f.message)),
             _ => {}
         }
         let has = |k| self.kinds.contains(&k);
@@ -244,6 +242,15 @@ impl SagaFollower {
             },
         })
     }
+}
+
+/// `reason_code: message`, with the code as it is on the wire (snake_case).
+fn reason(code: &impl Serialize, message: &str) -> String {
+    let code = serde_json::to_value(code)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    format!("{code}: {message}")
 }
 
 /// A user's balances in both services.

@@ -1,0 +1,276 @@
+//! A whole system in one test process: a real nats-server and the three services' real code
+//! (the same `server::serve` the binaries run), each with its own sled store and its own
+//! adjustable clock, plus helpers that drive it the way users do (through fxctl's library).
+
+#![allow(dead_code)] // each test file uses a different part of the fixture
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use events::{Event, Krw, Rate, SagaId, Usd, UserId};
+use runtime::{Clock, JournalEntry, Runtime, RuntimeConfig, Store};
+use testkit::NatsServer;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long a saga may take in a test before it counts as stuck.
+pub const SAGA_DEADLINE_MS: u64 = 30_000;
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<runtime::Result<()>>,
+}
+
+/// The running system.
+pub struct System {
+    pub nats: NatsServer,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    dir: tempfile::TempDir,
+    /// Per-service clock offsets in ms, added to the wall clock (to cross expiries at will).
+    offsets: HashMap<&'static str, Arc<AtomicU64>>,
+    stores: HashMap<&'static str, Arc<Store>>,
+    running: HashMap<&'static str, Running>,
+    pub krw_config: krw::KrwConfig,
+    pub trade_config: trade::TradeConfig,
+    pub usd_config: usd::UsdConfig,
+    pub venue: Arc<trade::SimulatedVenue>,
+    trade_service: Option<Arc<trade::TradeService>>,
+}
+
+impl System {
+    /// All three services with default configs, the venue flat at 1400 KRW/USD.
+    pub async fn start() -> System {
+        System::start_with(krw::KrwConfig::default(), trade::TradeConfig::default()).await
+    }
+
+    /// All three services with the given configs.
+    pub async fn start_with(
+        krw_config: krw::KrwConfig,
+        trade_config: trade::TradeConfig,
+    ) -> System {
+        let nats = NatsServer::start();
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = runtime::broker::jetstream(client.clone());
+        let mut sys = System {
+            nats,
+            client,
+            js,
+            dir: tempfile::tempdir().unwrap(),
+            offsets: HashMap::new(),
+            stores: HashMap::new(),
+            running: HashMap::new(),
+            krw_config,
+            trade_config,
+            usd_config: usd::UsdConfig::default(),
+            venue: Arc::new(trade::SimulatedVenue::flat(
+                Rate::new(rust_decimal::Decimal::from(1400)).unwrap(),
+            )),
+            trade_service: None,
+        };
+        for name in ["krw", "trade", "usd"] {
+            sys.offsets.insert(name, Arc::new(AtomicU64::new(0)));
+        }
+        sys.start_service("usd").await;
+        sys.start_service("trade").await;
+        sys.start_service("krw").await;
+        sys
+    }
+
+    fn config(&self, name: &str) -> RuntimeConfig {
+        RuntimeConfig::for_test(&self.nats.url(), self.dir.path().join(name))
+    }
+
+    fn clock(&self, name: &str) -> Clock {
+        let offset = self.offsets[name].clone();
+        let wall = runtime::system_clock();
+        Arc::new(move || wall() + offset.load(Ordering::SeqCst))
+    }
+
+    /// Moves one service's clock forward by `ms`.
+    pub fn advance(&self, name: &str, ms: u64) {
+        self.offsets[name].fetch_add(ms, Ordering::SeqCst);
+    }
+
+    /// Starts (or restarts) one service on its store.
+    pub async fn start_service(&mut self, name: &'static str) {
+        assert!(!self.running.contains_key(name), "{name} already runs");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let config = self.config(name);
+        let clock = self.clock(name);
+        let task = match name {
+            "krw" => {
+                let rt = Runtime::start(krw::KrwService::new(self.krw_config.clone()), config)
+                    .await
+                    .unwrap()
+                    .with_clock(clock);
+                self.stores.insert(name, rt.store());
+                tokio::spawn(krw::server::serve(rt, 20, shutdown))
+            }
+            "trade" => {
+                let svc = trade::TradeService::new(self.trade_config.clone(), self.venue.clone());
+                let rt = Runtime::start(svc, config).await.unwrap().with_clock(clock);
+                self.stores.insert(name, rt.store());
+                self.trade_service = Some(rt.participant());
+                tokio::spawn(trade::server::serve(rt, shutdown))
+            }
+            "usd" => {
+                let rt = Runtime::start(usd::UsdService::new(self.usd_config.clone()), config)
+                    .await
+                    .unwrap()
+                    .with_clock(clock);
+                self.stores.insert(name, rt.store());
+                tokio::spawn(usd::server::serve(rt, self.usd_config.clone(), shutdown))
+            }
+            other => panic!("no service {other}"),
+        };
+        self.running.insert(name, Running { stop, task });
+        // Ready once its admin endpoint answers (krw/usd) or its consumer exists (trade).
+        let client = self.client.clone();
+        let js = self.js.clone();
+        testkit::wait_for(&format!("fx-{name} to be ready"), 20_000, || {
+            let (client, js) = (client.clone(), js.clone());
+            async move {
+                let ok = match name {
+                    "trade" => js
+                        .get_stream("FX")
+                        .await
+                        .ok()?
+                        .get_consumer::<jetstream::consumer::pull::Config>("fx-trade")
+                        .await
+                        .is_ok(),
+                    _ => runtime::admin::request(
+                        &client,
+                        name,
+                        "audit",
+                        "test",
+                        &serde_json::json!({}),
+                    )
+                    .await
+                    .is_ok(),
+                };
+                ok.then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// Stops one service gracefully and waits until it has.
+    pub async fn stop_service(&mut self, name: &'static str) {
+        let r = self.running.remove(name).expect("service runs");
+        self.stores.remove(name);
+        if name == "trade" {
+            self.trade_service = None;
+        }
+        let _ = r.stop.send(());
+        r.task.await.unwrap().expect("clean stop");
+    }
+
+    /// The store of a running service (read-only use: journals, records).
+    pub fn store(&self, name: &str) -> Arc<Store> {
+        self.stores[name].clone()
+    }
+
+    /// The running fx-trade participant (breaker state).
+    pub fn trade(&self) -> Arc<trade::TradeService> {
+        self.trade_service.clone().expect("fx-trade runs")
+    }
+
+    /// Deposits KRW through fx-krw's admin endpoint.
+    pub async fn deposit_krw(&self, user: &str, krw: &str) {
+        fxctl::deposit(
+            &self.client,
+            &uid(user),
+            Some(Krw::parse(krw).unwrap()),
+            None,
+            "test",
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Publishes a request and follows it to its end.
+    pub async fn exchange(&self, user: &str, krw: &str, min_usd: Option<&str>) -> fxctl::Outcome {
+        self.exchange_saga(user, krw, min_usd, SagaId::new_v7())
+            .await
+    }
+
+    /// Same, with a chosen saga id.
+    pub async fn exchange_saga(
+        &self,
+        user: &str,
+        krw: &str,
+        min_usd: Option<&str>,
+        saga: SagaId,
+    ) -> fxctl::Outcome {
+        let out = fxctl::exchange(
+            &self.client,
+            uid(user),
+            Krw::parse(krw).unwrap(),
+            min_usd.map(|m| Usd::parse(m).unwrap()),
+            Some(saga),
+            Some(SAGA_DEADLINE_MS),
+        )
+        .await
+        .unwrap();
+        out.outcome.expect("waited")
+    }
+
+    /// A user's balances through the admin endpoints.
+    pub async fn balance(&self, user: &str) -> fxctl::Balance {
+        fxctl::balance(&self.client, &uid(user), "test")
+            .await
+            .unwrap()
+    }
+
+    /// Both audits; panics with the failures unless every invariant holds.
+    pub async fn assert_audit_ok(&self) {
+        let a = fxctl::audit(&self.client, "test").await.unwrap();
+        assert_eq!(a["ok"], serde_json::json!(true), "audit failed: {a:#}");
+    }
+
+    /// Journal operations of one saga in one service, sorted.
+    pub fn journal_ops(&self, service: &str, saga: SagaId) -> Vec<String> {
+        let mut ops: Vec<String> = self
+            .store(service)
+            .journal_entries()
+            .unwrap()
+            .into_iter()
+            .filter(|e: &JournalEntry| e.saga_id == saga)
+            .map(|e| e.op)
+            .collect();
+        ops.sort();
+        ops
+    }
+
+    /// Every decoded event of one saga on the stream, in stream order.
+    pub async fn saga_events(&self, saga: SagaId) -> Vec<Event> {
+        testkit::stream_messages(&self.js, "FX")
+            .await
+            .into_iter()
+            .filter_map(|m| Event::decode(m.subject.as_str(), &m.payload).ok())
+            .filter(|e| e.saga_id() == saga)
+            .collect()
+    }
+}
+
+/// A user id from a literal.
+pub fn uid(s: &str) -> UserId {
+    UserId::parse(s).unwrap()
+}
+
+/// The balance a test expects, as strings at currency scale.
+pub fn balance(user: &str, krw_available: &str, krw_held: &str, usd: &str) -> fxctl::Balance {
+    fxctl::Balance {
+        user_id: user.into(),
+        krw_available: krw_available.into(),
+        krw_held: krw_held.into(),
+        usd: usd.into(),
+        usd_frozen: false,
+    }
+}

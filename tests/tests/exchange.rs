@@ -1,0 +1,368 @@
+//! The choreographed exchange end to end: the services' real code against a real nats-server.
+//! Every test asserts balances and journal entries, not just event names.
+
+mod common;
+
+use async_nats::jetstream::message::PublishMessage;
+use common::{balance, System};
+use events::{Rate, SagaId};
+use rust_decimal::Decimal;
+
+fn rate(r: u32) -> Rate {
+    Rate::new(Decimal::from(r)).unwrap()
+}
+
+#[tokio::test]
+async fn happy_path_moves_krw_to_the_house_and_credits_usd_at_the_filled_rate() {
+    let sys = System::start().await;
+    sys.deposit_krw("alice", "5000000").await;
+    let saga = SagaId::new_v7();
+    let out = sys
+        .exchange_saga("alice", "1500000", Some("1000.00"), saga)
+        .await;
+    assert_eq!(out.state, "COMPLETED");
+    assert_eq!(
+        out.events,
+        [
+            "exchange.requested",
+            "krw.held",
+            "trade.filled",
+            "usd.credited",
+            "krw.committed"
+        ]
+    );
+    // 1,500,000 / 1400 = 1071.428... rounded down to the cent.
+    assert_eq!(out.usd_amount.as_deref(), Some("1071.42"));
+    assert_eq!(
+        sys.balance("alice").await,
+        balance("alice", "3500000", "0", "1071.42")
+    );
+    assert_eq!(sys.journal_ops("krw", saga), ["commit", "hold"]);
+    assert_eq!(sys.journal_ops("usd", saga), ["credit"]);
+    assert_eq!(sys.journal_ops("trade", saga), ["fill"]);
+    sys.assert_audit_ok().await;
+}
+
+#[tokio::test]
+async fn insufficient_funds_and_limits_are_rejected_with_nothing_moved() {
+    let sys = System::start().await;
+    sys.deposit_krw("bob", "200000").await;
+    let poor = SagaId::new_v7();
+    let out = sys.exchange_saga("bob", "1500000", None, poor).await;
+    assert_eq!(out.state, "REJECTED");
+    assert!(
+        out.reason
+            .as_deref()
+            .unwrap()
+            .starts_with("insufficient_funds"),
+        "{out:?}"
+    );
+    let huge = sys.exchange("bob", "60000000", None).await;
+    assert!(huge.reason.unwrap().starts_with("above_transaction_limit"));
+    let tiny = sys.exchange("bob", "10", None).await;
+    assert!(tiny.reason.unwrap().starts_with("below_minimum"));
+    let stranger = sys.exchange("nobody", "5000", None).await;
+    assert!(stranger.reason.unwrap().starts_with("unknown_user"));
+    assert_eq!(
+        sys.balance("bob").await,
+        balance("bob", "200000", "0", "0.00")
+    );
+    assert!(sys.journal_ops("krw", poor).is_empty());
+    sys.assert_audit_ok().await;
+}
+
+#[tokio::test]
+async fn a_rate_below_the_slippage_guard_fails_the_trade_and_releases_the_hold() {
+    let sys = System::start().await;
+    sys.deposit_krw("carol", "2000000").await;
+    sys.venue.set_rate(rate(1600));
+    let saga = SagaId::new_v7();
+    let out = sys
+        .exchange_saga("carol", "1500000", Some("1000.00"), saga)
+        .await;
+    assert_eq!(out.state, "COMPENSATED");
+    assert_eq!(
+        out.events,
+        [
+            "exchange.requested",
+            "krw.held",
+            "trade.failed",
+            "krw.released"
+        ]
+    );
+    assert!(out.reason.unwrap().starts_with("rate_moved"));
+    assert_eq!(
+        sys.balance("carol").await,
+        balance("carol", "2000000", "0", "0.00")
+    );
+    assert_eq!(sys.journal_ops("krw", saga), ["hold", "release"]);
+    assert!(sys.journal_ops("usd", saga).is_empty());
+    sys.assert_audit_ok().await;
+}
+
+#[tokio::test]
+async fn a_frozen_usd_account_runs_the_whole_reverse_chain() {
+    let sys = System::start().await;
+    sys.deposit_krw("dave", "3000000").await;
+    fxctl::set_frozen(&sys.client, &common::uid("dave"), true, "test")
+        .await
+        .unwrap();
+    let saga = SagaId::new_v7();
+    let out = sys.exchange_saga("dave", "1400000", None, saga).await;
+    assert_eq!(out.state, "COMPENSATED");
+    assert_eq!(
+        out.events,
+        [
+            "exchange.requested",
+            "krw.held",
+            "trade.filled",
+            "usd.credit_failed",
+            "trade.cancelled",
+            "krw.released"
+        ]
+    );
+    assert!(out.reason.unwrap().starts_with("account_frozen"));
+    let mut b = balance("dave", "3000000", "0", "0.00");
+    b.usd_frozen = true;
+    assert_eq!(sys.balance("dave").await, b);
+    assert_eq!(sys.journal_ops("krw", saga), ["hold", "release"]);
+    assert_eq!(sys.journal_ops("trade", saga), ["cancel", "fill"]);
+    assert!(sys.journal_ops("usd", saga).is_empty());
+    sys.assert_audit_ok().await;
+}
+
+#[tokio::test]
+async fn the_breaker_opens_while_the_venue_is_down_and_closes_after_it_recovers() {
+    let mut trade_config = trade::TradeConfig::default();
+    trade_config.breaker = trade::BreakerConfig {
+        failures: 2,
+        open_ms: 5_000,
+    };
+    trade_config.venue_retry_ms = 50;
+    let mut krw_config = krw::KrwConfig::default();
+    // A short hold, so that "no venue while the hold has time" ends quickly.
+    krw_config.hold_ttl_ms = 4_000;
+    let sys = System::start_with(krw_config, trade_config).await;
+    sys.deposit_krw("erin", "9000000").await;
+    sys.venue.set_down(true);
+    let down = sys.exchange("erin", "1000000", None).await;
+    assert_eq!(down.state, "COMPENSATED");
+    assert!(
+        down.reason.unwrap().starts_with("venue_unavailable"),
+        "fails once the hold runs short"
+    );
+    let now = runtime::system_clock()();
+    assert_eq!(sys.trade().breaker_state(now), trade::BreakerState::Open);
+
+    sys.venue.set_down(false);
+    // Past the open period, one probe goes through, succeeds, and closes the breaker. Both
+    // clocks move, so the new hold is fresh for fx-trade too.
+    sys.advance("trade", 6_000);
+    sys.advance("krw", 6_000);
+    let up = sys.exchange("erin", "1000000", None).await;
+    assert_eq!(up.state, "COMPLETED");
+    let now = runtime::system_clock()() + 6_000;
+    assert_eq!(sys.trade().breaker_state(now), trade::BreakerState::Closed);
+    assert_eq!(
+        sys.balance("erin").await,
+        balance("erin", "8000000", "0", "714.28")
+    );
+    sys.assert_audit_ok().await;
+}
+
+#[tokio::test]
+async fn a_hold_expires_while_fx_trade_is_stopped_and_trade_then_refuses_the_stale_hold() {
+    let mut sys = System::start().await;
+    sys.deposit_krw("fay", "2000000").await;
+    sys.stop_service("trade").await;
+    let saga = SagaId::new_v7();
+    let request = fxctl::exchange(
+        &sys.client,
+        common::uid("fay"),
+        events::Krw::parse("1000000").unwrap(),
+        None,
+        Some(saga),
+        None,
+    );
+    request.await.unwrap();
+    testkit::wait_for("the hold", 20_000, || async {
+        (sys.balance("fay").await.krw_held == "1000000").then_some(())
+    })
+    .await;
+    // 30 s TTL + 5 s grace pass for fx-krw (and for fx-trade, which then sees a stale hold).
+    sys.advance("krw", 40_000);
+    sys.advance("trade", 40_000);
+    testkit::wait_for("the expiry release", 20_000, || async {
+        (sys.balance("fay").await.krw_held == "0").then_some(())
+    })
+    .await;
+    sys.start_service("trade").await;
+    testkit::wait_for("trade's final word", 20_000, || async {
+        let kinds: Vec<_> = sys
+            .saga_events(saga)
+            .await
+            .iter()
+            .map(|e| e.kind().type_name())
+            .collect();
+        kinds.contains(&"trade.failed".to_string()).then_some(kinds)
+    })
+    .await;
+    assert_eq!(
+        sys.balance("fay").await,
+        balance("fay", "2000000", "0", "0.00")
+    );
+    assert_eq!(sys.journal_ops("krw", saga), ["hold", "release"]);
+    assert!(
+        sys.journal_ops("trade", saga).is_empty(),
+        "a stale hold must not be filled"
+    );
+    sys.assert_audit_ok().await;
+}
+
+#[tokio::test]
+async fn a_fill_racing_the_hold_expiry_is_reversed_and_the_user_ends_whole() {
+    let mut sys = System::start().await;
+    sys.deposit_krw("gus", "2000000").await;
+    sys.stop_service("trade").await;
+    let saga = SagaId::new_v7();
+    fxctl::exchange(
+        &sys.client,
+        common::uid("gus"),
+        events::Krw::parse("1000000").unwrap(),
+        None,
+        Some(saga),
+        None,
+    )
+    .await
+    .unwrap();
+    testkit::wait_for("the hold", 20_000, || async {
+        (sys.balance("gus").await.krw_held == "1000000").then_some(())
+    })
+    .await;
+    // Only fx-krw's clock jumps: it releases the hold, while fx-trade (on the wall clock) still
+    // sees time left and fills. The fill and the release cross: trade must reverse, USD debit.
+    sys.advance("krw", 40_000);
+    testkit::wait_for("the expiry release", 20_000, || async {
+        (sys.balance("gus").await.krw_held == "0").then_some(())
+    })
+    .await;
+    sys.start_service("trade").await;
+    let kinds = testkit::wait_for("the reverse chain", 20_000, || async {
+        let kinds: Vec<String> = sys
+            .saga_events(saga)
+            .await
+            .iter()
+            .map(|e| e.kind().type_name())
+            .collect();
+        kinds.contains(&"usd.debited".to_string()).then_some(kinds)
+    })
+    .await;
+    assert!(
+        kinds.contains(&"trade.filled".to_string())
+            && kinds.contains(&"trade.cancelled".to_string()),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        sys.balance("gus").await,
+        balance("gus", "2000000", "0", "0.00")
+    );
+    assert_eq!(sys.journal_ops("usd", saga), ["credit", "debit"]);
+    assert_eq!(sys.journal_ops("trade", saga), ["cancel", "fill"]);
+    sys.assert_audit_ok().await;
+}
+
+#[tokio::test]
+async fn a_duplicate_request_holds_once_with_or_without_a_message_id() {
+    let sys = System::start().await;
+    sys.deposit_krw("hana", "5000000").await;
+    for with_msg_id in [true, false] {
+        let saga = SagaId::new_v7();
+        let body = format!(r#"{{"saga_id":"{saga}","user_id":"hana","krw_amount":"1000000"}}"#);
+        for _ in 0..2 {
+            let mut m = PublishMessage::build().payload(body.clone().into());
+            if with_msg_id {
+                m = m.message_id(saga.to_string());
+            }
+            sys.js
+                .send_publish("fx.exchange.requested.hana", m)
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        testkit::wait_for("the saga to complete", 20_000, || async {
+            sys.saga_events(saga)
+                .await
+                .iter()
+                .any(|e| e.kind() == events::EventKind::KrwCommitted)
+                .then_some(())
+        })
+        .await;
+        assert_eq!(
+            sys.journal_ops("krw", saga),
+            ["commit", "hold"],
+            "with_msg_id={with_msg_id}"
+        );
+    }
+    assert_eq!(
+        sys.balance("hana").await,
+        balance("hana", "3000000", "0", "1428.56")
+    );
+    sys.assert_audit_ok().await;
+}
+
+#[tokio::test]
+async fn malformed_json_is_dead_lettered_and_a_user_mismatch_is_rejected() {
+    let sys = System::start().await;
+    sys.deposit_krw("ivan", "1000000").await;
+    sys.js
+        .send_publish(
+            "fx.exchange.requested.ivan",
+            PublishMessage::build().payload("{oops".into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let saga = SagaId::new_v7();
+    let body = format!(r#"{{"saga_id":"{saga}","user_id":"mallory","krw_amount":"1000"}}"#);
+    sys.js
+        .send_publish(
+            "fx.exchange.requested.ivan",
+            PublishMessage::build().payload(body.into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let letters = testkit::wait_for("a dead letter", 20_000, || async {
+        let l = fxctl::dlq_list(&sys.client).await.ok()?;
+        (!l.is_empty()).then_some(l)
+    })
+    .await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, "malformed_body");
+    assert_eq!(letters[0].payload, "{oops");
+    assert_eq!(letters[0].subject, "fx.exchange.requested.ivan");
+    let rejected = testkit::wait_for("the rejection", 20_000, || async {
+        sys.saga_events(saga)
+            .await
+            .into_iter()
+            .find_map(|e| match e {
+                events::Event::KrwRejected(r) => Some(r),
+                _ => None,
+            })
+    })
+    .await;
+    assert_eq!(rejected.reason, events::RejectReason::UserMismatch);
+    assert_eq!(
+        rejected.user_id.as_str(),
+        "ivan",
+        "answered on the subject's user"
+    );
+    assert_eq!(
+        sys.balance("ivan").await,
+        balance("ivan", "1000000", "0", "0.00")
+    );
+    sys.assert_audit_ok().await;
+}

@@ -366,3 +366,28 @@ async fn malformed_json_is_dead_lettered_and_a_user_mismatch_is_rejected() {
     );
     sys.assert_audit_ok().await;
 }
+
+#[tokio::test]
+async fn fxctl_tail_shows_a_users_saga_as_readable_lines() {
+    let sys = System::start().await;
+    sys.deposit_krw("jin", "2000000").await;
+    let saga = SagaId::new_v7();
+    sys.exchange_saga("jin", "1400000", None, saga).await;
+    let mut lines = Vec::new();
+    fxctl::tail(&sys.client, Some(&common::uid("jin")), true, |seq, e| {
+        let e = e.expect("every event decodes");
+        lines.push(fxctl::describe(seq, &e));
+        e.kind() != events::EventKind::KrwCommitted
+    })
+    .await
+    .unwrap();
+    let text = lines.join("\n");
+    assert!(text.contains("krw.deposited"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "trade.filled           jin          {saga}  krw=1400000 usd=1000.00 rate=1400"
+        )),
+        "{text}"
+    );
+    assert!(lines.last().unwrap().contains("krw.committed"));
+}

@@ -419,3 +419,118 @@ pub async fn dlq_replay(
         .map_err(|e| CtlError::Unavailable(e.to_string()))?;
     Ok(ack.sequence)
 }
+
+/// Reads one saga from the tracker's API (`GET /api/sagas/{id}`).
+pub async fn saga(tracker_url: &str, id: SagaId) -> CtlResult<serde_json::Value> {
+    let url = format!("{}/api/sagas/{id}", tracker_url.trim_end_matches('/'));
+    tokio::task::spawn_blocking(move || {
+        let mut resp = ureq::get(&url)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .map_err(|e| {
+                CtlError::Unavailable(format!(
+                    "cannot reach the tracker at {url}: {e}; is fx-tracker running? (--tracker-url / FX_TRACKER_URL)"
+                ))
+            })?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| CtlError::Unavailable(format!("tracker reply: {e}")))?;
+        let body: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| CtlError::Unavailable(format!("tracker reply is not JSON: {e}")))?;
+        match status {
+            200 => Ok(body),
+            404 => Err(CtlError::Refused(format!(
+                "the tracker knows no saga {id}; check the id, or wait for the tracker to catch up"
+            ))),
+            _ => Err(CtlError::Unavailable(format!("tracker answered {status}: {body}"))),
+        }
+    })
+    .await
+    .map_err(|e| CtlError::Unavailable(e.to_string()))?
+}
+
+/// One line of `fxctl tail`: stream sequence, subject, and the event's key fields.
+pub fn describe(seq: u64, e: &Event) -> String {
+    let detail = match e {
+        Event::ExchangeRequested(r) => format!(
+            "krw={}{}",
+            r.krw_amount,
+            r.min_usd_amount
+                .map(|m| format!(" min_usd={m}"))
+                .unwrap_or_default()
+        ),
+        Event::KrwHeld(h) => format!(
+            "krw={} expires_at_ms={}",
+            h.krw_amount, h.hold_expires_at_ms
+        ),
+        Event::KrwRejected(r) => reason(&r.reason, &r.message),
+        Event::KrwCommitted(c) => format!("krw={}", c.krw_amount),
+        Event::KrwReleased(r) => format!("krw={} {}", r.krw_amount, reason(&r.reason, "")),
+        Event::KrwDeposited(d) => format!("krw={} by {}", d.krw_amount, d.actor),
+        Event::TradeFilled(f) => {
+            format!("krw={} usd={} rate={}", f.krw_amount, f.usd_amount, f.rate)
+        }
+        Event::TradeFailed(f) => reason(&f.reason, &f.message),
+        Event::TradeCancelled(c) => format!("usd={} {}", c.usd_amount, reason(&c.reason, "")),
+        Event::UsdCredited(c) => format!("usd={}", c.usd_amount),
+        Event::UsdCreditFailed(f) => reason(&f.reason, &f.message),
+        Event::UsdDebited(d) => format!("usd={}", d.usd_amount),
+        Event::UsdDeposited(d) => format!("usd={} by {}", d.usd_amount, d.actor),
+    };
+    format!(
+        "#{seq:<8} {:<22} {:<12} {}  {}",
+        e.kind().type_name(),
+        e.user_id(),
+        e.saga_id(),
+        detail.trim_end_matches(": ")
+    )
+}
+
+/// Follows the `FX` stream live (from now, or from the start), one user or everyone, calling
+/// `each` for every message until it returns false.
+pub async fn tail(
+    client: &async_nats::Client,
+    user_id: Option<&UserId>,
+    from_start: bool,
+    mut each: impl FnMut(u64, Result<Event, events::DecodeError>) -> bool,
+) -> CtlResult<()> {
+    use jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+    let js = runtime::broker::jetstream(client.clone());
+    let stream = js
+        .get_stream(runtime::STREAM)
+        .await
+        .map_err(|e| CtlError::Unavailable(format!("stream FX: {e}")))?;
+    let filter = match user_id {
+        Some(u) => format!("fx.*.*.{u}"),
+        None => "fx.>".to_owned(),
+    };
+    // An ordered consumer: ephemeral, server-side flow control, nothing left behind.
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: filter,
+            deliver_policy: if from_start {
+                DeliverPolicy::All
+            } else {
+                DeliverPolicy::New
+            },
+            ..OrderedConfig::default()
+        })
+        .await
+        .map_err(|e| CtlError::Unavailable(e.to_string()))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| CtlError::Unavailable(e.to_string()))?;
+    while let Some(m) = messages.next().await {
+        let m = m.map_err(|e| CtlError::Unavailable(e.to_string()))?;
+        let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+        if !each(seq, Event::decode(m.subject.as_str(), &m.payload)) {
+            break;
+        }
+    }
+    Ok(())
+}

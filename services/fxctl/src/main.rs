@@ -19,6 +19,14 @@ struct Cli {
         global = true
     )]
     nats_url: String,
+    /// The tracker's base URL (for `saga`).
+    #[arg(
+        long,
+        env = "FX_TRACKER_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    tracker_url: String,
     /// Who is asking; journaled with deposits and freezes.
     #[arg(long, env = "FX_ACTOR", default_value = "fxctl", global = true)]
     actor: String,
@@ -80,6 +88,20 @@ enum Cmd {
     },
     /// Check every invariant in fx-krw and fx-usd; exit 0 only when all hold.
     Audit,
+    /// A saga's state and timeline, from the tracker.
+    Saga {
+        /// The saga id.
+        id: String,
+    },
+    /// Follow events live from the FX stream.
+    Tail {
+        /// Only this user's events.
+        #[arg(long)]
+        user: Option<String>,
+        /// Start from the beginning of the stream instead of now.
+        #[arg(long)]
+        from_start: bool,
+    },
     /// Dead letters in FX_DLQ.
     Dlq {
         #[command(subcommand)]
@@ -235,6 +257,63 @@ async fn run(cli: Cli) -> CtlResult<()> {
             } else {
                 Err(CtlError::Failed("an invariant does not hold".into()))
             }
+        }
+        Cmd::Saga { id } => {
+            let id = events::SagaId::parse(&id).map_err(|e| CtlError::Usage(e.to_string()))?;
+            let s = fxctl::saga(&cli.tracker_url, id).await?;
+            if cli.json {
+                print_json(&s);
+            } else {
+                let f = |k: &str| match &s[k] {
+                    serde_json::Value::Null => "-".to_owned(),
+                    serde_json::Value::String(v) => v.clone(),
+                    v => v.to_string(),
+                };
+                println!(
+                    "saga {}  user {}  state {}",
+                    f("saga_id"),
+                    f("user_id"),
+                    f("state")
+                );
+                println!(
+                    "KRW {}  USD {}  rate {}  duration {} ms",
+                    f("krw_amount"),
+                    f("usd_amount"),
+                    f("rate"),
+                    f("duration_ms")
+                );
+                if s["stuck"] == serde_json::json!(true)
+                    || s["inconsistent"] == serde_json::json!(true)
+                {
+                    println!(
+                        "flags: stuck={} inconsistent={}",
+                        f("stuck"),
+                        f("inconsistent")
+                    );
+                }
+                for e in s["events"].as_array().into_iter().flatten() {
+                    println!(
+                        "  #{:<8} {:<22} {}",
+                        e["seq"],
+                        e["type"].as_str().unwrap_or("?"),
+                        e["subject"].as_str().unwrap_or("?")
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Tail { user, from_start } => {
+            let user = user.map(|u| fxctl::user(&u)).transpose()?;
+            let json = cli.json;
+            fxctl::tail(&client, user.as_ref(), from_start, |seq, e| {
+                match (e, json) {
+                    (Ok(e), false) => println!("{}", fxctl::describe(seq, &e)),
+                    (Ok(e), true) => println!("{}", serde_json::json!({ "seq": seq, "subject": e.subject(), "body": serde_json::from_slice::<serde_json::Value>(&e.to_json()).unwrap_or_default() })),
+                    (Err(err), _) => println!("#{seq:<8} (does not decode: {err})"),
+                }
+                true
+            })
+            .await
         }
         Cmd::Dlq { cmd: DlqCmd::List } => {
             let letters = fxctl::dlq_list(&client).await?;

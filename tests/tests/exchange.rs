@@ -133,15 +133,19 @@ async fn a_frozen_usd_account_runs_the_whole_reverse_chain() {
 
 #[tokio::test]
 async fn the_breaker_opens_while_the_venue_is_down_and_closes_after_it_recovers() {
-    let mut trade_config = trade::TradeConfig::default();
-    trade_config.breaker = trade::BreakerConfig {
-        failures: 2,
-        open_ms: 5_000,
+    let trade_config = trade::TradeConfig {
+        breaker: trade::BreakerConfig {
+            failures: 2,
+            open_ms: 5_000,
+        },
+        venue_retry_ms: 50,
+        ..trade::TradeConfig::default()
     };
-    trade_config.venue_retry_ms = 50;
-    let mut krw_config = krw::KrwConfig::default();
     // A short hold, so that "no venue while the hold has time" ends quickly.
-    krw_config.hold_ttl_ms = 4_000;
+    let krw_config = krw::KrwConfig {
+        hold_ttl_ms: 4_000,
+        ..krw::KrwConfig::default()
+    };
     let sys = System::start_with(krw_config, trade_config).await;
     sys.deposit_krw("erin", "9000000").await;
     sys.venue.set_down(true);

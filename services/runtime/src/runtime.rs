@@ -357,6 +357,8 @@ async fn handle_batch<P: Participant>(
     let service = participant.name();
     metrics::histogram!(names::BATCH_SIZE, "service" => service).record(batch.len() as f64);
     let mut acks: Vec<(jetstream::Message, AckKind)> = Vec::with_capacity(batch.len());
+    // (index in `acks`, reason, message, stream sequence) of messages to dead-letter.
+    let mut dead: Vec<(usize, &'static str, String, u64)> = Vec::new();
     for msg in batch {
         let started = Instant::now();
         let (stream_seq, delivered) = match msg.info() {
@@ -387,28 +389,11 @@ async fn handle_batch<P: Participant>(
                 AckKind::Nak(Some(Duration::from_millis(delay_ms)))
             }
             Ok(Outcome::Handled(Handled::DeadLetter { reason, message })) => {
-                warn!(service, reason, %message, subject = %msg.subject, stream_seq, "dead-lettering");
-                let letter = DeadLetter {
-                    service,
-                    reason,
-                    message: &message,
-                    subject: msg.subject.as_str(),
-                    headers: msg.headers.as_ref(),
-                    payload: msg.payload.clone(),
-                    stream_seq,
-                };
-                match broker::publish_dead_letter(js, &letter).await {
-                    Ok(_) => {
-                        count(service, "dead_lettered");
-                        metrics::counter!(names::DEAD_LETTERED, "service" => service, "reason" => reason)
-                            .increment(1);
-                        AckKind::Term
-                    }
-                    Err(e) => {
-                        warn!(service, error = %e, "dead letter not stored; will retry");
-                        AckKind::Nak(Some(transient_delay(delivered)))
-                    }
-                }
+                // Stored only after the flush below: the verdict may rest on state this batch
+                // wrote (a conflicting request beside the accepted one), and if a crash undid
+                // that state, the redelivery must be able to decide again.
+                dead.push((acks.len(), reason, message, stream_seq));
+                AckKind::Term
             }
             Err(e) => {
                 // A store failure is transient; anything else is a bug. Either way the event
@@ -437,6 +422,31 @@ async fn handle_batch<P: Participant>(
         .record(flush_started.elapsed().as_secs_f64());
     if faults(FaultPoint::AfterCommitBeforeAck) == FaultAction::Crash {
         return Err(RuntimeError::Crashed(FaultPoint::AfterCommitBeforeAck));
+    }
+    for (i, reason, message, stream_seq) in dead {
+        let msg = &acks[i].0;
+        warn!(service, reason, %message, subject = %msg.subject, stream_seq, "dead-lettering");
+        let letter = DeadLetter {
+            service,
+            reason,
+            message: &message,
+            subject: msg.subject.as_str(),
+            headers: msg.headers.as_ref(),
+            payload: msg.payload.clone(),
+            stream_seq,
+        };
+        match broker::publish_dead_letter(js, &letter).await {
+            Ok(_) => {
+                count(service, "dead_lettered");
+                metrics::counter!(names::DEAD_LETTERED, "service" => service, "reason" => reason)
+                    .increment(1);
+            }
+            Err(e) => {
+                // Not stored: keep the message on the stream and try again later.
+                warn!(service, error = %e, "dead letter not stored; will retry");
+                acks[i].1 = AckKind::Nak(Some(transient_delay(2)));
+            }
+        }
     }
     for (msg, kind) in acks {
         // A lost ack only means a redelivery, which the inbox and per-saga state absorb.

@@ -3,6 +3,8 @@
 //! Every command is a function here returning a typed result, so tests drive the same code the
 //! binary runs; `main.rs` only parses arguments, prints, and maps errors to exit codes.
 
+pub mod bench;
+
 use std::time::Duration;
 
 use async_nats::jetstream;

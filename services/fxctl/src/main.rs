@@ -102,6 +102,31 @@ enum Cmd {
         #[arg(long)]
         from_start: bool,
     },
+    /// Measure sagas/s and end-to-end latency against the running system (and the broker's
+    /// own limit with --baseline). Creates and funds bench users bench-0..bench-N.
+    Bench {
+        /// Saturation: run this many sagas...
+        #[arg(long, default_value_t = 2_000)]
+        sagas: u64,
+        /// ...with this many in flight.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// Fixed offered load instead: sagas per second...
+        #[arg(long)]
+        rate: Option<u64>,
+        /// ...for this many seconds.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Users to spread the load over.
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+        /// KRW per saga.
+        #[arg(long, default_value = "14000")]
+        krw: String,
+        /// Also measure the null saga (four republishing hops) on the same broker.
+        #[arg(long)]
+        baseline: bool,
+    },
     /// Dead letters in FX_DLQ.
     Dlq {
         #[command(subcommand)]
@@ -314,6 +339,64 @@ async fn run(cli: Cli) -> CtlResult<()> {
                 true
             })
             .await
+        }
+        Cmd::Bench {
+            sagas,
+            concurrency,
+            rate,
+            duration,
+            users,
+            krw,
+            baseline,
+        } => {
+            use std::io::IsTerminal;
+            let cfg = fxctl::bench::BenchConfig {
+                sagas,
+                concurrency,
+                rate,
+                duration_ms: duration * 1000,
+                users,
+                krw_per_saga: money(&krw, events::Krw::parse)?,
+                baseline,
+                progress: !cli.json && std::io::stderr().is_terminal(),
+                drain_ms: 60_000,
+            };
+            let r = fxctl::bench::bench(&client, &cfg, &cli.actor).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string(&r).expect("serializable"));
+            } else {
+                println!("mode        {}", r.mode);
+                println!(
+                    "sagas       {} (completed {}, failed {}, rejected {}, timed out {})",
+                    r.sagas, r.completed, r.failed, r.rejected, r.timed_out
+                );
+                println!(
+                    "throughput  {:.1} sagas/s over {} ms",
+                    r.sagas_per_s, r.elapsed_ms
+                );
+                println!(
+                    "latency     p50 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+                    r.p50_ms, r.p95_ms, r.p99_ms, r.max_ms
+                );
+                if let (Some(b), Some(ratio)) = (r.baseline_chains_per_s, r.ratio) {
+                    println!("baseline    {b:.1} null-saga chains/s; ratio {ratio:.2}");
+                }
+                println!(
+                    "audit       {}",
+                    if r.audit_ok == Some(true) {
+                        "ok"
+                    } else {
+                        "FAILED"
+                    }
+                );
+            }
+            if r.audit_ok == Some(true) && r.timed_out == 0 {
+                Ok(())
+            } else {
+                Err(CtlError::Failed(
+                    "bench ended with timed-out sagas or a failed audit".into(),
+                ))
+            }
         }
         Cmd::Dlq { cmd: DlqCmd::List } => {
             let letters = fxctl::dlq_list(&client).await?;

@@ -5,7 +5,7 @@
 use std::future::Future;
 
 use events::{DecodeError, Event, EventKind, RejectReason, SagaId};
-use runtime::{abort, Handled, Participant, Records, Store, TxResult};
+use runtime::{abort, Handled, Participant, ReadRecords, Records, Store, TxResult};
 
 use crate::decide::{decide, Decision, Input, InvalidRequest, State};
 use crate::records::{
@@ -191,7 +191,12 @@ impl Participant for KrwService {
         &CONSUMES
     }
 
-    fn prepare(&self, _event: &Event, _now_ms: u64) -> impl Future<Output = ()> + Send {
+    fn prepare<V: ReadRecords>(
+        &self,
+        _records: &V,
+        _event: &Event,
+        _now_ms: u64,
+    ) -> impl Future<Output = ()> + Send {
         // fx-krw decides from its own records alone: nothing to fetch before the transaction.
         std::future::ready(())
     }

@@ -4,6 +4,7 @@
 //!   per handled event and a group-commit flush that gates both acks and publishing.
 //! - [`Records`]: the read/write surface service code uses, implemented by the sled
 //!   transaction and by the deterministic simulation.
+//! - [`ReadRecords`]: read-only access to the committed records, for `prepare`.
 //! - [`Participant`]: what a service implements; [`Runtime`] runs it: a durable pull consumer
 //!   with group commit, the relay (outbox to JetStream, pipelined), inbox pruning, and the
 //!   `/healthz` `/readyz` `/metrics` server.
@@ -27,4 +28,6 @@ pub use participant::{Handled, Participant};
 pub use runtime::{
     consumer_config, durable_name, publish_message, system_clock, traceparent, Clock, Runtime,
 };
-pub use store::{abort, outbox_entry, JournalEntry, OutboxEntry, Records, Store, Tx, TxResult};
+pub use store::{
+    abort, outbox_entry, JournalEntry, OutboxEntry, ReadRecords, Records, Store, Tx, TxResult,
+};

@@ -5,7 +5,7 @@ use std::future::Future;
 
 use events::{DecodeError, Event, EventKind};
 
-use crate::{Records, TxResult};
+use crate::{ReadRecords, Records, TxResult};
 
 /// What became of one consumed message. A closed set: the runtime knows exactly what to do
 /// with the broker for each (ack, dead-letter then term, or nak with a delay).
@@ -46,8 +46,19 @@ pub trait Participant: Send + Sync + 'static {
     /// Event kinds this service consumes (its consumer's `filter_subjects`).
     fn consumes(&self) -> &'static [EventKind];
 
-    /// Side-effecting work before the transaction (a venue call). Runs once per delivery.
-    fn prepare(&self, event: &Event, now_ms: u64) -> impl Future<Output = Self::Prepared> + Send;
+    /// Side-effecting work before the transaction (a venue call). Runs once per delivery,
+    /// duplicates included (the inbox check is inside the transaction).
+    ///
+    /// `records` is the service's committed state, so a side effect can be skipped when the
+    /// records already settle the event (fx-trade never calls the venue for a saga it has
+    /// answered). Read it synchronously, before the first `.await`: the returned future must
+    /// be `Send` and must not hold `records` (which is not required to be `Sync`).
+    fn prepare<V: ReadRecords>(
+        &self,
+        records: &V,
+        event: &Event,
+        now_ms: u64,
+    ) -> impl Future<Output = Self::Prepared> + Send;
 
     /// Handles one decoded event: reads and writes records, journals, emits.
     fn handle<R: Records>(

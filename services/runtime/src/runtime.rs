@@ -489,7 +489,7 @@ async fn handle_one<P: Participant>(
     };
     let span = info_span!("handle", saga_id = %event.saga_id(), kind = %event.kind());
     async {
-        let prepared = participant.prepare(&event, now_ms).await;
+        let prepared = participant.prepare(store, &event, now_ms).await;
         let event_id = event.id();
         // Requests are deduplicated by KRW's per-saga record, not by event id: a user's retry
         // with a different body must reach the handler to be refused as a conflict.

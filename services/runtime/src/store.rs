@@ -275,6 +275,34 @@ impl Store {
     }
 }
 
+/// Read-only access to a service's committed records outside any transaction: what
+/// [`crate::Participant::prepare`] sees before it calls the outside world (fx-trade reads
+/// `order:<saga_id>` so that a saga it already answered never reaches the venue again).
+///
+/// Committed, not necessarily flushed: a record read here may still be lost in a crash, but then
+/// the message that wrote it is redelivered and prepared again against what survived.
+///
+/// Deliberately not `Sync`-bound: `prepare` reads what it needs before its first `.await`, so
+/// its future never holds the store (and never acts on a read taken before a slow venue call).
+pub trait ReadRecords {
+    /// Reads a raw state record.
+    fn read_raw(&self, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Reads and decodes a state record.
+    fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>>
+    where
+        Self: Sized,
+    {
+        self.read_raw(key)?.map(|v| decode(key, &v)).transpose()
+    }
+}
+
+impl ReadRecords for Store {
+    fn read_raw(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.state.get(key.as_bytes())?.map(|v| v.to_vec()))
+    }
+}
+
 /// What a service's event handling may read and write: the per-saga and per-account records,
 /// the journal and the outbox. Implemented by the sled transaction ([`Tx`]) and by the
 /// deterministic simulation's in-memory store, so both run the same service code.

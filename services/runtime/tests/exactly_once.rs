@@ -10,8 +10,8 @@ use std::sync::Arc;
 use async_nats::jetstream;
 use events::{Event, EventKind, Krw, KrwHeld, SagaId, TradeFailReason, TradeFailed, UserId};
 use runtime::{
-    FaultAction, FaultHook, FaultPoint, Handled, Participant, Records, RuntimeConfig, RuntimeError,
-    Store, TxResult,
+    FaultAction, FaultHook, FaultPoint, Handled, Participant, ReadRecords, Records, RuntimeConfig,
+    RuntimeError, Store, TxResult,
 };
 use testkit::{messages_on, wait_for, NatsServer};
 use tokio::sync::oneshot;
@@ -31,7 +31,14 @@ impl Participant for Probe {
         &[EventKind::KrwHeld]
     }
 
-    async fn prepare(&self, _: &Event, _: u64) {}
+    fn prepare<V: ReadRecords>(
+        &self,
+        _: &V,
+        _: &Event,
+        _: u64,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 
     fn handle<R: Records>(&self, r: &R, event: &Event, _: &(), now_ms: u64) -> TxResult<Handled> {
         // Deliberately no per-saga dedup here: only the runtime's inbox stands between a

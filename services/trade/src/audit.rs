@@ -16,7 +16,8 @@ pub struct TradeAudit {
     pub orders: usize,
     /// Orders currently filled (waiting for fx-usd's word, or done).
     pub filled: usize,
-    /// Orders that never filled.
+    /// Orders that never filled for the user (an execution found after a venue_unavailable,
+    /// booked and reversed at once, counts here and in the fill and cancel entries).
     pub failed: usize,
     /// Fills that were reversed.
     pub cancelled: usize,
@@ -72,9 +73,10 @@ pub fn audit(store: &Store) -> runtime::Result<TradeAudit> {
                 a.cancelled += 1;
                 (Some(fill), true)
             }
-            OrderState::Failed { .. } => {
+            // An execution found after a venue_unavailable was booked and reversed at once.
+            OrderState::Failed { reversed, .. } => {
                 a.failed += 1;
-                (None, false)
+                (reversed.as_ref(), reversed.is_some())
             }
         };
         match (fill, fill_entry) {
@@ -99,6 +101,13 @@ pub fn audit(store: &Store) -> runtime::Result<TradeAudit> {
             (false, Some(_)) => a.failures.push(format!(
                 "saga {saga}: the journal has a cancel entry but the order is not cancelled"
             )),
+            (true, Some(e)) if fill.is_some_and(|f| e.amount != f.usd_amount.amount()) => {
+                a.failures.push(format!(
+                    "saga {saga}: the order reversed {} USD but the journal's cancel says {}",
+                    fill.map(|f| f.usd_amount).unwrap_or_default(),
+                    e.amount
+                ))
+            }
             _ => {}
         }
     }

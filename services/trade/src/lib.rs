@@ -3,8 +3,12 @@
 //! Consumes krw.held, krw.released and usd.credit_failed; emits trade.filled, trade.failed
 //! and trade.cancelled. The pieces:
 //!
-//! - [`Venue`] and [`SimulatedVenue`]: the market, idempotent by client order id (the saga id).
+//! - [`Venue`] and [`SimulatedVenue`]: the market, idempotent by client order id (the saga id),
+//!   taking limit orders (the slippage guard) and answering lookups of earlier executions.
 //! - [`CircuitBreaker`]: closed / open / half-open around the venue, driven by `now_ms`.
+//! - `TradeService`'s `prepare`: the one place the venue is called, before the transaction,
+//!   and only for a saga without a record: an order while the hold is outside the safety
+//!   margin, a lookup when it is too late to order (hold inside the margin, or released).
 //! - [`decide`]: the pure decision `(order, event, quote, now_ms, config) -> Decision`.
 //! - [`apply`]: the thin adapter over [`Records`] that loads, decides, writes, journals and
 //!   emits; [`TradeService`] is the [`Participant`] the runtime (and the simulation) drives.
@@ -22,10 +26,12 @@ mod venue;
 #[cfg(test)]
 mod tests;
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use events::{Event, EventKind, KrwHeld};
-use runtime::{Handled, Participant, Records, TxResult};
+use events::{Event, EventKind, KrwHeld, SagaId};
+use futures::future::BoxFuture;
+use runtime::{Handled, Participant, ReadRecords, Records, TxResult};
 
 pub use audit::{audit, TradeAudit};
 pub use breaker::{Admission, BreakerConfig, BreakerState, CircuitBreaker};
@@ -34,7 +40,9 @@ pub use order::{
     decide, hold_expiring, order_key, Decision, Fill, OrderRecord, OrderState, Quote,
     HOUSE_ACCOUNT, ORDER_PREFIX, VENUE_ACCOUNT,
 };
-pub use venue::{SimulatedVenue, Venue, VenueConfig, VenueError, VenueOrder};
+pub use venue::{
+    limit_fill, OrderOutcome, SimulatedVenue, Venue, VenueConfig, VenueError, VenueOrder,
+};
 
 /// The event kinds fx-trade consumes.
 pub const CONSUMES: &[EventKind] = &[
@@ -108,38 +116,79 @@ impl TradeService {
         self.breaker().state(now_ms)
     }
 
-    /// Asks the venue for a fill of `held`, through the breaker. Skips the venue when the hold
-    /// already expires within the safety margin (the decision will fail it as hold_expiring).
+    /// Asks the venue about `held`, through the breaker. While the hold is outside the safety
+    /// margin this places the limit order (or gets back the execution an earlier delivery
+    /// made); inside it, it is too late to order, so it only looks for such an execution.
     pub async fn quote(&self, held: &KrwHeld, now_ms: u64) -> Quote {
         if hold_expiring(
             held.hold_expires_at_ms,
             now_ms,
             self.config.hold_safety_margin_ms,
         ) {
-            return Quote::NotNeeded;
-        }
-        let admission = self.breaker().admit(now_ms);
-        if let Admission::Rejected { retry_in_ms } = admission {
-            metrics::counter!("fx_trade_venue_calls_total", "outcome" => "rejected").increment(1);
-            self.report_breaker(now_ms);
-            return Quote::Unavailable {
-                reason: "circuit breaker open".into(),
-                retry_in_ms,
-            };
+            // A delivery whose fill was lost in a crash may have executed: that execution
+            // must still be booked, so ask rather than assume there is none.
+            return self.lookup(held.saga_id, now_ms).await;
         }
         let order = VenueOrder {
             client_order_id: held.saga_id,
             user_id: held.user_id.clone(),
             krw_amount: held.krw_amount,
+            // A limit order: the venue itself refuses to execute below the slippage guard, so a
+            // refusal never leaves an execution for fx-trade to turn down.
+            min_usd_amount: held.min_usd_amount,
         };
-        let result = self.venue.order(&order).await;
+        match self
+            .call(held.saga_id, now_ms, "order", || self.venue.order(&order))
+            .await
+        {
+            Ok(OrderOutcome::Executed(rate)) => Quote::Rate(rate),
+            Ok(OrderOutcome::LimitNotMet { rate }) => Quote::LimitNotMet { rate },
+            Err(unavailable) => unavailable,
+        }
+    }
+
+    /// Asks the venue, through the breaker, whether an order for `saga_id` executed. Places
+    /// nothing: [`Quote::Rate`] if one did, [`Quote::NoExecution`] if none did.
+    pub async fn lookup(&self, saga_id: SagaId, now_ms: u64) -> Quote {
+        match self
+            .call(saga_id, now_ms, "lookup", || self.venue.execution(saga_id))
+            .await
+        {
+            Ok(Some(rate)) => Quote::Rate(rate),
+            Ok(None) => Quote::NoExecution,
+            Err(unavailable) => unavailable,
+        }
+    }
+
+    /// One venue call through the breaker: refused while it is open, and its outcome booked
+    /// on it (an answer, whatever it says, is a success). A failure comes back as the
+    /// [`Quote::Unavailable`] to decide on.
+    async fn call<'a, T>(
+        &'a self,
+        saga_id: SagaId,
+        now_ms: u64,
+        what: &'static str,
+        call: impl FnOnce() -> BoxFuture<'a, Result<T, VenueError>>,
+    ) -> Result<T, Quote> {
+        let admission = self.breaker().admit(now_ms);
+        if let Admission::Rejected { retry_in_ms } = admission {
+            metrics::counter!("fx_trade_venue_calls_total", "call" => what, "outcome" => "rejected")
+                .increment(1);
+            self.report_breaker(now_ms);
+            return Err(Quote::Unavailable {
+                reason: "circuit breaker open".into(),
+                retry_in_ms,
+            });
+        }
+        let result = call().await;
         // The outcome is booked at the time the call was admitted: the breaker takes no clock,
         // and the venue's latency is small against the open period.
-        let quote = match result {
-            Ok(rate) => {
+        let outcome = match result {
+            Ok(answer) => {
                 self.breaker().record_success();
-                metrics::counter!("fx_trade_venue_calls_total", "outcome" => "ok").increment(1);
-                Quote::Rate(rate)
+                metrics::counter!("fx_trade_venue_calls_total", "call" => what, "outcome" => "ok")
+                    .increment(1);
+                Ok(answer)
             }
             Err(e) => {
                 // If this failure opened the breaker, the next attempt waits for the probe.
@@ -148,16 +197,17 @@ impl TradeService {
                     breaker.record_failure(now_ms);
                     breaker.retry_in_ms(now_ms)
                 };
-                metrics::counter!("fx_trade_venue_calls_total", "outcome" => "failed").increment(1);
-                tracing::warn!(saga_id = %held.saga_id, error = %e, probe = admission == Admission::Probe, "venue order failed");
-                Quote::Unavailable {
+                metrics::counter!("fx_trade_venue_calls_total", "call" => what, "outcome" => "failed")
+                    .increment(1);
+                tracing::warn!(%saga_id, call = what, error = %e, probe = admission == Admission::Probe, "venue call failed");
+                Err(Quote::Unavailable {
                     reason: e.to_string(),
                     retry_in_ms,
-                }
+                })
             }
         };
         self.report_breaker(now_ms);
-        quote
+        outcome
     }
 
     fn report_breaker(&self, now_ms: u64) {
@@ -177,11 +227,47 @@ impl Participant for TradeService {
         CONSUMES
     }
 
-    /// Only krw.held needs the venue; every other event is decided from the record alone.
-    async fn prepare(&self, event: &Event, now_ms: u64) -> Quote {
-        match event {
-            Event::KrwHeld(held) => self.quote(held, now_ms).await,
-            _ => Quote::NotNeeded,
+    /// The venue is asked only when the saga's record does not answer the event already: a
+    /// saga fx-trade has filled, failed or tombstoned never reaches the venue again (a
+    /// krw.held after the tombstone must not execute an order nobody will book), except for
+    /// the lookup that verifies an unverified venue_unavailable. The record is read before any
+    /// await, so the future holds nothing of the store.
+    fn prepare<V: ReadRecords>(
+        &self,
+        records: &V,
+        event: &Event,
+        now_ms: u64,
+    ) -> impl Future<Output = Quote> + Send {
+        let ask = match event {
+            Event::KrwHeld(_) | Event::KrwReleased(_) => {
+                match records.read::<OrderRecord>(&order_key(event.saga_id())) {
+                    Ok(None) => Some(event),
+                    // A venue_unavailable said without the venue's word: the release that
+                    // follows it finds out whether a lost delivery executed.
+                    Ok(Some(order))
+                        if order.state.unverified() && matches!(event, Event::KrwReleased(_)) =>
+                    {
+                        Some(event)
+                    }
+                    Ok(Some(_)) => None,
+                    Err(e) => {
+                        // Without the record the venue must not be called; decide retries
+                        // (or the transaction's own read fails and the message is nak'ed).
+                        tracing::warn!(saga_id = %event.saga_id(), error = %e, "cannot read the order record before the venue call");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        async move {
+            match ask {
+                Some(Event::KrwHeld(held)) => self.quote(held, now_ms).await,
+                // The hold is gone, so ordering is out of the question; what matters is
+                // whether a delivery of krw.held whose fill was lost executed one.
+                Some(Event::KrwReleased(rel)) => self.lookup(rel.saga_id, now_ms).await,
+                _ => Quote::NotNeeded,
+            }
         }
     }
 

@@ -4,22 +4,40 @@
 //! clock, no randomness. The venue was already asked (in `prepare`) and its answer is the
 //! `quote`; the adapter in `lib.rs` loads the record, calls `decide`, and writes what it says.
 //!
+//! The rule that keeps the venue's side booked: a [`Quote::Rate`] means the venue *executed*
+//! this saga's order, so the answer is always a fill, whatever else holds; fx-trade says a
+//! final word without a fill only when the venue has said it executed nothing for the saga
+//! ([`Quote::LimitNotMet`], [`Quote::NoExecution`]), or when the venue stays unreachable until
+//! the hold runs out (trade.failed(venue_unavailable)). That last word is *unverified*: the
+//! krw.released that always follows it asks the venue again, as long as it takes, and books
+//! and reverses an execution a lost delivery made.
+//!
 //! Transitions per saga (anything not listed is a duplicate or a late word: `Ignored`):
 //!
-//! | record        | event              | result                                               |
-//! |---------------|--------------------|------------------------------------------------------|
-//! | none          | krw.held           | filled, or failed(rate_moved / hold_expiring / venue_unavailable), or retry later |
-//! | none          | krw.released       | failed(hold_released): the tombstone, announced now  |
-//! | filled        | krw.released       | cancelled(hold_released)                             |
-//! | filled        | usd.credit_failed  | cancelled(credit_failed)                             |
+//! | record | event             | quote                | result                                 |
+//! |--------|-------------------|----------------------|----------------------------------------|
+//! | none   | krw.held          | Rate                 | filled (even inside the safety margin) |
+//! | none   | krw.held          | LimitNotMet          | failed(rate_moved)                     |
+//! | none   | krw.held          | NoExecution          | failed(hold_expiring)                  |
+//! | none   | krw.held          | Unavailable          | retry while the hold outlives the delay, else failed(venue_unavailable) |
+//! | none   | krw.released      | NoExecution          | failed(hold_released): the tombstone, announced now |
+//! | none   | krw.released      | Rate                 | filled and cancelled(hold_released) at once |
+//! | none   | krw.released      | Unavailable          | retry (the hold is already released)   |
+//! | none   | krw.held/released | NotNeeded            | retry (prepare did not learn what the venue holds) |
+//! | filled | krw.released      | any                  | cancelled(hold_released)               |
+//! | filled | usd.credit_failed | any                  | cancelled(credit_failed)               |
+//! | failed(venue_unavailable), unverified | krw.released | NoExecution | verified, no event |
+//! | failed(venue_unavailable), unverified | krw.released | Rate | the execution booked and reversed (journal fill + cancel), no event |
+//! | failed(venue_unavailable), unverified | krw.released | Unavailable | retry (no deadline) |
 
 use events::{
-    CancelReason, Event, Krw, KrwHeld, Rate, SagaId, TradeCancelled, TradeFailReason, TradeFailed,
-    TradeFilled, Usd, UserId,
+    CancelReason, Event, Krw, KrwHeld, KrwReleased, Rate, SagaId, TradeCancelled, TradeFailReason,
+    TradeFailed, TradeFilled, Usd, UserId,
 };
 use runtime::{Handled, JournalEntry};
 use serde::{Deserialize, Serialize};
 
+use crate::venue::limit_fill;
 use crate::TradeConfig;
 
 /// The state key of a saga's order: `order:<saga_id>`.
@@ -38,10 +56,21 @@ pub const HOUSE_ACCOUNT: &str = "house";
 /// What the venue said in `prepare`, handed to `decide`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Quote {
-    /// The venue was not asked: the event is not krw.held, or the hold expires too soon.
+    /// The venue was not asked: the event never needs it (usd.credit_failed), or the saga's
+    /// record already answers it (`order:<saga_id>` exists: filled, failed or tombstoned).
     NotNeeded,
-    /// The venue executed the order at this rate (KRW per USD).
+    /// The venue executed this saga's order at this rate (KRW per USD): just now, or in an
+    /// earlier delivery whose fill was lost. The house holds the USD; it must be booked.
     Rate(Rate),
+    /// The venue refused the limit order: at `rate` the KRW would buy less than
+    /// `min_usd_amount` (or nothing). Nothing executed.
+    LimitNotMet {
+        /// The rate the order would have executed at, for the trade.failed message.
+        rate: Rate,
+    },
+    /// It was too late to order (the hold expires within the safety margin, or it was
+    /// released), and the venue confirmed it holds no execution for this saga.
+    NoExecution,
     /// The venue failed or the breaker refused the call.
     Unavailable {
         /// What went wrong, for the trade.failed message and logs.
@@ -77,6 +106,15 @@ pub enum OrderState {
     Failed {
         /// The reason announced in trade.failed.
         reason: TradeFailReason,
+        /// The failure was said without the venue's word on whether an earlier delivery (whose
+        /// fill was lost in a crash) executed: venue_unavailable. The krw.released that always
+        /// follows asks the venue and clears this; until then the saga's venue side is open.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unverified: bool,
+        /// What that lookup found: an execution nobody had booked, now booked and reversed at
+        /// once (journal `fill` and `cancel`, no event: the user's saga already ended).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reversed: Option<Fill>,
     },
     /// trade.cancelled was emitted after a fill; terminal.
     Cancelled {
@@ -85,6 +123,20 @@ pub enum OrderState {
         /// The reason announced in trade.cancelled.
         reason: CancelReason,
     },
+}
+
+impl OrderState {
+    /// True while fx-trade does not know whether the venue executed an order for this saga
+    /// (see [`OrderState::Failed`]'s `unverified`): the next krw.released asks the venue.
+    pub fn unverified(&self) -> bool {
+        matches!(
+            self,
+            OrderState::Failed {
+                unverified: true,
+                ..
+            }
+        )
+    }
 }
 
 /// The record `order:<saga_id>`.
@@ -155,15 +207,13 @@ pub fn decide(
 ) -> Decision {
     match (order.map(|o| &o.state), event) {
         (None, Event::KrwHeld(held)) => decide_held(held, quote, now_ms, config),
-        // Reordering: the release overtook the hold. Record the tombstone and say the final
-        // word now (DESIGN.md: the tombstone is announced), so the later krw.held never fills.
-        (None, Event::KrwReleased(rel)) => failed(
-            rel.saga_id,
-            &rel.user_id,
-            TradeFailReason::HoldReleased,
-            "the KRW hold was released before fx-trade saw it; this exchange will not be filled"
-                .into(),
+        (None, Event::KrwReleased(rel)) => decide_released(rel, quote, now_ms, config),
+        (Some(state), Event::KrwReleased(rel)) if state.unverified() => verify(
+            order.map(|o| &o.user_id).unwrap_or(&rel.user_id),
+            rel,
+            quote,
             now_ms,
+            config,
         ),
         (Some(OrderState::Filled(fill)), Event::KrwReleased(rel)) => cancel(
             rel.saga_id,
@@ -180,7 +230,8 @@ pub fn decide(
             now_ms,
         ),
         // Everything else is a duplicate or a word that changes nothing now:
-        // - krw.held again (redelivery, or after the tombstone: already answered);
+        // - krw.held again (redelivery, or after the tombstone: already answered; prepare did
+        //   not call the venue for it, since the record exists);
         // - krw.released after trade.failed / trade.cancelled: the normal compensation echo;
         // - usd.credit_failed after a cancel, or before any fill (fx-usd only answers our own
         //   events, so this cannot happen; there is nothing to reverse either way).
@@ -190,73 +241,58 @@ pub fn decide(
 
 fn decide_held(held: &KrwHeld, quote: &Quote, now_ms: u64, config: &TradeConfig) -> Decision {
     let margin = config.hold_safety_margin_ms;
-    // Checked first, even with a rate in hand: the venue's latency may have eaten the margin,
-    // and a fill that reaches fx-krw after the hold expired would be reversed anyway.
-    if hold_expiring(held.hold_expires_at_ms, now_ms, margin) {
-        let left = held.hold_expires_at_ms.saturating_sub(now_ms);
-        return failed(
-            held.saga_id,
-            &held.user_id,
-            TradeFailReason::HoldExpiring,
-            format!(
-                "the KRW hold expires in {left} ms, inside the {margin} ms safety margin; \
-                 not filling"
-            ),
-            now_ms,
-        );
-    }
     match quote {
-        Quote::Rate(rate) => {
-            let usd = rate.usd_for(held.krw_amount).filter(|u| u.is_positive());
-            let min = held.min_usd_amount;
-            match usd {
-                Some(usd) if min.is_none_or(|m| usd >= m) => {
-                    let fill = Fill {
-                        krw_amount: held.krw_amount,
-                        usd_amount: usd,
-                        rate: *rate,
-                        filled_at_ms: now_ms,
-                    };
-                    filled(held, fill, now_ms)
-                }
-                _ => {
-                    let got = usd.unwrap_or(Usd::ZERO);
-                    let message = match min {
-                        Some(m) => format!(
-                            "at {rate} KRW/USD, {} KRW buys {got} USD, below the minimum {m} USD",
-                            held.krw_amount
-                        ),
-                        None => format!(
-                            "at {rate} KRW/USD, {} KRW buys {got} USD; nothing to fill",
-                            held.krw_amount
-                        ),
-                    };
-                    failed(
-                        held.saga_id,
-                        &held.user_id,
-                        TradeFailReason::RateMoved,
-                        message,
-                        now_ms,
-                    )
-                }
+        // The venue executed: book it, even if the hold is now inside the margin (a fill lost
+        // in a crash, found again by the lookup). If the fill reaches fx-krw after the hold
+        // expired, fx-krw releases, and krw.released reverses the fill here and the credit at
+        // fx-usd: the designed compensation. Refusing it would leave the execution booked
+        // nowhere.
+        Quote::Rate(rate) => match limit_fill(*rate, held.krw_amount, held.min_usd_amount) {
+            Some(usd) => {
+                let fill = Fill {
+                    krw_amount: held.krw_amount,
+                    usd_amount: usd,
+                    rate: *rate,
+                    filled_at_ms: now_ms,
+                };
+                filled(held, fill, now_ms)
             }
+            // Only a venue that breaks its limit-order contract gets here: it executed below
+            // the minimum (or for nothing), which the user never accepted. That execution is
+            // the venue's error to unwind; the saga fails as the limit says it must.
+            None => rate_moved(held, *rate, now_ms),
+        },
+        Quote::LimitNotMet { rate } => rate_moved(held, *rate, now_ms),
+        Quote::NoExecution if hold_expiring(held.hold_expires_at_ms, now_ms, margin) => {
+            let left = held.hold_expires_at_ms.saturating_sub(now_ms);
+            failed(
+                held.saga_id,
+                &held.user_id,
+                TradeFailReason::HoldExpiring,
+                format!(
+                    "the KRW hold expires in {left} ms, inside the {margin} ms safety margin, and \
+                     the venue holds no execution for it; not filling"
+                ),
+                now_ms,
+            )
         }
         Quote::Unavailable {
             reason,
             retry_in_ms,
         } => {
             let delay = config.venue_retry_ms.max(*retry_in_ms);
-            // Retry only if, after the delay, the hold would still be outside the margin;
-            // otherwise say the final word now instead of waiting to fail as hold_expiring.
-            if !hold_expiring(
-                held.hold_expires_at_ms,
-                now_ms.saturating_add(delay),
-                margin,
-            ) {
+            // Retry while the hold outlives the delay: outside the margin the next delivery
+            // orders, inside it it looks for an execution a lost delivery made. Only when the
+            // hold runs out first is the final word said without the venue's answer (if a lost
+            // delivery did execute, that execution is left to reconciliation).
+            // Only when the hold runs out first is the final word said without the venue's
+            // answer; the record stays unverified until the krw.released that follows finds
+            // out whether a lost delivery executed (see `verify`).
+            if now_ms.saturating_add(delay) < held.hold_expires_at_ms {
                 Decision::retry(delay)
             } else {
                 let reason: String = reason.chars().take(200).collect();
-                failed(
+                let mut d = failed(
                     held.saga_id,
                     &held.user_id,
                     TradeFailReason::VenueUnavailable,
@@ -265,27 +301,159 @@ fn decide_held(held: &KrwHeld, quote: &Quote, now_ms: u64, config: &TradeConfig)
                          another attempt"
                     ),
                     now_ms,
-                )
+                );
+                if let Some(OrderRecord {
+                    state: OrderState::Failed { unverified, .. },
+                    ..
+                }) = d.order.as_mut()
+                {
+                    *unverified = true;
+                }
+                d
             }
         }
-        // prepare skipped the venue because the hold was expiring by its clock, but by ours it
-        // is not (the clock stepped back, or the caller skipped prepare): ask again later.
-        Quote::NotNeeded => Decision::retry(config.venue_retry_ms),
+        // prepare did not learn what the venue holds for this saga: the record it read was
+        // gone by now, or it could not read it, or its clock saw the hold in the margin and
+        // ours does not (NoExecution outside the margin). Deciding without the venue could
+        // leave an execution unbooked; the next delivery asks again.
+        Quote::NotNeeded | Quote::NoExecution => Decision::retry(config.venue_retry_ms),
     }
 }
 
-fn filled(held: &KrwHeld, fill: Fill, now_ms: u64) -> Decision {
-    let event = Event::TradeFilled(TradeFilled {
-        saga_id: held.saga_id,
-        user_id: held.user_id.clone(),
-        krw_amount: fill.krw_amount,
-        usd_amount: fill.usd_amount,
-        rate: fill.rate,
-    });
-    // The house bought USD at the venue: journaled so the audit counts fills and can match
-    // them against fx-usd's credits.
-    let journal = JournalEntry {
-        saga_id: held.saga_id,
+fn rate_moved(held: &KrwHeld, rate: Rate, now_ms: u64) -> Decision {
+    let got = rate.usd_for(held.krw_amount).unwrap_or(Usd::ZERO);
+    let message = match held.min_usd_amount {
+        Some(m) => format!(
+            "at {rate} KRW/USD, {} KRW buys {got} USD, below the minimum {m} USD",
+            held.krw_amount
+        ),
+        None => format!(
+            "at {rate} KRW/USD, {} KRW buys {got} USD; nothing to fill",
+            held.krw_amount
+        ),
+    };
+    failed(
+        held.saga_id,
+        &held.user_id,
+        TradeFailReason::RateMoved,
+        message,
+        now_ms,
+    )
+}
+
+/// Reordering: the release overtook the hold (or the hold expired while fx-trade could not
+/// fill it). The answer is the tombstone, announced now (DESIGN.md: the tombstone is
+/// announced) so the later krw.held never reaches the venue; but only once the venue confirmed
+/// it holds no execution for the saga: a delivery of krw.held whose fill was lost in a crash
+/// may have executed, and that execution is booked and reversed at once instead.
+fn decide_released(
+    rel: &KrwReleased,
+    quote: &Quote,
+    now_ms: u64,
+    config: &TradeConfig,
+) -> Decision {
+    match quote {
+        Quote::NoExecution => failed(
+            rel.saga_id,
+            &rel.user_id,
+            TradeFailReason::HoldReleased,
+            "the KRW hold was released before fx-trade saw it; this exchange will not be filled"
+                .into(),
+            now_ms,
+        ),
+        Quote::Rate(rate) => match rate.usd_for(rel.krw_amount).filter(|u| u.is_positive()) {
+            Some(usd) => {
+                let fill = Fill {
+                    krw_amount: rel.krw_amount,
+                    usd_amount: usd,
+                    rate: *rate,
+                    filled_at_ms: now_ms,
+                };
+                let mut d = filled_parts(rel.saga_id, &rel.user_id, fill.clone(), now_ms);
+                let c = cancel(
+                    rel.saga_id,
+                    &rel.user_id,
+                    &fill,
+                    CancelReason::HoldReleased,
+                    now_ms,
+                );
+                d.events.extend(c.events);
+                d.journal.extend(c.journal);
+                d.order = c.order;
+                d
+            }
+            // A venue that executed an order for nothing broke its contract (see
+            // decide_held); there is no fill to book, so the tombstone stands.
+            None => decide_released(rel, &Quote::NoExecution, now_ms, config),
+        },
+        // No deadline here: the KRW is already back with the user, and only fx-trade's final
+        // word waits for the venue to say whether it executed.
+        Quote::Unavailable { retry_in_ms, .. } => {
+            Decision::retry(config.venue_retry_ms.max(*retry_in_ms))
+        }
+        Quote::LimitNotMet { .. } | Quote::NotNeeded => Decision::retry(config.venue_retry_ms),
+    }
+}
+
+/// The krw.released that follows a trade.failed(venue_unavailable): the saga is over for the
+/// user (fx-krw released the KRW; fx-usd never heard of a fill), but fx-trade said its word
+/// without knowing whether a delivery whose fill was lost executed. Now it asks: nothing
+/// executed clears the record; an execution is booked and reversed at once, the house's own
+/// business with the venue, so no event. While the venue cannot answer, ask again later: no
+/// one waits on this answer, so there is no deadline.
+fn verify(
+    user_id: &UserId,
+    rel: &KrwReleased,
+    quote: &Quote,
+    now_ms: u64,
+    config: &TradeConfig,
+) -> Decision {
+    let reversed = match quote {
+        Quote::Rate(rate) => rate
+            .usd_for(rel.krw_amount)
+            .filter(|u| u.is_positive())
+            .map(|usd| Fill {
+                krw_amount: rel.krw_amount,
+                usd_amount: usd,
+                rate: *rate,
+                filled_at_ms: now_ms,
+            }),
+        Quote::NoExecution => None,
+        Quote::Unavailable { retry_in_ms, .. } => {
+            return Decision::retry(config.venue_retry_ms.max(*retry_in_ms))
+        }
+        Quote::LimitNotMet { .. } | Quote::NotNeeded => {
+            return Decision::retry(config.venue_retry_ms)
+        }
+    };
+    let journal = match &reversed {
+        Some(fill) => vec![
+            fill_entry(rel.saga_id, fill, now_ms),
+            cancel_entry(rel.saga_id, fill, now_ms),
+        ],
+        None => Vec::new(),
+    };
+    Decision {
+        handled: Handled::Applied,
+        order: Some(OrderRecord {
+            user_id: user_id.clone(),
+            state: OrderState::Failed {
+                reason: TradeFailReason::VenueUnavailable,
+                unverified: false,
+                reversed,
+            },
+            updated_at_ms: now_ms,
+        }),
+        events: Vec::new(),
+        journal,
+    }
+}
+
+/// The house bought USD at the venue: journaled so the audit counts fills and can match them
+/// against fx-usd's credits.
+fn fill_entry(saga_id: SagaId, fill: &Fill, now_ms: u64) -> JournalEntry {
+    JournalEntry {
+        saga_id,
         op: "fill".into(),
         currency: "USD".into(),
         debit: VENUE_ACCOUNT.into(),
@@ -293,9 +461,38 @@ fn filled(held: &KrwHeld, fill: Fill, now_ms: u64) -> Decision {
         amount: fill.usd_amount.amount(),
         at_ms: now_ms,
         actor: None,
-    };
+    }
+}
+
+/// The house gives the fill's USD back to the venue.
+fn cancel_entry(saga_id: SagaId, fill: &Fill, now_ms: u64) -> JournalEntry {
+    JournalEntry {
+        saga_id,
+        op: "cancel".into(),
+        currency: "USD".into(),
+        debit: HOUSE_ACCOUNT.into(),
+        credit: VENUE_ACCOUNT.into(),
+        amount: fill.usd_amount.amount(),
+        at_ms: now_ms,
+        actor: None,
+    }
+}
+
+fn filled(held: &KrwHeld, fill: Fill, now_ms: u64) -> Decision {
+    filled_parts(held.saga_id, &held.user_id, fill, now_ms)
+}
+
+fn filled_parts(saga_id: SagaId, user_id: &UserId, fill: Fill, now_ms: u64) -> Decision {
+    let event = Event::TradeFilled(TradeFilled {
+        saga_id,
+        user_id: user_id.clone(),
+        krw_amount: fill.krw_amount,
+        usd_amount: fill.usd_amount,
+        rate: fill.rate,
+    });
+    let journal = fill_entry(saga_id, &fill, now_ms);
     let record = OrderRecord {
-        user_id: held.user_id.clone(),
+        user_id: user_id.clone(),
         state: OrderState::Filled(fill),
         updated_at_ms: now_ms,
     };
@@ -317,7 +514,11 @@ fn failed(
     });
     let record = OrderRecord {
         user_id: user_id.clone(),
-        state: OrderState::Failed { reason },
+        state: OrderState::Failed {
+            reason,
+            unverified: false,
+            reversed: None,
+        },
         updated_at_ms: now_ms,
     };
     Decision::applied(record, event, None)
@@ -338,16 +539,7 @@ fn cancel(
         usd_amount: fill.usd_amount,
         reason,
     });
-    let journal = JournalEntry {
-        saga_id,
-        op: "cancel".into(),
-        currency: "USD".into(),
-        debit: HOUSE_ACCOUNT.into(),
-        credit: VENUE_ACCOUNT.into(),
-        amount: fill.usd_amount.amount(),
-        at_ms: now_ms,
-        actor: None,
-    };
+    let journal = cancel_entry(saga_id, fill, now_ms);
     let record = OrderRecord {
         user_id: user_id.clone(),
         state: OrderState::Cancelled {
@@ -456,15 +648,22 @@ mod tests {
     }
 
     #[test]
-    fn given_no_order_when_the_rate_moved_below_the_minimum_then_failed_rate_moved() {
+    fn given_no_order_when_the_venue_refused_the_limit_then_failed_rate_moved_with_the_rate() {
         let d = decide(
             None,
             &held(Some("1071.43"), 30_000),
-            &Quote::Rate(rate(1400)),
+            &Quote::LimitNotMet { rate: rate(1400) },
             NOW,
             &config(),
         );
         assert_eq!(fail_reason(&d), TradeFailReason::RateMoved);
+        let Event::TradeFailed(f) = the_event(&d) else {
+            unreachable!()
+        };
+        assert_eq!(
+            f.message,
+            "at 1400 KRW/USD, 1500000 KRW buys 1071.42 USD, below the minimum 1071.43 USD"
+        );
         assert!(d.journal.is_empty());
     }
 
@@ -473,7 +672,9 @@ mod tests {
         let d = decide(
             None,
             &held(None, 30_000),
-            &Quote::Rate(rate(1_000_000_000)),
+            &Quote::LimitNotMet {
+                rate: rate(1_000_000_000),
+            },
             NOW,
             &config(),
         );
@@ -481,11 +682,54 @@ mod tests {
     }
 
     #[test]
-    fn given_a_hold_inside_the_margin_then_failed_hold_expiring_even_with_a_rate() {
-        for quote in [Quote::NotNeeded, Quote::Rate(rate(1400))] {
-            let d = decide(None, &held(None, 2_000), &quote, NOW, &config());
-            assert_eq!(fail_reason(&d), TradeFailReason::HoldExpiring);
-        }
+    fn given_a_venue_that_executed_below_the_limit_the_user_is_not_filled_below_it() {
+        // A venue that breaks the limit-order contract: the minimum still holds for the user.
+        let d = decide(
+            None,
+            &held(Some("1071.43"), 30_000),
+            &Quote::Rate(rate(1400)),
+            NOW,
+            &config(),
+        );
+        assert_eq!(fail_reason(&d), TradeFailReason::RateMoved);
+    }
+
+    #[test]
+    fn given_a_hold_inside_the_margin_an_execution_is_booked_and_only_its_absence_fails() {
+        // The venue executed (a delivery whose fill was lost): booked, margin or not.
+        let d = decide(
+            None,
+            &held(None, 2_000),
+            &Quote::Rate(rate(1400)),
+            NOW,
+            &config(),
+        );
+        assert!(matches!(the_event(&d), Event::TradeFilled(_)));
+        assert_eq!(d.journal[0].op, "fill");
+        // The venue confirmed it holds nothing: too late to order.
+        let d = decide(
+            None,
+            &held(None, 2_000),
+            &Quote::NoExecution,
+            NOW,
+            &config(),
+        );
+        assert_eq!(fail_reason(&d), TradeFailReason::HoldExpiring);
+        // Nobody asked the venue: never fail without knowing, ask again.
+        let d = decide(None, &held(None, 2_000), &Quote::NotNeeded, NOW, &config());
+        assert_eq!(d, Decision::retry(500));
+    }
+
+    #[test]
+    fn given_no_execution_by_a_clock_that_saw_the_margin_but_ours_does_not_then_retry() {
+        let d = decide(
+            None,
+            &held(None, 30_000),
+            &Quote::NoExecution,
+            NOW,
+            &config(),
+        );
+        assert_eq!(d, Decision::retry(500));
     }
 
     #[test]
@@ -494,13 +738,126 @@ mod tests {
             reason: "venue is down".into(),
             retry_in_ms: 0,
         };
-        // 2501 ms left: after the 500 ms retry 2001 ms remain, outside the 2000 ms margin.
-        // With 2500 ms the retry would land exactly on the margin, which counts as expiring.
-        let d = decide(None, &held(None, 2_501), &down, NOW, &config());
-        assert_eq!(d.handled, Handled::RetryAfter { delay_ms: 500 });
-        assert!(d.order.is_none() && d.events.is_empty());
-        let d = decide(None, &held(None, 2_500), &down, NOW, &config());
+        // Retries go on into the margin (where they only look for an execution) while the
+        // hold outlives the 500 ms delay: 501 ms left still retries, 500 ms does not.
+        for left in [30_000, 2_501, 2_000, 501] {
+            let d = decide(None, &held(None, left), &down, NOW, &config());
+            assert_eq!(
+                d.handled,
+                Handled::RetryAfter { delay_ms: 500 },
+                "{left} ms left"
+            );
+            assert!(d.order.is_none() && d.events.is_empty());
+        }
+        let d = decide(None, &held(None, 500), &down, NOW, &config());
         assert_eq!(fail_reason(&d), TradeFailReason::VenueUnavailable);
+    }
+
+    #[test]
+    fn a_venue_unavailable_is_unverified_until_the_release_hears_from_the_venue() {
+        let down = Quote::Unavailable {
+            reason: "venue is down".into(),
+            retry_in_ms: 0,
+        };
+        let d = decide(None, &held(None, 500), &down, NOW, &config());
+        assert_eq!(fail_reason(&d), TradeFailReason::VenueUnavailable);
+        let failed = d.order.unwrap();
+        assert!(failed.state.unverified());
+
+        // The release cannot be verified while the venue is still away: no deadline, retry.
+        let d = decide(Some(&failed), &released(), &down, NOW, &config());
+        assert_eq!(d, Decision::retry(500));
+
+        // Nothing executed: verified, nothing to say.
+        let d = decide(
+            Some(&failed),
+            &released(),
+            &Quote::NoExecution,
+            NOW,
+            &config(),
+        );
+        assert_eq!(d.handled, Handled::Applied);
+        assert!(d.events.is_empty() && d.journal.is_empty());
+        let verified = d.order.unwrap();
+        assert!(!verified.state.unverified());
+        let d = decide(
+            Some(&verified),
+            &released(),
+            &Quote::Rate(rate(1400)),
+            NOW,
+            &config(),
+        );
+        assert_eq!(d, Decision::ignored(), "verified once is verified");
+
+        // A lost delivery had executed: booked and reversed at once, and no event, since the
+        // user's saga ended with the trade.failed already said.
+        let d = decide(
+            Some(&failed),
+            &released(),
+            &Quote::Rate(rate(1400)),
+            NOW,
+            &config(),
+        );
+        assert_eq!(d.handled, Handled::Applied);
+        assert!(d.events.is_empty());
+        let ops: Vec<(&str, String)> = d
+            .journal
+            .iter()
+            .map(|e| (e.op.as_str(), e.amount.to_string()))
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                ("fill", "1071.42".to_string()),
+                ("cancel", "1071.42".to_string())
+            ]
+        );
+        let OrderState::Failed {
+            reason,
+            unverified,
+            reversed: Some(fill),
+        } = d.order.unwrap().state
+        else {
+            panic!("expected a failed order with its reversed execution")
+        };
+        assert_eq!(
+            (reason, unverified, fill.rate),
+            (TradeFailReason::VenueUnavailable, false, rate(1400))
+        );
+    }
+
+    #[test]
+    fn other_failures_were_said_on_the_venues_word_and_are_never_reopened() {
+        for (quote, h) in [
+            (
+                Quote::LimitNotMet { rate: rate(1500) },
+                held(Some("1071.42"), 30_000),
+            ),
+            (Quote::NoExecution, held(None, 1_000)),
+        ] {
+            let failed = decide(None, &h, &quote, NOW, &config()).order.unwrap();
+            assert!(!failed.state.unverified(), "{quote:?}");
+            let d = decide(
+                Some(&failed),
+                &released(),
+                &Quote::Rate(rate(1400)),
+                NOW,
+                &config(),
+            );
+            assert_eq!(d, Decision::ignored());
+        }
+    }
+
+    #[test]
+    fn an_old_failed_record_without_the_new_fields_still_reads() {
+        let old = r#"{"user_id":"alice","state":{"failed":{"reason":"venue_unavailable"}},"updated_at_ms":1}"#;
+        let r: OrderRecord = serde_json::from_str(old).unwrap();
+        assert!(!r.state.unverified());
+        let written = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            written, old,
+            "the new fields are written only when they say something"
+        );
     }
 
     #[test]
@@ -511,7 +868,7 @@ mod tests {
         };
         let d = decide(None, &held(None, 30_000), &open, NOW, &config());
         assert_eq!(d.handled, Handled::RetryAfter { delay_ms: 4_000 });
-        let d = decide(None, &held(None, 5_000), &open, NOW, &config());
+        let d = decide(None, &held(None, 4_000), &open, NOW, &config());
         assert_eq!(fail_reason(&d), TradeFailReason::VenueUnavailable);
     }
 
@@ -556,7 +913,7 @@ mod tests {
 
     #[test]
     fn given_no_order_when_released_then_tombstone_announced_and_the_later_hold_never_fills() {
-        let d = decide(None, &released(), &Quote::NotNeeded, NOW, &config());
+        let d = decide(None, &released(), &Quote::NoExecution, NOW, &config());
         assert_eq!(fail_reason(&d), TradeFailReason::HoldReleased);
         let tomb = d.order.unwrap();
         let d = decide(
@@ -567,6 +924,43 @@ mod tests {
             &config(),
         );
         assert_eq!(d, Decision::ignored());
+    }
+
+    #[test]
+    fn given_no_order_a_release_waits_for_the_venue_to_say_whether_it_executed() {
+        for quote in [
+            Quote::NotNeeded,
+            Quote::Unavailable {
+                reason: "venue is down".into(),
+                retry_in_ms: 0,
+            },
+        ] {
+            let d = decide(None, &released(), &quote, NOW, &config());
+            assert_eq!(d, Decision::retry(500), "{quote:?}");
+        }
+    }
+
+    #[test]
+    fn given_no_order_when_released_but_the_venue_executed_then_filled_and_cancelled_at_once() {
+        let d = decide(None, &released(), &Quote::Rate(rate(1400)), NOW, &config());
+        assert_eq!(d.handled, Handled::Applied);
+        let [Event::TradeFilled(f), Event::TradeCancelled(c)] = &d.events[..] else {
+            panic!("expected trade.filled then trade.cancelled: {:?}", d.events)
+        };
+        assert_eq!(f.usd_amount.to_string(), "1071.42");
+        assert_eq!(
+            (c.usd_amount, c.reason),
+            (f.usd_amount, CancelReason::HoldReleased)
+        );
+        let ops: Vec<&str> = d.journal.iter().map(|e| e.op.as_str()).collect();
+        assert_eq!(ops, ["fill", "cancel"]);
+        assert!(matches!(
+            d.order.unwrap().state,
+            OrderState::Cancelled {
+                reason: CancelReason::HoldReleased,
+                ..
+            }
+        ));
     }
 
     #[test]

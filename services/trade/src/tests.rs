@@ -80,7 +80,7 @@ impl Harness {
 
     /// One delivery as the runtime does it: prepare, then handle in one transaction.
     fn deliver(&self, event: &Event, now_ms: u64) -> Handled {
-        let quote = block_on(self.svc.prepare(event, now_ms));
+        let quote = block_on(self.svc.prepare(&self.store, event, now_ms));
         self.store
             .transact(|tx| self.svc.handle(&*tx, event, &quote, now_ms))
             .unwrap()
@@ -160,19 +160,27 @@ fn rate_moved_below_the_minimum_fails_without_a_fill() {
     });
     let ev = held(1, Some("1071.42"), T0 + HOLD_MS);
     assert_eq!(h.deliver(&ev, T0), Handled::Applied);
-    let e = only(h.emitted(&ev));
-    assert_eq!(fail_reason(e), TradeFailReason::RateMoved);
+    let Event::TradeFailed(f) = only(h.emitted(&ev)) else {
+        panic!("expected trade.failed")
+    };
+    assert_eq!(f.reason, TradeFailReason::RateMoved);
+    assert!(f.message.starts_with("at 1500 KRW/USD"), "{}", f.message);
     assert!(h.journal().is_empty());
     assert!(matches!(
         h.order(1).unwrap().state,
         OrderState::Failed {
-            reason: TradeFailReason::RateMoved
+            reason: TradeFailReason::RateMoved,
+            ..
         }
     ));
+    // A limit order: the venue refused it, so nothing executed that nobody books.
+    assert_eq!(h.venue.attempts(), 1);
+    assert_eq!(h.venue.orders_executed(), 0);
+    assert_eq!(h.venue.executed_rate(saga(1)), None);
 }
 
 #[test]
-fn a_hold_expiring_within_the_margin_fails_without_calling_the_venue() {
+fn a_hold_expiring_within_the_margin_fails_after_the_venue_confirms_it_executed_nothing() {
     let h = Harness::new(VenueConfig::default());
     let ev = held(1, None, T0 + 1_999);
     assert_eq!(h.deliver(&ev, T0), Handled::Applied);
@@ -180,8 +188,60 @@ fn a_hold_expiring_within_the_margin_fails_without_calling_the_venue() {
         fail_reason(only(h.emitted(&ev))),
         TradeFailReason::HoldExpiring
     );
-    assert_eq!(h.venue.attempts(), 0, "the venue was not asked");
+    assert_eq!(h.venue.attempts(), 0, "too late to order");
+    assert_eq!(
+        h.venue.lookups(),
+        1,
+        "but the venue was asked for an execution"
+    );
     assert!(h.journal().is_empty());
+}
+
+#[test]
+fn a_fill_lost_in_a_crash_is_booked_when_the_redelivery_finds_the_hold_inside_the_margin() {
+    let h = Harness::new(VenueConfig::default());
+    let expires = T0 + HOLD_MS;
+    let ev = held(1, None, expires);
+    // The venue executed, then the process died before the fill was committed.
+    assert_eq!(
+        block_on(h.svc.prepare(&h.store, &ev, T0)),
+        Quote::Rate(rate(1400))
+    );
+    // The redelivery comes when no new order may be placed: the lookup finds the execution.
+    assert_eq!(h.deliver(&ev, expires - 1_000), Handled::Applied);
+    let Event::TradeFilled(f) = only(h.emitted(&ev)) else {
+        panic!("expected trade.filled")
+    };
+    assert_eq!(f.rate, rate(1400));
+    assert_eq!(h.journal().len(), 1);
+    assert_eq!((h.venue.attempts(), h.venue.lookups()), (1, 1));
+    assert_eq!(h.venue.orders_executed(), 1);
+    assert!(audit(&h.store).unwrap().ok);
+}
+
+#[test]
+fn a_saga_with_a_record_never_reaches_the_venue_again() {
+    let h = Harness::new(VenueConfig::default());
+    let ev = held(1, None, T0 + HOLD_MS);
+    h.deliver(&ev, T0);
+    h.emitted(&ev);
+    assert_eq!((h.venue.attempts(), h.venue.lookups()), (1, 0));
+    // A redelivered hold (the inbox pruned, say) and the release after the fill are decided
+    // from the record alone.
+    for (i, again) in [ev.clone(), released(1)].into_iter().enumerate() {
+        assert_eq!(
+            block_on(h.svc.prepare(&h.store, &again, T0 + 10)),
+            Quote::NotNeeded,
+            "delivery {i}"
+        );
+    }
+    h.venue.set_down(true);
+    assert_eq!(h.deliver(&released(1), T0 + 20), Handled::Applied);
+    assert!(matches!(
+        only(h.emitted(&released(1))),
+        Event::TradeCancelled(_)
+    ));
+    assert_eq!((h.venue.attempts(), h.venue.lookups()), (1, 0));
 }
 
 #[test]
@@ -195,8 +255,14 @@ fn venue_down_retries_while_the_hold_has_time_then_fails_venue_unavailable() {
     assert!(h.order(1).is_none(), "a retry writes nothing");
     assert!(h.emitted(&ev).is_empty());
 
-    // Redelivered when a further 500 ms would land inside the 2000 ms margin.
-    let late = expires - 2_400;
+    // Inside the 2000 ms margin fx-trade no longer orders, but keeps asking whether an
+    // earlier delivery executed, as long as the hold outlives the next delay.
+    assert_eq!(
+        h.deliver(&ev, expires - 1_000),
+        Handled::RetryAfter { delay_ms: 500 }
+    );
+    assert_eq!((h.venue.attempts(), h.venue.lookups()), (1, 1));
+    let late = expires - 500;
     assert_eq!(h.deliver(&ev, late), Handled::Applied);
     assert_eq!(
         fail_reason(only(h.emitted(&ev))),
@@ -204,10 +270,65 @@ fn venue_down_retries_while_the_hold_has_time_then_fails_venue_unavailable() {
     );
     assert!(h.journal().is_empty());
 
-    // The final word stands even when the venue comes back.
+    // The final word stands even when the venue comes back, and the venue is not asked again.
     h.venue.set_down(false);
     assert_eq!(h.deliver(&ev, late + 1), Handled::Ignored);
     assert!(h.emitted(&ev).is_empty());
+    assert_eq!((h.venue.attempts(), h.venue.lookups()), (1, 2));
+
+    // fx-krw's release answering it verifies with the venue that nothing executed.
+    assert!(h.order(1).unwrap().state.unverified());
+    let rel = released(1);
+    assert_eq!(h.deliver(&rel, late + 2), Handled::Applied);
+    assert!(h.emitted(&rel).is_empty());
+    assert!(!h.order(1).unwrap().state.unverified());
+    assert_eq!((h.venue.attempts(), h.venue.lookups()), (1, 3));
+    assert!(h.journal().is_empty());
+}
+
+#[test]
+fn an_execution_found_after_a_venue_unavailable_is_booked_and_reversed() {
+    let h = Harness::new(VenueConfig::default());
+    let expires = T0 + HOLD_MS;
+    let ev = held(1, None, expires);
+    // The venue executed, the fill was lost in a crash, and the venue is unreachable until the
+    // hold runs out: the final word is said without it.
+    block_on(h.svc.prepare(&h.store, &ev, T0));
+    h.venue.set_down(true);
+    assert_eq!(h.deliver(&ev, expires - 400), Handled::Applied);
+    assert_eq!(
+        fail_reason(only(h.emitted(&ev))),
+        TradeFailReason::VenueUnavailable
+    );
+    // fx-krw releases; the release waits for the venue, then books what it executed and
+    // reverses it, so the house's USD at the venue is accounted for.
+    let rel = released(1);
+    assert_eq!(
+        h.deliver(&rel, expires),
+        Handled::RetryAfter { delay_ms: 500 }
+    );
+    h.venue.set_down(false);
+    assert_eq!(h.deliver(&rel, expires + 500), Handled::Applied);
+    assert!(
+        h.emitted(&rel).is_empty(),
+        "the user's saga is already over"
+    );
+    let ops: Vec<String> = h.journal().into_iter().map(|e| e.op).collect();
+    assert_eq!(ops, ["cancel", "fill"]);
+    assert!(matches!(
+        h.order(1).unwrap().state,
+        OrderState::Failed {
+            reason: TradeFailReason::VenueUnavailable,
+            unverified: false,
+            reversed: Some(_),
+        }
+    ));
+    let a = audit(&h.store).unwrap();
+    assert!(a.ok, "{a:?}");
+    assert_eq!((a.failed, a.fill_entries, a.cancel_entries), (1, 1, 1));
+    // Verified once: a redelivered release does not ask again.
+    assert_eq!(h.deliver(&rel, expires + 600), Handled::Ignored);
+    assert_eq!(h.venue.lookups(), 3);
 }
 
 #[test]
@@ -369,10 +490,15 @@ fn a_release_before_the_hold_is_a_tombstone_announced_at_once() {
     assert_eq!(h.deliver(&ev, T0 + 10), Handled::Ignored);
     assert!(h.emitted(&ev).is_empty(), "no second final word, no fill");
     assert!(h.journal().is_empty());
+    // The tombstone waited for the venue's word that nothing executed; the later hold then
+    // never reached the venue, so no execution exists that nobody books.
+    assert_eq!((h.venue.attempts(), h.venue.lookups()), (0, 1));
+    assert_eq!(h.venue.orders_executed(), 0);
     assert!(matches!(
         h.order(1).unwrap().state,
         OrderState::Failed {
-            reason: TradeFailReason::HoldReleased
+            reason: TradeFailReason::HoldReleased,
+            ..
         }
     ));
     assert!(audit(&h.store).unwrap().ok);
@@ -389,7 +515,7 @@ fn duplicates_are_ignored_and_a_re_decided_fill_reuses_the_venue_order() {
 
     // A crash after the venue executed but before the transaction committed: the quote is
     // lost. Meanwhile another order moves the market.
-    let lost = block_on(h.svc.prepare(&ev, T0));
+    let lost = block_on(h.svc.prepare(&h.store, &ev, T0));
     h.deliver(&held(2, None, T0 + HOLD_MS), T0 + 1);
     h.emitted(&held(2, None, T0 + HOLD_MS));
 
@@ -404,6 +530,55 @@ fn duplicates_are_ignored_and_a_re_decided_fill_reuses_the_venue_order() {
     assert_eq!(h.deliver(&ev, T0 + 3), Handled::Ignored);
     assert!(h.emitted(&ev).is_empty());
     assert_eq!(h.journal().len(), 2, "one fill per saga");
+    assert_eq!(
+        h.venue.attempts(),
+        3,
+        "the last duplicate did not reach the venue"
+    );
+}
+
+#[test]
+fn a_release_after_a_lost_fill_books_the_execution_and_reverses_it() {
+    let h = Harness::new(VenueConfig::default());
+    let ev = held(1, None, T0 + HOLD_MS);
+    // The venue executed; the fill was lost in a crash; the hold expired at fx-krw, whose
+    // release reaches fx-trade before the redelivered hold.
+    block_on(h.svc.prepare(&h.store, &ev, T0));
+    let rel = released(1);
+    assert_eq!(h.deliver(&rel, T0 + HOLD_MS + 5_000), Handled::Applied);
+    let out = h.emitted(&rel);
+    let [Event::TradeFilled(f), Event::TradeCancelled(c)] = &out[..] else {
+        panic!("expected trade.filled then trade.cancelled: {out:?}")
+    };
+    assert_eq!(f.rate, rate(1400));
+    assert_eq!(c.reason, CancelReason::HoldReleased);
+    let ops: Vec<String> = h.journal().into_iter().map(|e| e.op).collect();
+    assert_eq!(ops, ["cancel", "fill"]);
+    assert_eq!(h.deliver(&ev, T0 + HOLD_MS + 6_000), Handled::Ignored);
+    assert!(h.emitted(&ev).is_empty());
+    assert_eq!((h.venue.attempts(), h.venue.lookups()), (1, 1));
+    let a = audit(&h.store).unwrap();
+    assert!(a.ok, "{a:?}");
+    assert_eq!((a.cancelled, a.fill_entries, a.cancel_entries), (1, 1, 1));
+}
+
+#[test]
+fn a_release_waits_while_the_venue_cannot_say_whether_it_executed() {
+    let h = Harness::new(VenueConfig::default());
+    h.venue.set_down(true);
+    let rel = released(1);
+    assert_eq!(h.deliver(&rel, T0), Handled::RetryAfter { delay_ms: 500 });
+    assert!(
+        h.order(1).is_none(),
+        "no tombstone without the venue's word"
+    );
+    assert!(h.emitted(&rel).is_empty());
+    h.venue.set_down(false);
+    assert_eq!(h.deliver(&rel, T0 + 500), Handled::Applied);
+    assert_eq!(
+        fail_reason(only(h.emitted(&rel))),
+        TradeFailReason::HoldReleased
+    );
 }
 
 #[test]

@@ -4,19 +4,26 @@
 //! allow: the saga id is the client order id. If fx-trade crashes after the venue executed but
 //! before the fill was durable, the redelivered krw.held asks again with the same id and gets
 //! the same execution back instead of a second order.
+//!
+//! Two more properties keep every execution booked (DESIGN.md, "a real venue order is a side
+//! effect"): an order is a *limit* order, so the venue itself refuses to execute below the
+//! request's `min_usd_amount` (fx-trade never has to turn down an execution that already
+//! happened); and [`Venue::execution`] looks an earlier order up without placing one, so a
+//! redelivery that may no longer order (the hold runs short) can still find, and book, what a
+//! lost delivery executed.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use events::{Krw, Rate, SagaId, UserId};
+use events::{Krw, Rate, SagaId, Usd, UserId};
 use futures::future::BoxFuture;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use runtime::RuntimeError;
 use rust_decimal::Decimal;
 
-/// One market order: sell `krw_amount` KRW for USD.
+/// One limit order: sell `krw_amount` KRW for USD, but only for at least `min_usd_amount`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VenueOrder {
     /// The client order id: the saga id, so a repeated order is recognised by the venue.
@@ -25,24 +32,65 @@ pub struct VenueOrder {
     pub user_id: UserId,
     /// KRW sold.
     pub krw_amount: Krw,
+    /// The limit: the least USD the order may execute for (the request's slippage guard). With
+    /// or without it, an order that would buy nothing (rounds to 0.00 USD) never executes.
+    pub min_usd_amount: Option<Usd>,
 }
 
-/// Why the venue did not execute an order. Every variant counts as a failure for the breaker.
+impl VenueOrder {
+    /// The USD this order buys at `rate`, if that meets its limit (see [`limit_fill`]).
+    pub fn fill_at(&self, rate: Rate) -> Option<Usd> {
+        limit_fill(rate, self.krw_amount, self.min_usd_amount)
+    }
+}
+
+/// The USD `krw` buys at `rate` (`Rate::usd_for`, rounded down to the cent) if it is more than
+/// zero and at least `min`; `None` when a limit order at `rate` must not execute. The venue and
+/// fx-trade's decision apply this one rule, so they cannot disagree about what a fill buys.
+pub fn limit_fill(rate: Rate, krw: Krw, min: Option<Usd>) -> Option<Usd> {
+    rate.usd_for(krw)
+        .filter(|usd| usd.is_positive() && min.is_none_or(|m| *usd >= m))
+}
+
+/// What the venue did with an order it received and answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrderOutcome {
+    /// Executed at this rate, KRW per USD (or executed earlier under the same client order id).
+    /// The house now holds the USD: fx-trade must book it as the saga's fill.
+    Executed(Rate),
+    /// Not executed: at `rate` the order's limit was not met. Nothing happened at the venue,
+    /// and the venue answered, so this is not a failure for the breaker.
+    LimitNotMet {
+        /// The rate the order would have executed at.
+        rate: Rate,
+    },
+}
+
+/// Why the venue did not answer. Every variant counts as a failure for the breaker.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VenueError {
     /// The venue cannot be reached or is in maintenance.
     #[error("venue is down")]
     Down,
-    /// The venue answered but did not execute (a transient error on its side).
+    /// The venue answered but did not execute (a transient error on its side, not a limit).
     #[error("venue refused the order: {0}")]
     Failed(String),
 }
 
-/// A market venue. Implementations must be idempotent by `client_order_id`: the same id always
-/// yields the same execution.
+/// A market venue. Implementations must be idempotent by `client_order_id`: once an order
+/// executed, the same id always yields that execution, and never a second one.
 pub trait Venue: Send + Sync {
-    /// Places (or looks up) the order and returns the executed rate, KRW per USD.
-    fn order<'a>(&'a self, order: &'a VenueOrder) -> BoxFuture<'a, Result<Rate, VenueError>>;
+    /// Places the limit order, or returns the execution an earlier order with the same client
+    /// order id already made. An error means nothing executed for this call.
+    fn order<'a>(
+        &'a self,
+        order: &'a VenueOrder,
+    ) -> BoxFuture<'a, Result<OrderOutcome, VenueError>>;
+
+    /// The rate an earlier order with this client order id executed at, or `None` if none did.
+    /// Places nothing, so fx-trade may ask when it is too late to order.
+    fn execution(&self, client_order_id: SagaId)
+        -> BoxFuture<'_, Result<Option<Rate>, VenueError>>;
 }
 
 /// Settings of [`SimulatedVenue`] (`FX_VENUE_*`).
@@ -57,7 +105,9 @@ pub struct VenueConfig {
     pub seed: u64,
     /// `FX_VENUE_LATENCY_MS` (default 0): simulated round trip of every order.
     pub latency_ms: u64,
-    /// `FX_VENUE_FAILURE_RATE` (0..=1, default 0): probability that a new order fails.
+    /// `FX_VENUE_FAILURE_RATE` (0..=1, default 0): probability that a new order fails (a
+    /// transient refusal by the matching engine; lookups of executions are not affected, only
+    /// by the venue being down).
     pub failure_rate: f64,
 }
 
@@ -114,8 +164,10 @@ struct SimState {
     rng: ChaCha8Rng,
     /// Executed orders by client order id: the venue's idempotency.
     orders: HashMap<SagaId, Rate>,
-    /// Every call that reached the venue, executed or not (for breaker tests).
+    /// Every order call that reached the venue, executed or not (for breaker tests).
     attempts: u64,
+    /// Every execution lookup that reached the venue.
+    lookups: u64,
 }
 
 impl SimulatedVenue {
@@ -133,6 +185,7 @@ impl SimulatedVenue {
                 rng: ChaCha8Rng::seed_from_u64(config.seed),
                 orders: HashMap::new(),
                 attempts: 0,
+                lookups: 0,
             }),
         }
     }
@@ -190,13 +243,18 @@ impl SimulatedVenue {
         self.lock().orders.get(&client_order_id).copied()
     }
 
-    /// How many order calls reached the venue (executed, repeated or failed).
+    /// How many order calls reached the venue (executed, repeated, refused or failed).
     pub fn attempts(&self) -> u64 {
         self.lock().attempts
     }
 
+    /// How many execution lookups reached the venue (answered or failed).
+    pub fn lookups(&self) -> u64 {
+        self.lock().lookups
+    }
+
     /// The synchronous core of an order, after the simulated latency.
-    fn execute(&self, order: &VenueOrder) -> Result<Rate, VenueError> {
+    fn execute(&self, order: &VenueOrder) -> Result<OrderOutcome, VenueError> {
         let mut s = self.lock();
         s.attempts += 1;
         if s.down {
@@ -205,7 +263,7 @@ impl SimulatedVenue {
         // A repeated client order id is a lookup, not a new order: same execution, no new
         // random draw (so the walk stays the same whatever the redeliveries).
         if let Some(rate) = s.orders.get(&order.client_order_id) {
-            return Ok(*rate);
+            return Ok(OrderOutcome::Executed(*rate));
         }
         if s.failure_rate > 0.0 {
             let p = s.failure_rate;
@@ -226,22 +284,54 @@ impl SimulatedVenue {
                 s.rate = next;
             }
         }
+        // The market moved for this order whether or not it executes; a refused order leaves
+        // no execution behind, so a later order with the same id is a new order.
         let rate = s.rate;
+        if order.fill_at(rate).is_none() {
+            return Ok(OrderOutcome::LimitNotMet { rate });
+        }
         s.orders.insert(order.client_order_id, rate);
-        Ok(rate)
+        Ok(OrderOutcome::Executed(rate))
+    }
+
+    /// The synchronous core of a lookup, after the simulated latency.
+    fn lookup(&self, client_order_id: SagaId) -> Result<Option<Rate>, VenueError> {
+        let mut s = self.lock();
+        s.lookups += 1;
+        if s.down {
+            return Err(VenueError::Down);
+        }
+        Ok(s.orders.get(&client_order_id).copied())
+    }
+
+    async fn round_trip(&self) {
+        let latency_ms = self.lock().latency_ms;
+        // The only real delay in fx-trade: it stands for the venue's round trip. Zero
+        // latency needs no timer, so the simulation can run without a tokio runtime.
+        if latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(latency_ms)).await;
+        }
     }
 }
 
 impl Venue for SimulatedVenue {
-    fn order<'a>(&'a self, order: &'a VenueOrder) -> BoxFuture<'a, Result<Rate, VenueError>> {
+    fn order<'a>(
+        &'a self,
+        order: &'a VenueOrder,
+    ) -> BoxFuture<'a, Result<OrderOutcome, VenueError>> {
         Box::pin(async move {
-            let latency_ms = self.lock().latency_ms;
-            // The only real delay in fx-trade: it stands for the venue's round trip. Zero
-            // latency needs no timer, so the simulation can run without a tokio runtime.
-            if latency_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(latency_ms)).await;
-            }
+            self.round_trip().await;
             self.execute(order)
+        })
+    }
+
+    fn execution(
+        &self,
+        client_order_id: SagaId,
+    ) -> BoxFuture<'_, Result<Option<Rate>, VenueError>> {
+        Box::pin(async move {
+            self.round_trip().await;
+            self.lookup(client_order_id)
         })
     }
 }
@@ -251,11 +341,35 @@ mod tests {
     use super::*;
     use futures::executor::block_on;
 
+    fn rate(r: i64) -> Rate {
+        Rate::new(Decimal::from(r)).unwrap()
+    }
+
+    fn id(n: u128) -> SagaId {
+        SagaId::from(uuid::Uuid::from_u128(n))
+    }
+
     fn order(n: u128) -> VenueOrder {
         VenueOrder {
-            client_order_id: SagaId::from(uuid::Uuid::from_u128(n)),
+            client_order_id: id(n),
             user_id: UserId::parse("alice").unwrap(),
             krw_amount: Krw::parse("1500000").unwrap(),
+            min_usd_amount: None,
+        }
+    }
+
+    fn limit(n: u128, min: &str) -> VenueOrder {
+        VenueOrder {
+            min_usd_amount: Some(Usd::parse(min).unwrap()),
+            ..order(n)
+        }
+    }
+
+    /// The rate of an order that must execute.
+    fn executed(v: &SimulatedVenue, o: &VenueOrder) -> Rate {
+        match block_on(v.order(o)) {
+            Ok(OrderOutcome::Executed(rate)) => rate,
+            other => panic!("expected an execution, got {other:?}"),
         }
     }
 
@@ -270,7 +384,7 @@ mod tests {
     #[test]
     fn flat_venue_fills_at_its_rate() {
         let v = SimulatedVenue::new(&VenueConfig::default());
-        let rate = block_on(v.order(&order(1))).unwrap();
+        let rate = executed(&v, &order(1));
         assert_eq!(rate.to_string(), "1400");
         assert_eq!(v.orders_executed(), 1);
     }
@@ -278,9 +392,9 @@ mod tests {
     #[test]
     fn same_client_order_id_gets_the_same_execution() {
         let v = walking(7);
-        let first = block_on(v.order(&order(1))).unwrap();
-        let other = block_on(v.order(&order(2))).unwrap();
-        let again = block_on(v.order(&order(1))).unwrap();
+        let first = executed(&v, &order(1));
+        let other = executed(&v, &order(2));
+        let again = executed(&v, &order(1));
         assert_eq!(first, again);
         assert_ne!(first, other, "the walk moved between two distinct orders");
         assert_eq!(v.orders_executed(), 2);
@@ -292,7 +406,7 @@ mod tests {
         let rates = |seed| {
             let v = walking(seed);
             (1..=20)
-                .map(|n| block_on(v.order(&order(n))).unwrap())
+                .map(|n| executed(&v, &order(n)))
                 .collect::<Vec<_>>()
         };
         assert_eq!(rates(3), rates(3));
@@ -318,8 +432,68 @@ mod tests {
         ));
         v.set_failure_rate(0.0);
         v.set_rate(Rate::new(Decimal::from(1300)).unwrap());
-        assert_eq!(block_on(v.order(&order(1))).unwrap().to_string(), "1300");
+        assert_eq!(executed(&v, &order(1)).to_string(), "1300");
         assert_eq!(v.attempts(), 3);
+    }
+
+    #[test]
+    fn a_limit_order_executes_only_when_its_minimum_is_met() {
+        let v = SimulatedVenue::new(&VenueConfig::default());
+        // 1,500,000 KRW at 1400 buys 1071.42 USD (rounded down to the cent).
+        assert_eq!(
+            block_on(v.order(&limit(1, "1071.43"))),
+            Ok(OrderOutcome::LimitNotMet { rate: rate(1400) })
+        );
+        assert_eq!(
+            v.orders_executed(),
+            0,
+            "a refused order leaves no execution"
+        );
+        assert_eq!(v.executed_rate(id(1)), None);
+        // The same id is a new order once the market allows it.
+        assert_eq!(executed(&v, &limit(1, "1071.42")), rate(1400));
+        assert_eq!(v.executed_rate(id(1)), Some(rate(1400)));
+        assert_eq!(v.attempts(), 2);
+    }
+
+    #[test]
+    fn an_order_that_would_buy_nothing_never_executes_even_without_a_minimum() {
+        let v = SimulatedVenue::flat(rate(1_000_000_000));
+        assert_eq!(
+            block_on(v.order(&order(1))),
+            Ok(OrderOutcome::LimitNotMet {
+                rate: rate(1_000_000_000)
+            })
+        );
+        assert_eq!(v.orders_executed(), 0);
+    }
+
+    #[test]
+    fn an_execution_once_made_is_returned_whatever_the_later_limit() {
+        let v = SimulatedVenue::new(&VenueConfig::default());
+        assert_eq!(executed(&v, &order(1)), rate(1400));
+        v.set_rate(rate(1500));
+        assert_eq!(
+            block_on(v.order(&limit(1, "9999.00"))),
+            Ok(OrderOutcome::Executed(rate(1400)))
+        );
+        assert_eq!(v.orders_executed(), 1);
+    }
+
+    #[test]
+    fn a_lookup_finds_an_execution_and_never_places_one() {
+        let v = SimulatedVenue::new(&VenueConfig::default());
+        assert_eq!(block_on(v.execution(id(1))), Ok(None));
+        assert_eq!(v.orders_executed(), 0, "a lookup placed an order");
+        executed(&v, &order(1));
+        v.set_rate(rate(1500));
+        assert_eq!(block_on(v.execution(id(1))), Ok(Some(rate(1400))));
+        // Transient order failures do not touch lookups; a venue that is down answers nothing.
+        v.set_failure_rate(1.0);
+        assert_eq!(block_on(v.execution(id(1))), Ok(Some(rate(1400))));
+        v.set_down(true);
+        assert_eq!(block_on(v.execution(id(1))), Err(VenueError::Down));
+        assert_eq!((v.lookups(), v.attempts()), (4, 1));
     }
 
     #[test]

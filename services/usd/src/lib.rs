@@ -22,7 +22,7 @@ pub mod server;
 mod tests;
 
 use events::{Event, EventKind};
-use runtime::{abort, Handled, Participant, Records, RuntimeError, TxResult};
+use runtime::{abort, Handled, Participant, ReadRecords, Records, RuntimeError, TxResult};
 
 pub use admin::{
     balance, deposit, freeze, house_balance, seed_house_float, unfreeze, AdminOutcome,
@@ -116,8 +116,15 @@ impl Participant for UsdService {
         CONSUMES
     }
 
-    /// fx-usd decides from its own records alone.
-    async fn prepare(&self, _event: &Event, _now_ms: u64) {}
+    fn prepare<V: ReadRecords>(
+        &self,
+        _records: &V,
+        _event: &Event,
+        _now_ms: u64,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        // fx-usd decides from its own records alone, inside the transaction.
+        std::future::ready(())
+    }
 
     fn handle<R: Records>(
         &self,

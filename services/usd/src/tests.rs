@@ -68,7 +68,7 @@ impl Harness {
     }
 
     fn try_deliver(&self, event: &Event, now_ms: u64) -> runtime::Result<Handled> {
-        block_on(self.svc.prepare(event, now_ms));
+        block_on(self.svc.prepare(&self.store, event, now_ms));
         self.store
             .transact(|tx| self.svc.handle(&*tx, event, &(), now_ms))
     }

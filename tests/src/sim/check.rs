@@ -15,12 +15,11 @@
 //!   one the choreography can produce, and match the events published one for one.
 //! - 6 (half): every dead letter is a conflicting request, and every conflicting request was
 //!   dead-lettered, never rejected.
-//! - The venue: every order the venue executed is booked as that saga's fill (DESIGN.md: a
-//!   venue order is a side effect outside every store, made idempotent so it happens once).
-//!
-//! Two known bugs (see [`KNOWN_STALE_DEAD_LETTER`] and [`KNOWN_UNBOOKED_VENUE_ORDER`]) are
-//! reported in [`Report::known_bugs`] rather than as violations, each only when its exact
-//! signature matches.
+//! - The venue: every order the venue executed is booked as that saga's fill, or, when fx-trade
+//!   had to say trade.failed(venue_unavailable) without the venue's answer, found by the
+//!   verification on krw.released and booked and reversed (DESIGN.md: a venue order is a side
+//!   effect outside every store, made idempotent so it happens once). No record may be left
+//!   unverified.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -68,27 +67,7 @@ pub struct Report {
     pub violations: Vec<String>,
     /// Each saga's outcome.
     pub outcomes: BTreeMap<SagaId, SagaOutcome>,
-    /// Violations with the signature of a known, reported bug ([`KNOWN_STALE_DEAD_LETTER`],
-    /// [`KNOWN_UNBOOKED_VENUE_ORDER`]); kept apart so that the random run stays a regression
-    /// net for everything else until they are fixed.
-    pub known_bugs: Vec<String>,
 }
-
-/// The known bug: the runtime publishes a dead letter before the flush of the batch whose
-/// committed state decided it. If the process then crashes, that state is lost, and the
-/// redelivered requests may be decided the other way round: fx-krw accepts the request it had
-/// dead-lettered (and dead-letters the other one). Money is right; invariant 6 is not.
-pub const KNOWN_STALE_DEAD_LETTER: &str = "known bug: dead letter published before the flush of \
-     the state that decided it, then lost in a crash";
-
-/// The known bug: fx-trade executes the venue order in `prepare` and only then decides; when
-/// the decision is not a fill (the slippage guard `min_usd_amount` is missed, or a crash lost
-/// the fill and the redelivery finds the hold inside the safety margin or the venue down),
-/// the execution at the venue is never booked: no `fill` journal entry, trade.failed, the KRW
-/// released. The house holds USD it bought with KRW it never received.
-pub const KNOWN_UNBOOKED_VENUE_ORDER: &str =
-    "known bug: fx-trade executes the venue order before deciding, and a decision other than \
-     a fill leaves the execution unbooked";
 
 /// Σ user available + Σ user held + house KRW = totals.deposits = Σ `deposits` (invariant 1,
 /// from fx-krw's records).
@@ -461,7 +440,6 @@ pub fn check(world: &World) -> Report {
     let mut outcomes = BTreeMap::new();
     let mut committed_krw: BTreeMap<UserId, Decimal> = BTreeMap::new();
     let mut completed_usd: BTreeMap<UserId, Decimal> = BTreeMap::new();
-    let mut known_bugs = Vec::new();
 
     for &saga in &sagas {
         let name = world.saga_name(saga);
@@ -487,6 +465,18 @@ pub fn check(world: &World) -> Report {
 
         let k = krw_ops.get(&saga).unwrap_or(&none);
         let t = trade_ops.get(&saga).unwrap_or(&none);
+        // fx-trade's own record: a venue_unavailable said without the venue's word must have
+        // been verified by the end, and an execution it then found booked and reversed.
+        let order: Option<trade::OrderRecord> = trade_data.get(&trade::order_key(saga));
+        if order.as_ref().is_some_and(|o| o.state.unverified()) {
+            out.push(format!(
+                "saga {name}: fx-trade never verified with the venue its trade.failed(venue_unavailable)"
+            ));
+        }
+        let reversed: Option<trade::Fill> = match order.map(|o| o.state) {
+            Some(trade::OrderState::Failed { reversed, .. }) => reversed,
+            _ => None,
+        };
         let u = usd_ops.get(&saga).unwrap_or(&none);
         let ops_desc = || {
             format!(
@@ -510,6 +500,9 @@ pub fn check(world: &World) -> Report {
             (u, "debit", ev.debited.is_some(), "usd.debited"),
         ];
         for (ops, op, published, kind) in pairs {
+            // An execution found after trade.failed(venue_unavailable) is journaled (fill and
+            // cancel) without an event: the user's saga had ended; checked below instead.
+            let published = published || (reversed.is_some() && matches!(op, "fill" | "cancel"));
             if ops.contains_key(op) != published {
                 out.push(format!(
                     "invariant 4: saga {name}: journal {op} {} but {kind} {} ({})",
@@ -547,6 +540,27 @@ pub fn check(world: &World) -> Report {
         // The money of each outcome (invariant 3's second half), journal by journal.
         let held_krw = ev.held.as_ref().map(|h| h.krw_amount.amount());
         let fill_usd = ev.filled.as_ref().map(|f| f.usd_amount.amount());
+        if let Some(r) = &reversed {
+            let ok = ev.filled.is_none()
+                && ev.cancelled.is_none()
+                && ev
+                    .failed
+                    .as_ref()
+                    .is_some_and(|f| f.reason == events::TradeFailReason::VenueUnavailable)
+                && ev
+                    .held
+                    .as_ref()
+                    .is_some_and(|h| h.krw_amount == r.krw_amount)
+                && r.rate.usd_for(r.krw_amount) == Some(r.usd_amount);
+            if !ok {
+                out.push(format!(
+                    "saga {name}: fx-trade reversed an execution of {} USD at {} that does not \
+                     follow a trade.failed(venue_unavailable) of krw.held's amount (events: {kinds})",
+                    r.usd_amount, r.rate
+                ));
+            }
+        }
+        let fill_usd = fill_usd.or(reversed.as_ref().map(|r| r.usd_amount.amount()));
         let expect = |ops: &BTreeMap<String, Decimal>, want: &[(&str, Option<Decimal>)]| {
             ops.len() == want.len()
                 && want
@@ -577,12 +591,13 @@ pub fn check(world: &World) -> Report {
         // Every execution at the venue is booked as this saga's fill: the venue order is a side
         // effect outside every store (DESIGN.md: make it idempotent, so it happens once).
         if let Some(rate) = world.venue.executed_rate(saga) {
-            let booked =
-                t.contains_key("fill") && ev.filled.as_ref().is_some_and(|f| f.rate == rate);
+            let booked = t.contains_key("fill")
+                && (ev.filled.as_ref().is_some_and(|f| f.rate == rate)
+                    || reversed.as_ref().is_some_and(|r| r.rate == rate));
             if !booked {
-                known_bugs.push(format!(
+                out.push(format!(
                     "saga {name}: the venue executed an order at {rate} that fx-trade never \
-                     booked (trade.failed {:?}) ({KNOWN_UNBOOKED_VENUE_ORDER})",
+                     booked (trade.failed {:?})",
                     ev.failed.as_ref().map(|f| f.reason)
                 ));
             }
@@ -651,15 +666,10 @@ pub fn check(world: &World) -> Report {
                 ));
             }
             if !conflicting && dead {
-                let what = format!(
+                out.push(format!(
                     "invariant 6: saga {name}: the accepted request for {} KRW was dead-lettered",
                     r.krw_amount
-                );
-                if letters.iter().all(|d| d.stale) {
-                    known_bugs.push(format!("{what} ({KNOWN_STALE_DEAD_LETTER})"));
-                } else {
-                    out.push(what);
-                }
+                ));
             }
         }
 
@@ -747,7 +757,6 @@ pub fn check(world: &World) -> Report {
     Report {
         violations: out,
         outcomes,
-        known_bugs,
     }
 }
 

@@ -196,20 +196,27 @@ pub fn run_with(seed: u64, trace: bool, mutation: Option<Mutation>) -> SimResult
         }
     }
     *coverage.entry("dead letters".into()).or_default() += world.dlq().len() as u64;
-    for (signature, what) in [
-        (
-            check::KNOWN_STALE_DEAD_LETTER,
-            "known bug: stale dead letter (seeds)",
-        ),
-        (
-            check::KNOWN_UNBOOKED_VENUE_ORDER,
-            "known bug: unbooked venue order (seeds)",
-        ),
-    ] {
-        if report.known_bugs.iter().any(|b| b.contains(signature)) {
-            *coverage.entry(what.into()).or_default() += 1;
-        }
-    }
+    // The venue's side: executions, and lookups (fx-trade asking, when it may no longer order,
+    // whether a delivery whose fill was lost executed).
+    *coverage.entry("venue executions".into()).or_default() += world.venue.orders_executed() as u64;
+    *coverage.entry("venue lookups".into()).or_default() += world.venue.lookups();
+    let trade_data = world.node(NodeId::Trade).store.durable();
+    let reversed = trade_data
+        .scan::<trade::OrderRecord>(trade::ORDER_PREFIX)
+        .into_iter()
+        .filter(|(_, o)| {
+            matches!(
+                &o.state,
+                trade::OrderState::Failed {
+                    reversed: Some(_),
+                    ..
+                }
+            )
+        })
+        .count();
+    *coverage
+        .entry("venue reversals after venue_unavailable".into())
+        .or_default() += reversed as u64;
     SimResult {
         seed,
         report,

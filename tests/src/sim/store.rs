@@ -13,7 +13,9 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use events::Event;
-use runtime::{abort, outbox_entry, JournalEntry, OutboxEntry, Records, RuntimeError, TxResult};
+use runtime::{
+    abort, outbox_entry, JournalEntry, OutboxEntry, ReadRecords, Records, RuntimeError, TxResult,
+};
 use serde::de::DeserializeOwned;
 
 /// One copy of a node's records: what sled's four trees hold.
@@ -198,6 +200,14 @@ impl MemStore {
     /// What the service sees now.
     pub fn live(&self) -> &Data {
         &self.live
+    }
+}
+
+/// What `prepare` reads: the live records, committed but not necessarily flushed, as
+/// `runtime::Store` reads sled's state tree outside a transaction.
+impl ReadRecords for MemStore {
+    fn read_raw(&self, key: &str) -> runtime::Result<Option<Vec<u8>>> {
+        Ok(self.live.state.get(key).cloned())
     }
 }
 

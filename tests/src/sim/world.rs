@@ -5,9 +5,11 @@
 //! Every method is one thing that can happen in the real system (a delivery, a flush, a crash,
 //! a publish, a timer, an operator action), so the random driver and the fixed scenarios in
 //! `tests/simulation.rs` drive the same code. What the runtime does around a handler is
-//! reproduced here exactly: `prepare` before the transaction, the inbox check and mark inside it
-//! (except for `exchange.requested`), acks and naks only after the flush, dead letters stored at
-//! once, and only flushed outbox entries handed to the relay.
+//! reproduced here exactly: `prepare` before the transaction (reading the node's live, committed
+//! records), the inbox check and mark inside it (except for `exchange.requested`), dead letters
+//! stored and acks and naks sent only after the consumer's flush (so a crash before it loses
+//! them with the rest of the unflushed work), and only flushed outbox entries handed to the
+//! relay.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
@@ -85,11 +87,17 @@ pub enum Outcome {
 }
 
 /// What the consumer will tell the broker after the next flush.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Answer {
     Ack,
-    Nak { delay_ms: u64 },
-    Term,
+    Nak {
+        delay_ms: u64,
+    },
+    /// Store the message in `FX_DLQ` with this reason, then terminate it.
+    Term {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 /// One participant: its store, its consumer's view of the broker and its relay queue.
@@ -105,8 +113,6 @@ pub struct Node {
     unacked: Vec<(Delivery, Answer)>,
     /// Flushed outbox entries not yet published (durable: survives a crash).
     pub relay: VecDeque<OutboxEntry>,
-    /// How many flushes so far.
-    flushes: u64,
 }
 
 impl Node {
@@ -117,7 +123,6 @@ impl Node {
             pending: Vec::new(),
             unacked: Vec::new(),
             relay: VecDeque::new(),
-            flushes: 0,
         }
     }
 
@@ -166,12 +171,6 @@ pub struct DeadLetter {
     pub reason: &'static str,
     /// The words for a person.
     pub message: String,
-    /// The decision rested on committed but unflushed records, and a crash then lost them:
-    /// the service may since have decided otherwise about the same message.
-    pub stale: bool,
-    /// The node's flush count when the letter was stored, and whether it had unflushed
-    /// commits then (what makes it go stale on a crash before the next flush).
-    epoch: (u64, bool),
 }
 
 /// A deliberate break of one of the runtime's rules, to show that the checks catch what the
@@ -590,22 +589,13 @@ impl World {
                         self.describe(&d.event)
                     ));
                 }
-                // The runtime stores the dead letter at once (before the flush) and terms the
-                // message after it; a crash in between dead-letters it again on redelivery.
-                let epoch = (
-                    self.nodes[n].flushes,
-                    self.nodes[n].store.unflushed_commits() > 0,
-                );
-                self.dlq.push(DeadLetter {
-                    node,
-                    seq: d.seq,
-                    event: d.event.clone(),
+                // Stored with the acks, after the flush of the batch: the verdict may rest on
+                // state committed earlier in the batch, and a crash before the flush must be
+                // able to undo it together with that state (runtime::handle_batch).
+                Answer::Term {
                     reason,
                     message: message.clone(),
-                    stale: false,
-                    epoch,
-                });
-                Answer::Term
+                }
             }
             Outcome::Failed(e) => {
                 self.violate(format!(
@@ -644,14 +634,44 @@ impl World {
         }
         self.after_commit(node);
         if self.mutation == Some(Mutation::AckBeforeFlush) {
-            if let Answer::Nak { delay_ms } = ack {
-                let not_before_ms = self.now_ms + delay_ms;
-                self.nodes[n].pending.push(Delivery { not_before_ms, ..d });
+            match ack {
+                Answer::Nak { delay_ms } => {
+                    let not_before_ms = self.now_ms + delay_ms;
+                    self.nodes[n].pending.push(Delivery { not_before_ms, ..d });
+                }
+                Answer::Term { reason, message } => {
+                    self.store_dead_letter(node, &d, reason, message)
+                }
+                Answer::Ack => {}
             }
         } else {
             self.nodes[n].unacked.push((d, ack));
         }
         outcome
+    }
+
+    fn store_dead_letter(
+        &mut self,
+        node: NodeId,
+        d: &Delivery,
+        reason: &'static str,
+        message: String,
+    ) {
+        self.dlq.push(DeadLetter {
+            node,
+            seq: d.seq,
+            event: d.event.clone(),
+            reason,
+            message,
+        });
+        self.note(|w| {
+            format!(
+                "dlq   {:<5} stores {} (seq {}): {reason}",
+                node.name(),
+                w.describe(&d.event),
+                d.seq
+            )
+        });
     }
 
     /// Under [`Mutation::PublishBeforeFlush`], hands committed outbox entries to the relay at
@@ -686,8 +706,13 @@ impl World {
         let event: &Event = &d.event;
         // As in runtime::handle_one: prepare (the venue call) runs before the transaction, once
         // per delivery, duplicates included. With latency 0 the simulated venue needs no timer.
+        // prepare reads the node's live records, committed but maybe unflushed, as the runtime's
+        // does from sled (a crash that loses them also redelivers what they decided).
         let quote = match node {
-            NodeId::Trade => Some(block_on(self.trade.prepare(event, now))),
+            NodeId::Trade => {
+                let records = &self.nodes[node.index()].store;
+                Some(block_on(self.trade.prepare(records, event, now)))
+            }
             NodeId::Krw | NodeId::Usd => None,
         };
         let event_id = event.id();
@@ -742,24 +767,27 @@ impl World {
     }
 
     /// Group commit: makes the node's committed work durable and hands its outbox entries to
-    /// the relay; with `ack`, then acks (or naks, or terms) every message handled since the last
-    /// flush. `ack = false` is the crash window "after commit, before ack" (or an admin flush).
+    /// the relay; with `ack`, then stores the batch's dead letters and acks (or naks, or terms)
+    /// every message handled since the last flush. `ack = false` is the crash window "after
+    /// commit, before ack" (or an admin or sweeper flush, which does not end the batch).
     pub fn flush(&mut self, node: NodeId, ack: bool) {
         let now = self.now_ms;
         let n = &mut self.nodes[node.index()];
         let out = n.store.flush();
-        n.flushes += 1;
         let published = out.len();
         n.relay.extend(out);
         let mut acked = 0;
+        let mut dead = Vec::new();
         if ack {
             for (d, a) in n.unacked.drain(..) {
                 acked += 1;
-                if let Answer::Nak { delay_ms } = a {
-                    n.pending.push(Delivery {
+                match a {
+                    Answer::Nak { delay_ms } => n.pending.push(Delivery {
                         not_before_ms: now + delay_ms,
                         ..d
-                    });
+                    }),
+                    Answer::Term { reason, message } => dead.push((d, reason, message)),
+                    Answer::Ack => {}
                 }
             }
         }
@@ -774,6 +802,11 @@ impl World {
                 }
             )
         });
+        // In the runtime's order: after the flush, before the acks (which the lines above
+        // stand for; nothing observes the difference in between).
+        for (d, reason, message) in dead {
+            self.store_dead_letter(node, &d, reason, message);
+        }
         // Conservation holds after every transaction, so it holds for every durable state.
         let durable = self.nodes[node.index()].store.durable();
         let broken = match node {
@@ -789,8 +822,9 @@ impl World {
         }
     }
 
-    /// The process dies: unflushed work is lost, unacked messages will be redelivered, the
-    /// relay queue (durable) survives, and fx-trade's in-memory circuit breaker starts afresh.
+    /// The process dies: unflushed work is lost, unacked messages will be redelivered (and the
+    /// dead letters of their batch were never stored), the relay queue (durable) survives, and
+    /// fx-trade's in-memory circuit breaker starts afresh.
     /// Returns how many committed transactions were lost.
     pub fn crash(&mut self, node: NodeId) -> usize {
         let now = self.now_ms;
@@ -805,14 +839,6 @@ impl World {
         }
         if node == NodeId::Trade {
             self.trade = TradeService::new(self.trade_config.clone(), self.venue.clone());
-        }
-        if lost > 0 {
-            let epoch = (self.nodes[node.index()].flushes, true);
-            for d in self.dlq.iter_mut().filter(|d| d.node == node) {
-                if d.epoch == epoch {
-                    d.stale = true;
-                }
-            }
         }
         self.note(|_| {
             format!(

@@ -40,6 +40,8 @@ const PULL_HEARTBEAT_MS: u64 = 5_000;
 const PULL_EXPIRES_MS: u64 = 30_000;
 /// Most messages the broker lets this consumer have unacked: a few batches in flight.
 const MAX_ACK_PENDING: i64 = 20_000;
+/// Most often the outbox depth and age gauges are refreshed while the relay is busy.
+const OUTBOX_GAUGE_INTERVAL_MS: u64 = 1_000;
 /// Relay retry policy: first and largest delay after a failed publish.
 const RELAY_RETRY_MIN_MS: u64 = 50;
 const RELAY_RETRY_MAX_MS: u64 = 5_000;
@@ -521,13 +523,20 @@ async fn relay_loop(
 ) -> Result<()> {
     let mut watermark = store.watermark();
     let mut retry_ms = 0u64;
+    let mut gauges_due_ms = 0u64;
     loop {
         let up_to = *watermark.borrow_and_update();
         let entries = store.outbox_batch(up_to, window.max(1))?;
-        let (depth, oldest_ms) = store.outbox_stats(clock())?;
-        metrics::gauge!(names::OUTBOX_DEPTH, "service" => service).set(depth as f64);
-        metrics::gauge!(names::OUTBOX_OLDEST_AGE, "service" => service)
-            .set(oldest_ms as f64 / 1000.0);
+        // Counting the outbox walks the whole tree: do it at most once per interval, not on
+        // every pass of the hot loop.
+        let now_ms = clock();
+        if entries.is_empty() || now_ms >= gauges_due_ms {
+            gauges_due_ms = now_ms + OUTBOX_GAUGE_INTERVAL_MS;
+            let (depth, oldest_ms) = store.outbox_stats(now_ms)?;
+            metrics::gauge!(names::OUTBOX_DEPTH, "service" => service).set(depth as f64);
+            metrics::gauge!(names::OUTBOX_OLDEST_AGE, "service" => service)
+                .set(oldest_ms as f64 / 1000.0);
+        }
         if entries.is_empty() {
             if *stop.borrow() {
                 return Ok(());

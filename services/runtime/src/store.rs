@@ -103,6 +103,8 @@ impl Store {
             // how much unflushed work a crash can discard.
             .flush_every_ms(Some(1000))
             .cache_capacity(64 * 1024 * 1024)
+            // Favour write throughput over compactness: every handled event writes.
+            .mode(sled::Mode::HighThroughput)
             .open()?;
         Store::from_db(db)
     }

@@ -1,0 +1,165 @@
+//! The tracker's Prometheus metrics (all prefixed `fx_tracker_`), in one place so dashboards,
+//! alerts and docs can rely on the names.
+//!
+//! Counters and histograms count what *this process* processed: a tracker that rebuilds
+//! from the stream counts the whole history once more. Gauges are set from the read model and
+//! are the same after a rebuild.
+
+use events::EventKind;
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+
+use crate::model::{BatchReport, ReadModel};
+use crate::projection::SagaState;
+
+/// Metric names.
+pub mod names {
+    /// Gauge: sagas per `state`.
+    pub const SAGAS: &str = "fx_tracker_sagas";
+    /// Counter: successful steps per event `kind` (krw.held, trade.filled, usd.credited,
+    /// krw.committed, exchange.requested).
+    pub const STEP_SUCCESS: &str = "fx_tracker_step_success_total";
+    /// Counter: failed steps per event `kind` (krw.rejected, trade.failed, usd.credit_failed).
+    pub const STEP_FAILURE: &str = "fx_tracker_step_failure_total";
+    /// Counter: compensation steps per event `kind` (krw.released, trade.cancelled, usd.debited).
+    pub const COMPENSATION_STEPS: &str = "fx_tracker_compensation_steps_total";
+    /// Counter: every decoded event per `kind` (admin deposits included).
+    pub const EVENTS: &str = "fx_tracker_events_total";
+    /// Counter: messages that did not decode, per `reason`.
+    pub const UNDECODABLE: &str = "fx_tracker_undecodable_total";
+    /// Counter: duplicate events (a kind seen twice in one saga).
+    pub const DUPLICATES: &str = "fx_tracker_duplicate_events_total";
+    /// Gauge: COMPENSATED / terminal sagas.
+    pub const COMPENSATION_RATE: &str = "fx_tracker_compensation_rate";
+    /// Histogram: seconds from a saga's first failure to COMPENSATED (stream time).
+    pub const COMPENSATION_LATENCY: &str = "fx_tracker_compensation_latency_seconds";
+    /// Histogram: seconds from a saga's first event to its terminal event, per `outcome`.
+    pub const SAGA_DURATION: &str = "fx_tracker_saga_duration_seconds";
+    /// Gauge: sagas STUCK now.
+    pub const STUCK: &str = "fx_tracker_stuck_sagas";
+    /// Gauge: sagas INCONSISTENT.
+    pub const INCONSISTENT: &str = "fx_tracker_inconsistent_sagas";
+    /// Gauge: last stream sequence processed.
+    pub const LAST_SEQ: &str = "fx_tracker_last_processed_seq";
+    /// Gauge: the stream's last sequence minus the last processed one.
+    pub const LAG: &str = "fx_tracker_lag_messages";
+    /// Gauge: sagas held in memory.
+    pub const RESIDENT: &str = "fx_tracker_resident_sagas";
+}
+
+/// Whether a kind is a success, a failure or a compensation step (`None`: admin).
+fn step_class(kind: EventKind) -> Option<&'static str> {
+    match kind {
+        EventKind::ExchangeRequested
+        | EventKind::KrwHeld
+        | EventKind::TradeFilled
+        | EventKind::UsdCredited
+        | EventKind::KrwCommitted => Some(names::STEP_SUCCESS),
+        EventKind::KrwRejected | EventKind::TradeFailed | EventKind::UsdCreditFailed => {
+            Some(names::STEP_FAILURE)
+        }
+        EventKind::KrwReleased | EventKind::TradeCancelled | EventKind::UsdDebited => {
+            Some(names::COMPENSATION_STEPS)
+        }
+        EventKind::KrwDeposited | EventKind::UsdDeposited => None,
+    }
+}
+
+/// Registers every metric at zero so `/metrics` lists them all from the start.
+pub fn describe() {
+    for kind in EventKind::ALL {
+        let label = kind.type_name();
+        counter!(names::EVENTS, "kind" => label.clone()).increment(0);
+        if let Some(name) = step_class(kind) {
+            counter!(name, "kind" => label).increment(0);
+        }
+    }
+    counter!(names::DUPLICATES).increment(0);
+    counter!(names::UNDECODABLE, "reason" => "none").increment(0);
+    for state in SagaState::ALL.into_iter().filter(|s| s.is_terminal()) {
+        // Registering makes the exporter list the histogram before its first sample.
+        let _ = histogram!(names::SAGA_DURATION, "outcome" => state.as_str());
+    }
+    let _ = histogram!(names::COMPENSATION_LATENCY);
+    describe_gauge!(names::SAGAS, "Sagas per state.");
+    describe_counter!(names::STEP_SUCCESS, "Successful saga steps per event kind.");
+    describe_counter!(names::STEP_FAILURE, "Failed saga steps per event kind.");
+    describe_counter!(
+        names::COMPENSATION_STEPS,
+        "Compensation steps per event kind."
+    );
+    describe_counter!(names::EVENTS, "Decoded events per kind.");
+    describe_counter!(
+        names::UNDECODABLE,
+        "Messages that did not decode, per reason."
+    );
+    describe_counter!(
+        names::DUPLICATES,
+        "Events whose kind the saga had already seen."
+    );
+    describe_gauge!(
+        names::COMPENSATION_RATE,
+        "COMPENSATED sagas over terminal sagas."
+    );
+    describe_histogram!(
+        names::COMPENSATION_LATENCY,
+        Unit::Seconds,
+        "First failure to COMPENSATED, stream time."
+    );
+    describe_histogram!(
+        names::SAGA_DURATION,
+        Unit::Seconds,
+        "First event to terminal event, stream time."
+    );
+    describe_gauge!(names::STUCK, "Sagas STUCK now.");
+    describe_gauge!(names::INCONSISTENT, "Sagas INCONSISTENT.");
+    describe_gauge!(names::LAST_SEQ, "Last FX stream sequence processed.");
+    describe_gauge!(
+        names::LAG,
+        "FX stream last sequence minus the last processed one."
+    );
+    describe_gauge!(names::RESIDENT, "Sagas held in memory.");
+}
+
+/// Records what one batch did.
+pub fn record_batch(report: &BatchReport) {
+    for (i, &n) in report.kinds.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        let kind = EventKind::ALL[i];
+        let label = kind.type_name();
+        counter!(names::EVENTS, "kind" => label.clone()).increment(n);
+        if let Some(name) = step_class(kind) {
+            counter!(name, "kind" => label).increment(n);
+        }
+    }
+    for reason in &report.undecodable {
+        counter!(names::UNDECODABLE, "reason" => *reason).increment(1);
+    }
+    if report.duplicates > 0 {
+        counter!(names::DUPLICATES).increment(report.duplicates);
+    }
+    for f in &report.finished {
+        histogram!(names::SAGA_DURATION, "outcome" => f.state.as_str())
+            .record(f.duration_ms as f64 / 1000.0);
+        if let Some(c) = f.compensation_ms {
+            histogram!(names::COMPENSATION_LATENCY).record(c as f64 / 1000.0);
+        }
+    }
+}
+
+/// Sets the gauges from the model (after each batch and on the periodic tick).
+pub fn set_gauges(model: &ReadModel) {
+    let stats = model.stats();
+    for state in SagaState::ALL {
+        gauge!(names::SAGAS, "state" => state.as_str()).set(stats.by_state[state.as_str()] as f64);
+    }
+    gauge!(names::COMPENSATION_RATE).set(stats.compensation_rate);
+    gauge!(names::STUCK).set(stats.stuck as f64);
+    gauge!(names::INCONSISTENT).set(stats.inconsistent as f64);
+    gauge!(names::LAST_SEQ).set(stats.last_seq as f64);
+    gauge!(names::LAG).set(stats.lag as f64);
+    gauge!(names::RESIDENT).set(model.resident() as f64);
+}

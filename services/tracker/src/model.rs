@@ -1,0 +1,537 @@
+//! The read model: the projection of every saga, in memory where it is hot, in sled always.
+//!
+//! Memory holds every non-terminal saga (they are what STUCK is evaluated over and what events
+//! still arrive for), the last `retain` sagas to finish, the aggregates and the ids of
+//! INCONSISTENT sagas. Older terminal sagas are read from sled on demand. One writer (the
+//! consumer) applies batches; HTTP handlers read concurrently.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use events::{Event, EventKind, SagaId, UserId};
+use runtime::Clock;
+use tokio::sync::watch;
+
+use crate::projection::{apply, is_admin, kind_index, SagaRecord, SagaState};
+use crate::stats::{Aggregates, StatsView};
+use crate::store::{Index, Persisted, Store, WriteBatch};
+use crate::TrackerError;
+
+/// Most sagas a listing returns in one page.
+pub const MAX_PAGE: usize = 500;
+/// Most index entries one listing reads before it returns what it found with a cursor; a
+/// filter that matches little cannot make one request read the whole store.
+const MAX_SCAN: usize = 20_000;
+
+/// One message of the `FX` stream, as the consumer hands it over.
+#[derive(Clone, Debug)]
+pub struct StreamMessage {
+    /// Stream sequence.
+    pub seq: u64,
+    /// Stream timestamp, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The subject it was published on.
+    pub subject: String,
+    /// The body.
+    pub payload: Bytes,
+}
+
+/// A saga that reached a terminal state in a batch (for metrics).
+#[derive(Clone, Copy, Debug)]
+pub struct Finished {
+    /// COMPLETED, REJECTED or COMPENSATED.
+    pub state: SagaState,
+    /// First event to terminal event, ms.
+    pub duration_ms: u64,
+    /// First failure to COMPENSATED, ms (compensated sagas only).
+    pub compensation_ms: Option<u64>,
+}
+
+/// What one batch did, for metrics (recorded outside the lock).
+#[derive(Clone, Debug, Default)]
+pub struct BatchReport {
+    /// Messages in the batch.
+    pub messages: usize,
+    /// Events per kind, indexed like `EventKind::ALL`.
+    pub kinds: [u64; 13],
+    /// Undecodable messages by `DecodeError::reason()`.
+    pub undecodable: Vec<&'static str>,
+    /// Duplicate events.
+    pub duplicates: u64,
+    /// Sagas that finished.
+    pub finished: Vec<Finished>,
+    /// The last stream sequence of the batch.
+    pub last_seq: u64,
+}
+
+struct Slot {
+    rec: SagaRecord,
+    /// What sled holds for this saga (`None`: not yet written).
+    persisted: Option<Persisted>,
+    dirty: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    sagas: HashMap<SagaId, Slot>,
+    /// Sagas in the order they finished, for eviction past `retain`. May hold ids that were
+    /// evicted already or left the terminal state; eviction checks.
+    finished_order: VecDeque<SagaId>,
+    /// INCONSISTENT sagas by first sequence (ids only: they are rare, and shown on top).
+    inconsistent: BTreeMap<u64, SagaId>,
+    agg: Aggregates,
+    last_seq: u64,
+    dirty: Vec<SagaId>,
+}
+
+/// A listing request (`/api/sagas`).
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    /// Only sagas in this state.
+    pub state: Option<SagaState>,
+    /// Only this user's sagas.
+    pub user: Option<UserId>,
+    /// Page size (capped at [`MAX_PAGE`]).
+    pub limit: usize,
+    /// Continue below this first sequence (from a previous page's `next_cursor`).
+    pub cursor: Option<u64>,
+}
+
+/// One page of a listing, newest first.
+#[derive(Clone, Debug)]
+pub struct Page {
+    /// The sagas.
+    pub sagas: Vec<SagaRecord>,
+    /// Pass as `cursor` to get the next page; `None` at the end.
+    pub next_cursor: Option<u64>,
+}
+
+/// The projection of every saga (see the module docs).
+pub struct ReadModel {
+    store: Store,
+    inner: RwLock<Inner>,
+    retain: usize,
+    stuck_after_ms: u64,
+    clock: Clock,
+    processed: watch::Sender<u64>,
+    stream_last_seq: AtomicU64,
+}
+
+impl ReadModel {
+    /// Opens the store in `data_dir` and loads what memory keeps: non-terminal sagas, the
+    /// inconsistent index, aggregates and the last sequence. An empty dir starts from zero, and
+    /// the consumer then rebuilds everything from the stream.
+    pub fn open(
+        data_dir: &std::path::Path,
+        retain: usize,
+        stuck_after_ms: u64,
+        clock: Clock,
+    ) -> Result<ReadModel, TrackerError> {
+        let store = Store::open(data_dir)?;
+        let mut inner = Inner {
+            last_seq: store.last_seq()?,
+            agg: store.aggregates()?,
+            ..Inner::default()
+        };
+        for state in SagaState::ALL.into_iter().filter(|s| !s.is_terminal()) {
+            for (_, id) in store.scan(&Index::State(state), None, usize::MAX)? {
+                if let Some(rec) = store.get(id)? {
+                    let persisted = Some(Persisted {
+                        state: rec.state,
+                        inconsistent: rec.is_inconsistent(),
+                    });
+                    inner.sagas.insert(
+                        id,
+                        Slot {
+                            rec,
+                            persisted,
+                            dirty: false,
+                        },
+                    );
+                }
+            }
+        }
+        for (seq, id) in store.scan(&Index::Inconsistent, None, usize::MAX)? {
+            inner.inconsistent.insert(seq, id);
+        }
+        let (processed, _) = watch::channel(inner.last_seq);
+        Ok(ReadModel {
+            store,
+            inner: RwLock::new(inner),
+            retain,
+            stuck_after_ms,
+            clock,
+            processed,
+            stream_last_seq: AtomicU64::new(0),
+        })
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        // A panic while holding the lock is a bug that already crashed a task; the data is
+        // still the last consistent batch, so reading on is better than cascading panics.
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Decodes, projects and stores one batch of stream messages (in stream order), then
+    /// announces the new last sequence. Undecodable messages are counted and skipped.
+    pub fn ingest(&self, batch: &[StreamMessage]) -> Result<BatchReport, TrackerError> {
+        let mut report = BatchReport {
+            messages: batch.len(),
+            ..BatchReport::default()
+        };
+        let Some(last) = batch.last() else {
+            return Ok(report);
+        };
+        // Decode before taking the lock: it is most of the CPU work and needs no shared state.
+        let decoded: Vec<(u64, u64, Result<Event, events::DecodeError>)> = batch
+            .iter()
+            .map(|m| (m.seq, m.at_ms, Event::decode(&m.subject, &m.payload)))
+            .collect();
+
+        let mut write = WriteBatch::default();
+        {
+            let mut inner = self.write();
+            let inner = &mut *inner;
+            for (seq, at_ms, event) in decoded {
+                if seq <= inner.last_seq {
+                    // Already projected (a consumer restarted from an older sequence).
+                    continue;
+                }
+                inner.last_seq = seq;
+                match event {
+                    Err(e) => {
+                        tracing::warn!(seq, reason = e.reason(), error = %e, "skipping an undecodable message");
+                        inner.agg.undecodable += 1;
+                        report.undecodable.push(e.reason());
+                    }
+                    Ok(event) => {
+                        report.kinds[kind_index(event.kind())] += 1;
+                        self.project(inner, &event, seq, at_ms, &mut report)?;
+                    }
+                }
+            }
+            for id in std::mem::take(&mut inner.dirty) {
+                let slot = inner.sagas.get_mut(&id).expect("dirty sagas are in memory");
+                slot.persisted = Some(write.put(&slot.rec, slot.persisted));
+                slot.dirty = false;
+            }
+            write.meta(inner.last_seq, &inner.agg);
+            report.last_seq = inner.last_seq;
+        }
+        self.store.write(write)?;
+        {
+            let mut inner = self.write();
+            let inner = &mut *inner;
+            while inner.finished_order.len() > self.retain {
+                let id = inner.finished_order.pop_front().expect("len > retain >= 0");
+                if inner.sagas.get(&id).is_some_and(|s| s.rec.is_terminal()) {
+                    inner.sagas.remove(&id);
+                }
+            }
+        }
+        debug_assert!(report.last_seq >= last.seq);
+        self.processed.send_replace(report.last_seq);
+        Ok(report)
+    }
+
+    fn project(
+        &self,
+        inner: &mut Inner,
+        event: &Event,
+        seq: u64,
+        at_ms: u64,
+        report: &mut BatchReport,
+    ) -> Result<(), TrackerError> {
+        if is_admin(event.kind()) {
+            match event.kind() {
+                EventKind::KrwDeposited => inner.agg.krw_deposits += 1,
+                _ => inner.agg.usd_deposits += 1,
+            }
+            return Ok(());
+        }
+        let id = event.saga_id();
+        let mut reloaded = false;
+        let slot = match inner.sagas.entry(id) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                // New, or a late event for a terminal saga that was evicted: then bring it
+                // back to apply it.
+                let slot = match self.store.get(id)? {
+                    Some(rec) => {
+                        reloaded = true;
+                        let persisted = Some(Persisted {
+                            state: rec.state,
+                            inconsistent: rec.is_inconsistent(),
+                        });
+                        Slot {
+                            rec,
+                            persisted,
+                            dirty: false,
+                        }
+                    }
+                    None => Slot {
+                        rec: SagaRecord::new(id, event.user_id().clone()),
+                        persisted: None,
+                        dirty: false,
+                    },
+                };
+                v.insert(slot)
+            }
+        };
+        let duration_before = slot.rec.duration_ms();
+        let was_inconsistent = slot.rec.is_inconsistent();
+        let applied = apply(&mut slot.rec, event, seq, at_ms);
+        let rec = &mut slot.rec;
+        inner.agg.events += 1;
+        if applied.duplicate {
+            inner.agg.duplicates += 1;
+            report.duplicates += 1;
+        }
+        if applied.previous != Some(applied.state) {
+            if let Some(p) = applied.previous {
+                inner.agg.by_state[p.index()] -= 1;
+            }
+            inner.agg.by_state[applied.state.index()] += 1;
+        }
+        if applied.became_terminal() {
+            let duration_ms = rec.duration_ms().unwrap_or(0);
+            inner.agg.durations.add(duration_ms);
+            report.finished.push(Finished {
+                state: applied.state,
+                duration_ms,
+                compensation_ms: (applied.state == SagaState::Compensated)
+                    .then(|| {
+                        rec.compensation_started_at_ms
+                            .map(|c| rec.finished_at_ms.unwrap_or(c).saturating_sub(c))
+                    })
+                    .flatten(),
+            });
+        }
+        if applied.left_terminal() {
+            if let Some(d) = duration_before {
+                inner.agg.durations.remove(d);
+            }
+        }
+        if rec.is_terminal() && (applied.became_terminal() || reloaded) {
+            inner.finished_order.push_back(id);
+        }
+        if !rec.timeline.is_empty() && rec.is_terminal() {
+            // Terminal records rarely grow again: give back the Vec's spare room.
+            rec.timeline.shrink_to_fit();
+        }
+        let inconsistent = rec.is_inconsistent();
+        if inconsistent != was_inconsistent {
+            if inconsistent {
+                inner.inconsistent.insert(rec.first_seq, id);
+            } else {
+                inner.inconsistent.remove(&rec.first_seq);
+            }
+        }
+        if !slot.dirty {
+            slot.dirty = true;
+            inner.dirty.push(id);
+        }
+        Ok(())
+    }
+
+    /// The last stream sequence projected and stored.
+    pub fn last_seq(&self) -> u64 {
+        *self.processed.borrow()
+    }
+
+    /// Waits until the model has processed stream sequence `seq`, or `deadline` passes
+    /// (returns false then). For tests and tools: no polling, no sleeping.
+    pub async fn wait_for_seq(&self, seq: u64, deadline: Duration) -> bool {
+        let mut rx = self.processed.subscribe();
+        tokio::time::timeout(deadline, rx.wait_for(|s| *s >= seq))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// A receiver of the last processed sequence.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.processed.subscribe()
+    }
+
+    /// Records the stream's last sequence (asked periodically), for lag.
+    pub fn set_stream_last_seq(&self, seq: u64) {
+        self.stream_last_seq.store(seq, Ordering::Relaxed);
+    }
+
+    /// The stream's last sequence when last asked, and never less than what was processed
+    /// (the stream had at least that many; between two asks the answer is stale).
+    pub fn stream_last_seq(&self) -> u64 {
+        self.stream_last_seq
+            .load(Ordering::Relaxed)
+            .max(self.last_seq())
+    }
+
+    /// Processed sequences behind the stream's end.
+    pub fn lag(&self) -> u64 {
+        self.stream_last_seq().saturating_sub(self.last_seq())
+    }
+
+    /// The injected clock's now, ms.
+    pub fn now_ms(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// The STUCK threshold.
+    pub fn stuck_after_ms(&self) -> u64 {
+        self.stuck_after_ms
+    }
+
+    /// One saga, from memory or sled.
+    pub fn get(&self, id: SagaId) -> Result<Option<SagaRecord>, TrackerError> {
+        if let Some(slot) = self.read().sagas.get(&id) {
+            return Ok(Some(slot.rec.clone()));
+        }
+        self.store.get(id)
+    }
+
+    /// A page of sagas, newest (by first event) first.
+    pub fn list(&self, q: &ListQuery) -> Result<Page, TrackerError> {
+        let limit = q.limit.clamp(1, MAX_PAGE);
+        let index = match (&q.user, q.state) {
+            (Some(u), _) => Index::User(u.clone()),
+            (None, Some(s)) if !s.is_terminal() => Index::State(s),
+            // Terminal states have no index of their own (see `store`): walk all, filter.
+            (None, Some(_)) => Index::All,
+            (None, None) => Index::All,
+        };
+        let entries = self.store.scan(&index, q.cursor, MAX_SCAN)?;
+        let scanned_all = entries.len() < MAX_SCAN;
+        let mut sagas = Vec::new();
+        let mut last_looked = None;
+        for (seq, id) in entries {
+            last_looked = Some(seq);
+            let Some(rec) = self.get(id)? else { continue };
+            if q.state.is_some_and(|s| s != rec.state) {
+                continue;
+            }
+            sagas.push(rec);
+            if sagas.len() == limit {
+                return Ok(Page {
+                    sagas,
+                    next_cursor: Some(seq),
+                });
+            }
+        }
+        Ok(Page {
+            sagas,
+            next_cursor: if scanned_all { None } else { last_looked },
+        })
+    }
+
+    /// Non-terminal sagas STUCK now, longest idle first, at most `limit`; and how many in all.
+    pub fn stuck(&self, limit: usize) -> (Vec<SagaRecord>, u64) {
+        let now = self.now_ms();
+        let inner = self.read();
+        let mut stuck: Vec<&SagaRecord> = inner
+            .sagas
+            .values()
+            .map(|s| &s.rec)
+            .filter(|r| r.is_stuck(now, self.stuck_after_ms))
+            .collect();
+        let total = stuck.len() as u64;
+        stuck.sort_by_key(|r| (r.last_event_at_ms, r.first_seq));
+        (stuck.into_iter().take(limit).cloned().collect(), total)
+    }
+
+    /// INCONSISTENT sagas, newest first, at most `limit`; and how many in all.
+    pub fn inconsistent(&self, limit: usize) -> Result<(Vec<SagaRecord>, u64), TrackerError> {
+        let (ids, total): (Vec<SagaId>, u64) = {
+            let inner = self.read();
+            (
+                inner
+                    .inconsistent
+                    .values()
+                    .rev()
+                    .take(limit)
+                    .copied()
+                    .collect(),
+                inner.inconsistent.len() as u64,
+            )
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(r) = self.get(id)? {
+                out.push(r);
+            }
+        }
+        Ok((out, total))
+    }
+
+    /// The aggregates as of the last batch.
+    pub fn aggregates(&self) -> Aggregates {
+        self.read().agg.clone()
+    }
+
+    /// The `/api/stats` document.
+    pub fn stats(&self) -> StatsView {
+        let (agg, inconsistent) = {
+            let inner = self.read();
+            (inner.agg.clone(), inner.inconsistent.len() as u64)
+        };
+        let (_, stuck) = self.stuck(0);
+        let last_seq = self.last_seq();
+        let stream_last_seq = self.stream_last_seq();
+        StatsView {
+            by_state: SagaState::ALL
+                .iter()
+                .map(|s| (s.as_str(), agg.count(*s)))
+                .collect(),
+            total: agg.total(),
+            terminal: agg.terminal(),
+            success_rate: agg.rate(SagaState::Completed),
+            compensation_rate: agg.rate(SagaState::Compensated),
+            rejection_rate: agg.rate(SagaState::Rejected),
+            p50_ms: agg.durations.quantile(0.50),
+            p95_ms: agg.durations.quantile(0.95),
+            p99_ms: agg.durations.quantile(0.99),
+            stuck,
+            inconsistent,
+            last_seq,
+            stream_last_seq,
+            lag: stream_last_seq.saturating_sub(last_seq),
+            events: agg.events,
+            duplicates: agg.duplicates,
+            undecodable: agg.undecodable,
+            krw_deposits: agg.krw_deposits,
+            usd_deposits: agg.usd_deposits,
+        }
+    }
+
+    /// Every stored record, sorted by saga id (reads the whole store: for tests and audits).
+    pub fn all_records(&self) -> Result<Vec<SagaRecord>, TrackerError> {
+        let mut all = self.store.all()?;
+        all.sort_by_key(|r| r.saga_id);
+        Ok(all)
+    }
+
+    /// Sagas held in memory now (non-terminal plus up to `retain` terminal).
+    pub fn resident(&self) -> usize {
+        self.read().sagas.len()
+    }
+
+    /// Flushes the store (graceful shutdown).
+    pub async fn flush(&self) -> Result<(), TrackerError> {
+        self.store.flush().await
+    }
+
+    /// Bytes sled reports on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.store.size_on_disk()
+    }
+}
+
+/// A shared read model.
+pub type SharedModel = Arc<ReadModel>;

@@ -1,0 +1,262 @@
+//! Aggregates over every saga: counts by state and a duration histogram for percentiles.
+//!
+//! They are kept incrementally (never recomputed by scanning sagas) and stored in sled in the
+//! same atomic batch as the records and the last stream sequence, so after a restart they
+//! agree with the records exactly, and a rebuild computes the same numbers.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::codec::{put_varint, CodecError, Reader};
+use crate::projection::SagaState;
+
+/// Durations with 1% relative precision in bounded memory: values below 128 ms are exact,
+/// larger ones fall in buckets of 128 per power of two (at most 7,296 buckets, stored sparse).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Histogram {
+    buckets: BTreeMap<u32, u64>,
+    count: u64,
+}
+
+impl Histogram {
+    fn index(v: u64) -> u32 {
+        if v < 128 {
+            return v as u32;
+        }
+        let e = 63 - v.leading_zeros(); // >= 7
+        let m = (v >> (e - 7)) & 0x7f;
+        128 + (e - 7) * 128 + m as u32
+    }
+
+    /// The middle of bucket `idx`: what a percentile in that bucket reports.
+    fn value(idx: u32) -> u64 {
+        if idx < 128 {
+            return u64::from(idx);
+        }
+        let e = (idx - 128) / 128 + 7;
+        let m = u64::from((idx - 128) % 128);
+        let lower = (128 + m) << (e - 7);
+        lower + ((1u64 << (e - 7)) >> 1)
+    }
+
+    /// Counts one value.
+    pub fn add(&mut self, v: u64) {
+        *self.buckets.entry(Self::index(v)).or_default() += 1;
+        self.count += 1;
+    }
+
+    /// Uncounts a value added before (a saga that left a terminal state).
+    pub fn remove(&mut self, v: u64) {
+        let idx = Self::index(v);
+        if let Some(c) = self.buckets.get_mut(&idx) {
+            *c -= 1;
+            self.count -= 1;
+            if *c == 0 {
+                self.buckets.remove(&idx);
+            }
+        }
+    }
+
+    /// How many values are counted.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The `p`-quantile (0 < p <= 1), or `None` when empty.
+    pub fn quantile(&self, p: f64) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = ((p * self.count as f64).ceil() as u64).clamp(1, self.count);
+        let mut seen = 0;
+        for (&idx, &c) in &self.buckets {
+            seen += c;
+            if seen >= rank {
+                return Some(Self::value(idx));
+            }
+        }
+        self.buckets.keys().last().map(|&i| Self::value(i))
+    }
+}
+
+/// Totals over every saga the tracker has seen.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Aggregates {
+    /// Sagas per state, indexed like `SagaState::ALL`.
+    pub by_state: [u64; 8],
+    /// Durations (first event to terminal event, stream time) of terminal sagas.
+    pub durations: Histogram,
+    /// Saga events applied, duplicates included.
+    pub events: u64,
+    /// Events whose kind the saga had seen before.
+    pub duplicates: u64,
+    /// Messages on `fx.>` that did not decode (counted and skipped).
+    pub undecodable: u64,
+    /// krw.deposited events (admin; not sagas).
+    pub krw_deposits: u64,
+    /// usd.deposited events (admin; not sagas).
+    pub usd_deposits: u64,
+}
+
+/// Layout version of stored aggregates.
+const VERSION: u8 = 1;
+
+impl Aggregates {
+    /// Sagas in `state`.
+    pub fn count(&self, state: SagaState) -> u64 {
+        self.by_state[state.index()]
+    }
+
+    /// Every saga.
+    pub fn total(&self) -> u64 {
+        self.by_state.iter().sum()
+    }
+
+    /// Sagas in a terminal state.
+    pub fn terminal(&self) -> u64 {
+        SagaState::ALL
+            .iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| self.count(*s))
+            .sum()
+    }
+
+    /// `count(state) / terminal`, 0 when nothing has finished.
+    pub fn rate(&self, state: SagaState) -> f64 {
+        let t = self.terminal();
+        if t == 0 {
+            0.0
+        } else {
+            self.count(state) as f64 / t as f64
+        }
+    }
+
+    /// Stored form.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![VERSION];
+        for c in self.by_state {
+            put_varint(&mut out, c);
+        }
+        for c in [
+            self.events,
+            self.duplicates,
+            self.undecodable,
+            self.krw_deposits,
+            self.usd_deposits,
+        ] {
+            put_varint(&mut out, c);
+        }
+        put_varint(&mut out, self.durations.buckets.len() as u64);
+        for (&i, &c) in &self.durations.buckets {
+            put_varint(&mut out, u64::from(i));
+            put_varint(&mut out, c);
+        }
+        out
+    }
+
+    /// Reads what [`Aggregates::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Result<Aggregates, CodecError> {
+        let mut r = Reader::new(bytes);
+        if r.u8()? != VERSION {
+            return Err(CodecError("aggregates version".into()));
+        }
+        let mut a = Aggregates::default();
+        for c in a.by_state.iter_mut() {
+            *c = r.varint()?;
+        }
+        a.events = r.varint()?;
+        a.duplicates = r.varint()?;
+        a.undecodable = r.varint()?;
+        a.krw_deposits = r.varint()?;
+        a.usd_deposits = r.varint()?;
+        let n = r.varint()?;
+        for _ in 0..n {
+            let i = u32::try_from(r.varint()?).map_err(|_| CodecError("bucket".into()))?;
+            let c = r.varint()?;
+            a.durations.buckets.insert(i, c);
+            a.durations.count += c;
+        }
+        Ok(a)
+    }
+}
+
+/// The `/api/stats` document.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct StatsView {
+    /// Sagas per state; every state is present.
+    pub by_state: BTreeMap<&'static str, u64>,
+    /// Every saga seen.
+    pub total: u64,
+    /// Sagas in COMPLETED, REJECTED or COMPENSATED.
+    pub terminal: u64,
+    /// COMPLETED / terminal (0 when none finished).
+    pub success_rate: f64,
+    /// COMPENSATED / terminal.
+    pub compensation_rate: f64,
+    /// REJECTED / terminal.
+    pub rejection_rate: f64,
+    /// Median duration of terminal sagas in ms (stream time), `null` when none.
+    pub p50_ms: Option<u64>,
+    /// 95th percentile.
+    pub p95_ms: Option<u64>,
+    /// 99th percentile.
+    pub p99_ms: Option<u64>,
+    /// Sagas STUCK now.
+    pub stuck: u64,
+    /// Sagas INCONSISTENT.
+    pub inconsistent: u64,
+    /// The last stream sequence processed.
+    pub last_seq: u64,
+    /// The stream's last sequence when last asked (0 before the first ask).
+    pub stream_last_seq: u64,
+    /// `stream_last_seq - last_seq`.
+    pub lag: u64,
+    /// Saga events applied.
+    pub events: u64,
+    /// Duplicate events seen.
+    pub duplicates: u64,
+    /// Messages that did not decode.
+    pub undecodable: u64,
+    /// krw.deposited events.
+    pub krw_deposits: u64,
+    /// usd.deposited events.
+    pub usd_deposits: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_exact_below_128_and_within_one_percent_above() {
+        let mut h = Histogram::default();
+        for v in 1..=100 {
+            h.add(v);
+        }
+        assert_eq!(h.quantile(0.5), Some(50));
+        assert_eq!(h.quantile(0.99), Some(99));
+        let mut h = Histogram::default();
+        for v in [1_000u64, 60_000, 3_600_000, 123_456_789] {
+            h.add(v);
+            let q = h.quantile(1.0).unwrap();
+            let err = (q as f64 - v as f64).abs() / v as f64;
+            assert!(err < 0.01, "{v} -> {q}");
+        }
+        h.remove(123_456_789);
+        assert_eq!(h.count(), 3);
+        assert!(h.quantile(1.0).unwrap() < 3_700_000);
+    }
+
+    #[test]
+    fn aggregates_round_trip() {
+        let mut a = Aggregates::default();
+        a.by_state[4] = 7;
+        a.events = 35;
+        a.undecodable = 2;
+        a.durations.add(250);
+        a.durations.add(90_000);
+        assert_eq!(Aggregates::decode(&a.encode()).unwrap(), a);
+        assert_eq!(a.rate(SagaState::Completed), 1.0);
+    }
+}

@@ -13,6 +13,17 @@ NATS_SERVER_BIN="$(scripts/ensure-nats.sh)"
 export NATS_SERVER_BIN
 "$NATS_SERVER_BIN" --version
 
+step "chromium (for the dashboard's browser test)"
+if command -v chromium >/dev/null 2>&1; then
+  chromium --version 2>/dev/null || true
+elif [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  # Debian's package; the browser test is skipped (and says so) if this fails.
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "could not install chromium; the browser test will be skipped"
+else
+  echo "chromium not installed and apt-get not usable here; the browser test will be skipped"
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -36,16 +36,20 @@ def main():
 
     rows = [json.loads(l) for l in open(src) if l.strip()]
     runs = [r for r in rows if "mode" in r]
-    fixed = sorted((r for r in runs if r["mode"].startswith("rate")), key=lambda r: r["sagas_per_s"])
+    # "rate 250/s for 10000 ms" -> 250: latency is plotted against the load offered.
+    offered = lambda r: int(r["mode"].split()[1].rstrip("/s"))
+    fixed = sorted((r for r in runs if r["mode"].startswith("rate")), key=offered)
     sat = [r for r in runs if r["mode"].startswith("saturation")]
-    x = [r["sagas_per_s"] for r in fixed] + [r["sagas_per_s"] for r in sat]
-    series = {k: [r[k] for r in fixed] + [r[k] for r in sat] for k in ("p50_ms", "p95_ms", "p99_ms")}
+    x = [offered(r) for r in fixed]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for k, v in series.items():
-        ax.plot(x, v, marker="o", label=k.replace("_ms", ""))
+    for k in ("p50_ms", "p95_ms", "p99_ms"):
+        ax.plot(x, [r[k] for r in fixed], marker="o", label=k.replace("_ms", ""))
     if sat:
-        ax.axvline(sat[0]["sagas_per_s"], color="grey", linestyle=":", label="saturation")
-    ax.set_xlabel("achieved throughput (sagas/s)")
+        ax.axvline(sat[0]["sagas_per_s"], color="grey", linestyle=":",
+                   label=f"saturated throughput {sat[0]['sagas_per_s']:.0f}/s")
+    ax.axhline(50, color="red", linestyle="--", alpha=0.5, label="p99 target 50 ms")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered load (sagas/s)")
     ax.set_ylabel("end-to-end latency (ms)")
     ax.set_title("KRW→USD saga latency vs load (2 cores, one machine)")
     ax.grid(True, alpha=0.3)

@@ -211,6 +211,26 @@ pub struct UsdDeposited {
     pub actor: String,
 }
 
+/// An operator froze a user's USD account: credits are refused (`usd.credit_failed`
+/// `account_frozen`) until it is unfrozen; compensating debits still go through. `saga_id` is
+/// the admin operation's own id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsdFrozen {
+    pub saga_id: SagaId,
+    pub user_id: UserId,
+    /// Who froze it, for the audit trail.
+    pub actor: String,
+}
+
+/// An operator lifted a freeze. `saga_id` is the admin operation's own id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsdUnfrozen {
+    pub saga_id: SagaId,
+    pub user_id: UserId,
+    /// Who unfroze it.
+    pub actor: String,
+}
+
 /// Any event of the contract.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -227,6 +247,8 @@ pub enum Event {
     UsdCreditFailed(UsdCreditFailed),
     UsdDebited(UsdDebited),
     UsdDeposited(UsdDeposited),
+    UsdFrozen(UsdFrozen),
+    UsdUnfrozen(UsdUnfrozen),
 }
 
 /// Applies `$body` to the inner struct of any variant, bound as `$e`.
@@ -246,6 +268,8 @@ macro_rules! each {
             Event::UsdCreditFailed($e) => $body,
             Event::UsdDebited($e) => $body,
             Event::UsdDeposited($e) => $body,
+            Event::UsdFrozen($e) => $body,
+            Event::UsdUnfrozen($e) => $body,
         }
     };
 }
@@ -267,6 +291,8 @@ impl Event {
             Event::UsdCreditFailed(_) => EventKind::UsdCreditFailed,
             Event::UsdDebited(_) => EventKind::UsdDebited,
             Event::UsdDeposited(_) => EventKind::UsdDeposited,
+            Event::UsdFrozen(_) => EventKind::UsdFrozen,
+            Event::UsdUnfrozen(_) => EventKind::UsdUnfrozen,
         }
     }
 
@@ -330,6 +356,8 @@ impl Event {
             EventKind::UsdCreditFailed => Event::UsdCreditFailed(body(kind, payload)?),
             EventKind::UsdDebited => Event::UsdDebited(body(kind, payload)?),
             EventKind::UsdDeposited => Event::UsdDeposited(body(kind, payload)?),
+            EventKind::UsdFrozen => Event::UsdFrozen(body(kind, payload)?),
+            EventKind::UsdUnfrozen => Event::UsdUnfrozen(body(kind, payload)?),
         };
         if event.user_id() != &parsed.user {
             return Err(DecodeError::UserMismatch {
@@ -384,7 +412,10 @@ impl Event {
             Event::KrwHeld(e) => positive_krw("krw_amount", e.krw_amount),
             Event::KrwCommitted(e) => positive_krw("krw_amount", e.krw_amount),
             Event::KrwReleased(e) => positive_krw("krw_amount", e.krw_amount),
-            Event::KrwDeposited(e) => positive_krw("krw_amount", e.krw_amount),
+            Event::KrwDeposited(e) => {
+                message(&e.actor)?;
+                positive_krw("krw_amount", e.krw_amount)
+            }
             Event::TradeFilled(e) => {
                 positive_krw("krw_amount", e.krw_amount)?;
                 positive_usd("usd_amount", e.usd_amount)
@@ -395,10 +426,15 @@ impl Event {
             }
             Event::UsdCredited(e) => positive_usd("usd_amount", e.usd_amount),
             Event::UsdDebited(e) => positive_usd("usd_amount", e.usd_amount),
-            Event::UsdDeposited(e) => positive_usd("usd_amount", e.usd_amount),
+            Event::UsdDeposited(e) => {
+                message(&e.actor)?;
+                positive_usd("usd_amount", e.usd_amount)
+            }
             Event::KrwRejected(e) => message(&e.message),
             Event::TradeFailed(e) => message(&e.message),
             Event::UsdCreditFailed(e) => message(&e.message),
+            Event::UsdFrozen(e) => message(&e.actor),
+            Event::UsdUnfrozen(e) => message(&e.actor),
         }
     }
 }

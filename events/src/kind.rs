@@ -36,11 +36,15 @@ pub enum EventKind {
     UsdDebited,
     /// An operator deposited USD into a user's account (or the house float).
     UsdDeposited,
+    /// An operator froze a user's USD account (credits refused until unfrozen).
+    UsdFrozen,
+    /// An operator lifted a freeze.
+    UsdUnfrozen,
 }
 
 impl EventKind {
     /// Every kind, in flow order.
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::ExchangeRequested,
         EventKind::KrwHeld,
         EventKind::KrwRejected,
@@ -54,6 +58,8 @@ impl EventKind {
         EventKind::UsdCreditFailed,
         EventKind::UsdDebited,
         EventKind::UsdDeposited,
+        EventKind::UsdFrozen,
+        EventKind::UsdUnfrozen,
     ];
 
     /// The subject's domain token: `exchange`, `krw`, `trade` or `usd`.
@@ -69,7 +75,9 @@ impl EventKind {
             EventKind::UsdCredited
             | EventKind::UsdCreditFailed
             | EventKind::UsdDebited
-            | EventKind::UsdDeposited => "usd",
+            | EventKind::UsdDeposited
+            | EventKind::UsdFrozen
+            | EventKind::UsdUnfrozen => "usd",
         }
     }
 
@@ -88,6 +96,8 @@ impl EventKind {
             EventKind::UsdCredited => "credited",
             EventKind::UsdCreditFailed => "credit_failed",
             EventKind::UsdDebited => "debited",
+            EventKind::UsdFrozen => "frozen",
+            EventKind::UsdUnfrozen => "unfrozen",
         }
     }
 

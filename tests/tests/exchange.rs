@@ -122,6 +122,13 @@ async fn a_frozen_usd_account_runs_the_whole_reverse_chain() {
         ]
     );
     assert!(out.reason.unwrap().starts_with("account_frozen"));
+    // The freeze itself is on the stream, naming who did it.
+    let frozen = testkit::messages_on(&sys.js, "FX", "fx.usd.frozen.dave").await;
+    assert_eq!(frozen.len(), 1);
+    match events::Event::decode(frozen[0].subject.as_str(), &frozen[0].payload).unwrap() {
+        events::Event::UsdFrozen(f) => assert_eq!(f.actor, "test"),
+        other => panic!("{other:?}"),
+    }
     let mut b = balance("dave", "3000000", "0", "0.00");
     b.usd_frozen = true;
     assert_eq!(sys.balance("dave").await, b);

@@ -482,6 +482,8 @@ pub fn describe(seq: u64, e: &Event) -> String {
         Event::UsdCreditFailed(f) => reason(&f.reason, &f.message),
         Event::UsdDebited(d) => format!("usd={}", d.usd_amount),
         Event::UsdDeposited(d) => format!("usd={} by {}", d.usd_amount, d.actor),
+        Event::UsdFrozen(f) => format!("by {}", f.actor),
+        Event::UsdUnfrozen(f) => format!("by {}", f.actor),
     };
     format!(
         "#{seq:<8} {:<22} {:<12} {}  {}",

@@ -62,7 +62,10 @@ fn step_class(kind: EventKind) -> Option<&'static str> {
         EventKind::KrwReleased | EventKind::TradeCancelled | EventKind::UsdDebited => {
             Some(names::COMPENSATION_STEPS)
         }
-        EventKind::KrwDeposited | EventKind::UsdDeposited => None,
+        EventKind::KrwDeposited
+        | EventKind::UsdDeposited
+        | EventKind::UsdFrozen
+        | EventKind::UsdUnfrozen => None,
     }
 }
 

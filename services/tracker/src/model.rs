@@ -57,7 +57,7 @@ pub struct BatchReport {
     /// Messages in the batch.
     pub messages: usize,
     /// Events per kind, indexed like `EventKind::ALL`.
-    pub kinds: [u64; 13],
+    pub kinds: [u64; EventKind::ALL.len()],
     /// Undecodable messages by `DecodeError::reason()`.
     pub undecodable: Vec<&'static str>,
     /// Duplicate events.
@@ -253,7 +253,9 @@ impl ReadModel {
         if is_admin(event.kind()) {
             match event.kind() {
                 EventKind::KrwDeposited => inner.agg.krw_deposits += 1,
-                _ => inner.agg.usd_deposits += 1,
+                EventKind::UsdDeposited => inner.agg.usd_deposits += 1,
+                // Freezes are on the stream as the audit trail; the tracker has nothing to add.
+                _ => {}
             }
             return Ok(());
         }

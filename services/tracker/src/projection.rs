@@ -150,12 +150,20 @@ pub fn kind_index(kind: EventKind) -> usize {
         EventKind::UsdCreditFailed => 10,
         EventKind::UsdDebited => 11,
         EventKind::UsdDeposited => 12,
+        EventKind::UsdFrozen => 13,
+        EventKind::UsdUnfrozen => 14,
     }
 }
 
-/// True for the admin events (deposits): they are counted, never made into sagas.
+/// True for the admin events (deposits, freezes): they are counted, never made into sagas.
 pub fn is_admin(kind: EventKind) -> bool {
-    matches!(kind, EventKind::KrwDeposited | EventKind::UsdDeposited)
+    matches!(
+        kind,
+        EventKind::KrwDeposited
+            | EventKind::UsdDeposited
+            | EventKind::UsdFrozen
+            | EventKind::UsdUnfrozen
+    )
 }
 
 /// One step of a saga's timeline, kept compactly: the body stays in the stream and is read by
@@ -764,7 +772,10 @@ pub fn apply(rec: &mut SagaRecord, event: &Event, seq: u64, at_ms: u64) -> Appli
         Event::UsdCredited(e) => rec.witness_usd(kind, e.usd_amount),
         Event::UsdCreditFailed(e) => fail(rec, credit_fail_code(e.reason)),
         Event::UsdDebited(e) => rec.witness_usd(kind, e.usd_amount),
-        Event::KrwDeposited(_) | Event::UsdDeposited(_) => unreachable!("handled above"),
+        Event::KrwDeposited(_)
+        | Event::UsdDeposited(_)
+        | Event::UsdFrozen(_)
+        | Event::UsdUnfrozen(_) => unreachable!("handled above"),
     }
     if is_failure_after_hold(kind) && rec.compensation_started_at_ms.is_none() {
         rec.compensation_started_at_ms = Some(at_ms);

@@ -4,7 +4,7 @@
 //! the NATS admin request/reply wiring lives elsewhere. Refusals of bad input are returned as
 //! [`AdminOutcome::Refused`] with words for the operator, not as errors, and write nothing.
 
-use events::{Event, SagaId, Usd, UsdDeposited, UserId};
+use events::{Event, SagaId, Usd, UsdDeposited, UsdFrozen, UsdUnfrozen, UserId};
 use runtime::{JournalEntry, Records, Store, TxResult};
 use serde::Serialize;
 
@@ -159,6 +159,7 @@ pub fn deposit<R: Records>(
 
 fn set_frozen<R: Records>(
     r: &R,
+    op_id: SagaId,
     user: &UserId,
     frozen: bool,
     actor: &str,
@@ -181,28 +182,47 @@ fn set_frozen<R: Records>(
             ..account
         },
     )?;
+    // The stream is the audit trail: every admin operation is an event naming its actor.
+    let actor: String = actor.chars().take(events::MAX_MESSAGE_CHARS).collect();
+    let event = if frozen {
+        Event::UsdFrozen(UsdFrozen {
+            saga_id: op_id,
+            user_id: user.clone(),
+            actor,
+        })
+    } else {
+        Event::UsdUnfrozen(UsdUnfrozen {
+            saga_id: op_id,
+            user_id: user.clone(),
+            actor,
+        })
+    };
+    r.emit(&event, &op_id.to_string(), now_ms)?;
     Ok(AdminOutcome::Done)
 }
 
 /// Freezes `user`'s account: later credits fail with `account_frozen`; compensating debits
-/// still go through. Records who and when; no journal entry (no money moves).
+/// still go through. Records who and when, and emits `usd.frozen` (no journal entry: no money
+/// moves). `op_id` is the operation's id (the event's `saga_id`).
 pub fn freeze<R: Records>(
     r: &R,
+    op_id: SagaId,
     user: &UserId,
     actor: &str,
     now_ms: u64,
 ) -> TxResult<AdminOutcome> {
-    set_frozen(r, user, true, actor, now_ms)
+    set_frozen(r, op_id, user, true, actor, now_ms)
 }
 
-/// Lifts a freeze. Records who and when.
+/// Lifts a freeze. Records who and when, and emits `usd.unfrozen`.
 pub fn unfreeze<R: Records>(
     r: &R,
+    op_id: SagaId,
     user: &UserId,
     actor: &str,
     now_ms: u64,
 ) -> TxResult<AdminOutcome> {
-    set_frozen(r, user, false, actor, now_ms)
+    set_frozen(r, op_id, user, false, actor, now_ms)
 }
 
 /// A user's account as stored (balance, freeze flag and who set it), if it exists.

@@ -116,12 +116,13 @@ fn endpoints(store: Arc<Store>, clock: Clock) -> Vec<(&'static str, runtime::adm
             let (store, clock) = (s.clone(), c.clone());
             async move {
                 let body: UserBody = req.json()?;
+                let op_id = SagaId::new_v7();
                 let o = store
                     .transact(|tx| {
                         if frozen {
-                            crate::freeze(tx, &body.user_id, &req.actor, clock())
+                            crate::freeze(tx, op_id, &body.user_id, &req.actor, clock())
                         } else {
-                            crate::unfreeze(tx, &body.user_id, &req.actor, clock())
+                            crate::unfreeze(tx, op_id, &body.user_id, &req.actor, clock())
                         }
                     })
                     .map_err(AdminError::internal)?;

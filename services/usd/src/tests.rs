@@ -49,6 +49,8 @@ fn cancelled(n: u128, who: &str, amount: &str) -> Event {
 struct Harness {
     store: Store,
     svc: UsdService,
+    /// Events emitted by admin operations, in order.
+    admin_events: std::cell::RefCell<Vec<Event>>,
 }
 
 impl Harness {
@@ -57,6 +59,7 @@ impl Harness {
         let h = Harness {
             store: Store::temporary().unwrap(),
             svc: UsdService::new(UsdConfig::new(usd(float))),
+            admin_events: Default::default(),
         };
         let outcome = h.store.transact(|tx| h.svc.seed(&*tx, T0)).unwrap();
         assert_eq!(outcome, AdminOutcome::Done);
@@ -112,8 +115,19 @@ impl Harness {
         self.store.get(&credit_key(saga(n))).unwrap()
     }
 
+    /// Runs an admin operation. The freeze events it emits (the audit trail) are set aside in
+    /// `admin_events`, so that `only()` and `emitted()` see what the saga events cause.
     fn admin<T>(&self, f: impl Fn(&runtime::Tx<'_>) -> runtime::TxResult<T>) -> T {
-        self.store.transact(|tx| f(tx)).unwrap()
+        let out = self.store.transact(|tx| f(tx)).unwrap();
+        let batch = self.store.outbox_batch(u64::MAX, 100).unwrap();
+        for (key, entry) in batch {
+            let e = Event::decode(&entry.subject, entry.payload.as_bytes()).unwrap();
+            if matches!(e, Event::UsdFrozen(_) | Event::UsdUnfrozen(_)) {
+                self.store.outbox_remove(&[key]).unwrap();
+                self.admin_events.borrow_mut().push(e);
+            }
+        }
+        out
     }
 
     fn assert_audit_ok(&self) {
@@ -176,12 +190,20 @@ fn a_fill_credits_the_user_from_the_house_opening_the_account() {
 fn a_frozen_account_fails_the_credit_and_moves_nothing() {
     let h = Harness::new("10000.00");
     assert_eq!(
-        h.admin(|tx| freeze(tx, &user("alice"), "ops-kim", T0 + 1)),
+        h.admin(|tx| freeze(tx, SagaId::new_v7(), &user("alice"), "ops-kim", T0 + 1)),
         AdminOutcome::Done
     );
     let account = balance(&h.store, &user("alice")).unwrap().unwrap();
     assert!(account.frozen);
     assert_eq!(account.frozen_changed_by.as_deref(), Some("ops-kim"));
+    // The freeze is on the stream too, naming who did it: the stream is the audit trail.
+    match h.admin_events.borrow().as_slice() {
+        [Event::UsdFrozen(f)] => {
+            assert_eq!(f.actor, "ops-kim");
+            assert_eq!(f.user_id, user("alice"));
+        }
+        other => panic!("expected one usd.frozen, got {other:?}"),
+    }
     assert_eq!(account.frozen_changed_at_ms, Some(T0 + 1));
 
     let ev = filled(1, "alice", "1071.42");
@@ -221,7 +243,7 @@ fn a_cancel_after_the_credit_debits_even_when_frozen() {
     let ev = filled(1, "alice", "1071.42");
     h.deliver(&ev, T0 + 10);
     h.emitted();
-    h.admin(|tx| freeze(tx, &user("alice"), "ops-kim", T0 + 15));
+    h.admin(|tx| freeze(tx, SagaId::new_v7(), &user("alice"), "ops-kim", T0 + 15));
 
     let cancel = cancelled(1, "alice", "1071.42");
     assert_eq!(h.deliver(&cancel, T0 + 20), Handled::Applied);
@@ -353,19 +375,19 @@ fn freeze_and_unfreeze_are_idempotent_and_unfreezing_allows_credits_again() {
     let h = Harness::new("10000.00");
     let alice = user("alice");
     assert_eq!(
-        h.admin(|tx| unfreeze(tx, &alice, "ops", T0)),
+        h.admin(|tx| unfreeze(tx, SagaId::new_v7(), &alice, "ops", T0)),
         AdminOutcome::AlreadyDone
     );
     assert_eq!(
-        h.admin(|tx| freeze(tx, &alice, "ops", T0)),
+        h.admin(|tx| freeze(tx, SagaId::new_v7(), &alice, "ops", T0)),
         AdminOutcome::Done
     );
     assert_eq!(
-        h.admin(|tx| freeze(tx, &alice, "ops", T0 + 1)),
+        h.admin(|tx| freeze(tx, SagaId::new_v7(), &alice, "ops", T0 + 1)),
         AdminOutcome::AlreadyDone
     );
     assert_eq!(
-        h.admin(|tx| unfreeze(tx, &alice, "lead", T0 + 2)),
+        h.admin(|tx| unfreeze(tx, SagaId::new_v7(), &alice, "lead", T0 + 2)),
         AdminOutcome::Done
     );
     let account = balance(&h.store, &alice).unwrap().unwrap();

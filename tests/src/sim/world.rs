@@ -488,7 +488,8 @@ impl World {
 
     /// An operator freezes `user`'s USD account.
     pub fn freeze(&mut self, user: &UserId) {
-        self.admin(NodeId::Usd, |tx, now| usd::freeze(tx, user, "sim", now));
+        let id = self.next_admin_id();
+        self.admin(NodeId::Usd, |tx, now| usd::freeze(tx, id, user, "sim", now));
         self.frozen.insert(user.clone(), true);
         self.note(|_| format!("admin usd freeze {user}"));
         self.flush(NodeId::Usd, false);
@@ -496,7 +497,10 @@ impl World {
 
     /// An operator unfreezes `user`'s USD account.
     pub fn unfreeze(&mut self, user: &UserId) {
-        self.admin(NodeId::Usd, |tx, now| usd::unfreeze(tx, user, "sim", now));
+        let id = self.next_admin_id();
+        self.admin(NodeId::Usd, |tx, now| {
+            usd::unfreeze(tx, id, user, "sim", now)
+        });
         self.frozen.insert(user.clone(), false);
         self.note(|_| format!("admin usd unfreeze {user}"));
         self.flush(NodeId::Usd, false);

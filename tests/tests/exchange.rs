@@ -371,9 +371,30 @@ async fn malformed_json_is_dead_lettered_and_a_user_mismatch_is_rejected() {
         "ivan",
         "answered on the subject's user"
     );
+
+    // The dead letter, replayed as it is, still does not decode: refused with what to do.
+    let err = fxctl::dlq_replay(&sys.client, letters[0].seq, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, fxctl::CtlError::Refused(_)), "{err}");
+    assert!(err.to_string().contains("--payload"), "{err}");
+    // Fixed and replayed onto its subject, it runs as a normal request.
+    let fixed_saga = SagaId::new_v7();
+    let fixed = format!(r#"{{"saga_id":"{fixed_saga}","user_id":"ivan","krw_amount":"14000"}}"#);
+    fxctl::dlq_replay(&sys.client, letters[0].seq, Some(fixed))
+        .await
+        .unwrap();
+    testkit::wait_for("the replayed request to complete", 20_000, || async {
+        sys.saga_events(fixed_saga)
+            .await
+            .iter()
+            .any(|e| e.kind() == events::EventKind::KrwCommitted)
+            .then_some(())
+    })
+    .await;
     assert_eq!(
         sys.balance("ivan").await,
-        balance("ivan", "1000000", "0", "0.00")
+        balance("ivan", "986000", "0", "10.00")
     );
     sys.assert_audit_ok().await;
 }

@@ -174,15 +174,7 @@ pub async fn provision(js: &jetstream::Context, s: &StreamSettings) -> Result<Pr
     let mut report = ProvisionReport::default();
     for want in [fx_stream_config(s), dlq_stream_config(s)] {
         match js.get_stream(&want.name).await {
-            Ok(mut existing) => {
-                let have = existing
-                    .info()
-                    .await
-                    .map_err(|e| RuntimeError::js("stream info", e))?
-                    .config
-                    .clone();
-                report.drift.extend(drift(&have, &want));
-            }
+            Ok(mut existing) => report.drift.extend(drift_of(&mut existing, &want).await?),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -199,13 +191,7 @@ pub async fn provision(js: &jetstream::Context, s: &StreamSettings) -> Result<Pr
                             .get_stream(&want.name)
                             .await
                             .map_err(|_| RuntimeError::js("create stream", create_err))?;
-                        let have = existing
-                            .info()
-                            .await
-                            .map_err(|e| RuntimeError::js("stream info", e))?
-                            .config
-                            .clone();
-                        report.drift.extend(drift(&have, &want));
+                        report.drift.extend(drift_of(&mut existing, &want).await?);
                     }
                 }
             }
@@ -219,6 +205,16 @@ pub async fn provision(js: &jetstream::Context, s: &StreamSettings) -> Result<Pr
         info!(created = ?report.created, "provisioned streams");
     }
     Ok(report)
+}
+
+async fn drift_of(existing: &mut stream::Stream, want: &stream::Config) -> Result<Vec<String>> {
+    let have = existing
+        .info()
+        .await
+        .map_err(|e| RuntimeError::js("stream info", e))?
+        .config
+        .clone();
+    Ok(drift(&have, want))
 }
 
 fn drift(have: &stream::Config, want: &stream::Config) -> Vec<String> {

@@ -5,6 +5,11 @@
 #
 # Data lives under ./.fx/ (git-ignored) and is reused: running it twice continues where the
 # first run stopped.
+#
+# The broker it starts runs config/nats.conf: no anonymous access, one identity per process
+# (docs/security.md). Dev passwords are generated on the first run into
+# ./.fx/nats-passwords.env (mode 600, never committed) and reused. With $NATS_URL, the broker
+# and its credentials are yours: every process gets your NATS_USER/NATS_PASSWORD/NATS_CREDS.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -47,65 +52,149 @@ cargo build --release --quiet -p krw -p trade -p usd -p tracker -p fxctl
 bin="$root/target/release"
 fxctl="$bin/fxctl"
 
+passwords="$fx_dir/nats-passwords.env"
+identities=(krw trade usd tracker client admin)
+
+# A dev password: letters and digits, starting with a letter (nats.conf parses the value).
+new_password() {
+  if command -v openssl >/dev/null 2>&1; then
+    printf 'fx%s' "$(openssl rand -hex 24)"
+  else
+    printf 'fx%s' "$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
+  fi
+}
+
+# Creates .fx/nats-passwords.env on the first run (mode 600), then reads it into shell
+# variables that are NOT exported: only nats-server gets all six; each process gets its own.
+load_passwords() {
+  if [[ ! -s "$passwords" ]]; then
+    say "generating dev broker passwords into .fx/nats-passwords.env (mode 600)"
+    (
+      umask 077
+      for id in "${identities[@]}"; do
+        printf 'FX_NATS_PASSWORD_%s=%s\n' "${id^^}" "$(new_password)"
+      done >"$passwords.tmp"
+      mv "$passwords.tmp" "$passwords"
+    )
+  fi
+  chmod 600 "$passwords"
+  # shellcheck disable=SC1090
+  . "$passwords"
+  local var
+  for id in "${identities[@]}"; do
+    var="FX_NATS_PASSWORD_${id^^}"
+    [[ -n "${!var:-}" ]] || die "$var is missing or empty in $passwords; remove the file to regenerate it"
+  done
+}
+
+# Removes every identity's password from a child's environment.
+forget_passwords() {
+  local id
+  for id in "${identities[@]}"; do unset "FX_NATS_PASSWORD_${id^^}"; done
+}
+
+# In a subshell about to exec a process of identity $1: its credentials (when this script
+# manages them; with a broker of yours, the environment stays as it is), no other password.
+become() {
+  if ((use_identities)); then
+    local var="FX_NATS_PASSWORD_${1^^}"
+    export NATS_USER="$1" NATS_PASSWORD="${!var}"
+    forget_passwords
+  fi
+}
+use_identities=0
+
 if [[ -n "${NATS_URL:-}" ]]; then
-  say "using the broker at NATS_URL=$NATS_URL"
+  say "using the broker at NATS_URL=$NATS_URL (its credentials: NATS_USER/NATS_PASSWORD or NATS_CREDS)"
 else
   export NATS_URL="nats://127.0.0.1:$nats_port"
   if port_open 127.0.0.1 "$nats_port"; then
     say "a broker already listens on $nats_port; using it"
+    if [[ -s "$passwords" ]]; then
+      load_passwords
+      use_identities=1
+    fi
   else
+    load_passwords
+    use_identities=1
     nats_bin="$(scripts/ensure-nats.sh)"
-    say "starting nats-server on $nats_port (JetStream store in .fx/nats, monitoring on 8222)"
-    "$nats_bin" -js -a 127.0.0.1 -p "$nats_port" -m 8222 -sd "$fx_dir/nats" >"$logs/nats.log" 2>&1 &
+    say "starting nats-server on $nats_port with config/nats.conf (JetStream store in .fx/nats, monitoring on 127.0.0.1:8222)"
+    (
+      set -a
+      # shellcheck disable=SC1090
+      . "$passwords"
+      exec "$nats_bin" -c config/nats.conf -js -a 127.0.0.1 -p "$nats_port" -m 8222 -sd "$fx_dir/nats"
+    ) >"$logs/nats.log" 2>&1 &
     pids+=($!)
     wait_until "nats-server" 20 port_open 127.0.0.1 "$nats_port"
   fi
 fi
 
+# Each service runs as the identity of the same name. The subshell execs it, so $! is the
+# service's own pid and Ctrl-C stops it.
 start() {
   local name="$1" http="$2"
-  FX_DATA_DIR="$fx_dir/$name" FX_HTTP_ADDR="$http" RUST_LOG="${RUST_LOG:-info}" \
-    "$bin/fx-$name" >"$logs/$name.log" 2>&1 &
+  (
+    become "$name"
+    export FX_DATA_DIR="$fx_dir/$name" FX_HTTP_ADDR="$http" RUST_LOG="${RUST_LOG:-info}"
+    exec "$bin/fx-$name"
+  ) >"$logs/$name.log" 2>&1 &
   pids+=($!)
 }
+# fxctl as an operator (deposit, balance, freeze, audit) or as a user (exchange).
+admin() { (become admin; exec "$fxctl" "$@"); }
+client() { (become client; exec "$fxctl" "$@"); }
 say "starting fx-krw, fx-trade, fx-usd, fx-tracker (logs in .fx/logs/)"
 start usd 127.0.0.1:9103
 start trade 127.0.0.1:9102
 start krw 127.0.0.1:9101
 start tracker "127.0.0.1:$tracker_port"
-wait_until "fx-krw and fx-usd" 60 "$fxctl" audit
+wait_until "fx-krw and fx-usd" 60 admin audit
 wait_until "fx-tracker" 30 port_open 127.0.0.1 "$tracker_port"
 
-if [[ "$("$fxctl" balance --user alice --json | grep -c '"krw_available": "0"')" == 1 ]]; then
+if [[ "$(admin balance --user alice --json | grep -c '"krw_available": "0"')" == 1 ]]; then
   say "seeding demo accounts alice, bob, carol"
-  "$fxctl" --actor run.sh deposit --user alice --krw 5000000
-  "$fxctl" --actor run.sh deposit --user bob --krw 3000000
-  "$fxctl" --actor run.sh deposit --user carol --krw 2000000
+  admin --actor run.sh deposit --user alice --krw 5000000
+  admin --actor run.sh deposit --user bob --krw 3000000
+  admin --actor run.sh deposit --user carol --krw 2000000
 else
   say "demo accounts exist (data reused from .fx/)"
 fi
 
 say "sample exchanges"
 echo "-- alice sells 1,500,000 KRW (ends COMPLETED):"
-"$fxctl" exchange --user alice --krw 1500000 --min-usd 1000.00 --wait || true
+client exchange --user alice --krw 1500000 --min-usd 1000.00 --wait || true
 echo "-- carol's USD account is frozen, so the credit fails and everything is reversed (COMPENSATED):"
-"$fxctl" --actor run.sh freeze --user carol >/dev/null
-"$fxctl" exchange --user carol --krw 700000 --wait || true
-"$fxctl" --actor run.sh unfreeze --user carol >/dev/null
+admin --actor run.sh freeze --user carol >/dev/null
+client exchange --user carol --krw 700000 --wait || true
+admin --actor run.sh unfreeze --user carol >/dev/null
 echo "-- bob asks for more than he has (REJECTED):"
-"$fxctl" exchange --user bob --krw 9000000 --wait || true
+client exchange --user bob --krw 9000000 --wait || true
+
+if ((use_identities)); then
+  creds_hint="
+  Broker identities (config/nats.conf, docs/security.md): load the dev passwords, then pick one:
+    set -a; . .fx/nats-passwords.env; set +a
+    export NATS_USER=admin NATS_PASSWORD=\$FX_NATS_PASSWORD_ADMIN     # deposit, balance, audit, dlq, tail
+    export NATS_USER=client NATS_PASSWORD=\$FX_NATS_PASSWORD_CLIENT   # exchange only
+"
+  pub_auth=" --user client --password \"\$FX_NATS_PASSWORD_CLIENT\""
+else
+  creds_hint=""
+  pub_auth=""
+fi
 
 cat <<TXT
 
   Dashboard:   http://127.0.0.1:$tracker_port/
   JSON API:    http://127.0.0.1:$tracker_port/api/sagas   /api/stats   /metrics
   Broker:      $NATS_URL   (data in .fx/, logs in .fx/logs/)
-
+$creds_hint
   Try next:
     $fxctl exchange --user alice --krw 250000 --wait
     $fxctl balance --user alice
     $fxctl audit
-    nats pub fx.exchange.requested.alice '{"saga_id":"'"\$(cat /proc/sys/kernel/random/uuid)"'","user_id":"alice","krw_amount":"100000"}'
+    nats pub$pub_auth fx.exchange.requested.alice '{"saga_id":"'"\$(cat /proc/sys/kernel/random/uuid)"'","user_id":"alice","krw_amount":"100000"}'
 
   Ctrl-C stops everything this script started.
 TXT

@@ -110,8 +110,9 @@ fn http_get(port: u16, path: &str) -> Option<Value> {
     serde_json::from_str(&resp.body_mut().read_to_string().ok()?).ok()
 }
 
-/// Every saga the tracker on `port` knows, by id.
-fn all_sagas(port: u16) -> BTreeMap<String, Value> {
+/// Every saga the tracker on `port` knows, by id; `None` while it does not answer (it may be
+/// restarting after a kill).
+fn all_sagas(port: u16) -> Option<BTreeMap<String, Value>> {
     let mut out = BTreeMap::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -119,13 +120,13 @@ fn all_sagas(port: u16) -> BTreeMap<String, Value> {
             Some(c) => format!("/api/sagas?limit=500&cursor={c}"),
             None => "/api/sagas?limit=500".into(),
         };
-        let page = http_get(port, &path).expect("tracker answers /api/sagas");
-        for s in page["sagas"].as_array().unwrap() {
+        let page = http_get(port, &path)?;
+        for s in page["sagas"].as_array()? {
             out.insert(s["saga_id"].as_str().unwrap().to_owned(), s.clone());
         }
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
-            None => return out,
+            None => return Some(out),
         }
     }
 }
@@ -328,7 +329,7 @@ async fn chaos_loses_nothing() {
         || async {
             let sagas = tokio::task::spawn_blocking(move || all_sagas(tracker_port))
                 .await
-                .ok()?;
+                .ok()??;
             let done = saga_ids.iter().all(|id| {
                 sagas
                     .get(&id.to_string())
@@ -405,10 +406,12 @@ async fn chaos_loses_nothing() {
     .await;
     let live_now = tokio::task::spawn_blocking(move || all_sagas(tracker_port))
         .await
-        .unwrap();
+        .unwrap()
+        .expect("the live tracker answers");
     let again = tokio::task::spawn_blocking(move || all_sagas(rebuilt_port))
         .await
-        .unwrap();
+        .unwrap()
+        .expect("the rebuilt tracker answers");
     let strip = |m: &BTreeMap<String, Value>| -> BTreeMap<String, (Value, Value, Value, Value)> {
         m.iter()
             .map(|(k, v)| {

@@ -422,20 +422,31 @@ pub async fn dlq_replay(
     Ok(ack.sequence)
 }
 
-/// Reads one saga from the tracker's API (`GET /api/sagas/{id}`).
-pub async fn saga(tracker_url: &str, id: SagaId) -> CtlResult<serde_json::Value> {
+/// Reads one saga from the tracker's API (`GET /api/sagas/{id}`), sending `token` as
+/// `Authorization: Bearer` when the tracker requires one (`FX_TRACKER_TOKEN`).
+pub async fn saga(
+    tracker_url: &str,
+    id: SagaId,
+    token: Option<&str>,
+) -> CtlResult<serde_json::Value> {
     let url = format!("{}/api/sagas/{id}", tracker_url.trim_end_matches('/'));
+    let auth = token
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| format!("Bearer {t}"));
     tokio::task::spawn_blocking(move || {
-        let mut resp = ureq::get(&url)
+        let mut request = ureq::get(&url)
             .config()
             .http_status_as_error(false)
-            .build()
-            .call()
-            .map_err(|e| {
-                CtlError::Unavailable(format!(
-                    "cannot reach the tracker at {url}: {e}; is fx-tracker running? (--tracker-url / FX_TRACKER_URL)"
-                ))
-            })?;
+            .build();
+        if let Some(auth) = &auth {
+            request = request.header("Authorization", auth);
+        }
+        let mut resp = request.call().map_err(|e| {
+            CtlError::Unavailable(format!(
+                "cannot reach the tracker at {url}: {e}; is fx-tracker running? (--tracker-url / FX_TRACKER_URL)"
+            ))
+        })?;
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()
@@ -445,6 +456,14 @@ pub async fn saga(tracker_url: &str, id: SagaId) -> CtlResult<serde_json::Value>
             .map_err(|e| CtlError::Unavailable(format!("tracker reply is not JSON: {e}")))?;
         match status {
             200 => Ok(body),
+            401 => Err(CtlError::Refused(format!(
+                "the tracker {} (--tracker-token / FX_TRACKER_TOKEN)",
+                if auth.is_some() {
+                    "refused the token"
+                } else {
+                    "requires a token"
+                }
+            ))),
             404 => Err(CtlError::Refused(format!(
                 "the tracker knows no saga {id}; check the id, or wait for the tracker to catch up"
             ))),
@@ -512,9 +531,13 @@ pub async fn tail(
         Some(u) => format!("fx.*.*.{u}"),
         None => "fx.>".to_owned(),
     };
-    // An ordered consumer: ephemeral, server-side flow control, nothing left behind.
+    // An ordered consumer: ephemeral, server-side flow control, nothing left behind. Named,
+    // so the create request names it in its subject: the broker refuses `admin` the unnamed
+    // create, whose body could name (and reconfigure) a service's durable consumer.
+    let id = uuid::Uuid::new_v4().simple().to_string();
     let consumer = stream
         .create_consumer(OrderedConfig {
+            name: Some(format!("fxctl-tail-{}", &id[..12])),
             filter_subject: filter,
             deliver_policy: if from_start {
                 DeliverPolicy::All

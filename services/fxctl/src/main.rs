@@ -27,6 +27,9 @@ struct Cli {
         global = true
     )]
     tracker_url: String,
+    /// The tracker's token, when it requires one (for `saga`).
+    #[arg(long, env = "FX_TRACKER_TOKEN", hide_env_values = true, global = true)]
+    tracker_token: Option<String>,
     /// Who is asking; journaled with deposits and freezes.
     #[arg(long, env = "FX_ACTOR", default_value = "fxctl", global = true)]
     actor: String,
@@ -156,7 +159,54 @@ fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
 }
 
+/// `fxctl saga`: the tracker only, so it needs no broker connection or credentials.
+async fn saga(cli: &Cli, id: &str) -> CtlResult<()> {
+    let id = events::SagaId::parse(id).map_err(|e| CtlError::Usage(e.to_string()))?;
+    let s = fxctl::saga(&cli.tracker_url, id, cli.tracker_token.as_deref()).await?;
+    if cli.json {
+        print_json(&s);
+    } else {
+        let f = |k: &str| match &s[k] {
+            serde_json::Value::Null => "-".to_owned(),
+            serde_json::Value::String(v) => v.clone(),
+            v => v.to_string(),
+        };
+        println!(
+            "saga {}  user {}  state {}",
+            f("saga_id"),
+            f("user_id"),
+            f("state")
+        );
+        println!(
+            "KRW {}  USD {}  rate {}  duration {} ms",
+            f("krw_amount"),
+            f("usd_amount"),
+            f("rate"),
+            f("duration_ms")
+        );
+        if s["stuck"] == serde_json::json!(true) || s["inconsistent"] == serde_json::json!(true) {
+            println!(
+                "flags: stuck={} inconsistent={}",
+                f("stuck"),
+                f("inconsistent")
+            );
+        }
+        for e in s["events"].as_array().into_iter().flatten() {
+            println!(
+                "  #{:<8} {:<22} {}",
+                e["seq"],
+                e["type"].as_str().unwrap_or("?"),
+                e["subject"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> CtlResult<()> {
+    if let Cmd::Saga { id } = &cli.cmd {
+        return saga(&cli, id).await;
+    }
     let client = fxctl::connect(&cli.nats_url).await?;
     match cli.cmd {
         Cmd::Exchange {
@@ -283,50 +333,7 @@ async fn run(cli: Cli) -> CtlResult<()> {
                 Err(CtlError::Failed("an invariant does not hold".into()))
             }
         }
-        Cmd::Saga { id } => {
-            let id = events::SagaId::parse(&id).map_err(|e| CtlError::Usage(e.to_string()))?;
-            let s = fxctl::saga(&cli.tracker_url, id).await?;
-            if cli.json {
-                print_json(&s);
-            } else {
-                let f = |k: &str| match &s[k] {
-                    serde_json::Value::Null => "-".to_owned(),
-                    serde_json::Value::String(v) => v.clone(),
-                    v => v.to_string(),
-                };
-                println!(
-                    "saga {}  user {}  state {}",
-                    f("saga_id"),
-                    f("user_id"),
-                    f("state")
-                );
-                println!(
-                    "KRW {}  USD {}  rate {}  duration {} ms",
-                    f("krw_amount"),
-                    f("usd_amount"),
-                    f("rate"),
-                    f("duration_ms")
-                );
-                if s["stuck"] == serde_json::json!(true)
-                    || s["inconsistent"] == serde_json::json!(true)
-                {
-                    println!(
-                        "flags: stuck={} inconsistent={}",
-                        f("stuck"),
-                        f("inconsistent")
-                    );
-                }
-                for e in s["events"].as_array().into_iter().flatten() {
-                    println!(
-                        "  #{:<8} {:<22} {}",
-                        e["seq"],
-                        e["type"].as_str().unwrap_or("?"),
-                        e["subject"].as_str().unwrap_or("?")
-                    );
-                }
-            }
-            Ok(())
-        }
+        Cmd::Saga { .. } => unreachable!("handled before connecting"),
         Cmd::Tail { user, from_start } => {
             let user = user.map(|u| fxctl::user(&u)).transpose()?;
             let json = cli.json;

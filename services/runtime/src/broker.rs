@@ -60,7 +60,12 @@ pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<async_nats::Client>
             // consumer make an outage a delay, not a loss.
             .max_reconnects(None);
         if let Some((user, password)) = &cfg.user_password {
-            opts = opts.user_and_password(user.clone(), password.clone());
+            // A private inbox per identity: the broker config lets each identity subscribe
+            // only to `_INBOX_<user>.>`, so one stolen credential cannot read (or ack) another
+            // service's pull deliveries and API replies.
+            opts = opts
+                .user_and_password(user.clone(), password.clone())
+                .custom_inbox_prefix(format!("_INBOX_{user}"));
         }
         if let Some(path) = &cfg.creds_file {
             opts = opts

@@ -6,6 +6,11 @@
 //!
 //! The binary is `$NATS_SERVER_BIN`, else the one `scripts/ensure-nats.sh` installs into
 //! `.tools/`, else `nats-server` on PATH.
+//!
+//! [`NatsServer::builder`] adds arguments and environment variables, e.g. the project's broker
+//! config with its passwords (`config/nats.conf` reads `FX_NATS_PASSWORD_*`). The command
+//! always passes `-js -a 127.0.0.1 -p <port> -m <port> -sd <tempdir>`, and nats-server lets
+//! command-line flags override the config file, so a config's listen settings never apply.
 
 pub mod wait;
 pub use wait::{messages_on, stream_messages, wait_for};
@@ -14,11 +19,14 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 /// How long a server may take to report ready before the test fails.
 pub const READY_TIMEOUT_MS: u64 = 20_000;
+
+/// Most log lines [`NatsServer::log`] keeps (later lines are still drained, not kept).
+pub const MAX_LOG_LINES: usize = 100_000;
 
 /// The workspace root (two levels above this crate).
 pub fn workspace_root() -> PathBuf {
@@ -63,6 +71,62 @@ pub struct NatsServer {
     monitor_port: u16,
     store: tempfile::TempDir,
     extra_args: Vec<String>,
+    env: Vec<(String, Option<String>)>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// How to start a [`NatsServer`]: extra arguments and environment variables. They apply to
+/// every (re)start of that server.
+#[derive(Clone, Debug, Default)]
+pub struct NatsServerBuilder {
+    args: Vec<String>,
+    env: Vec<(String, Option<String>)>,
+}
+
+impl NatsServerBuilder {
+    /// Adds command-line arguments after the standard ones.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Adds `-c <path>`: a config file (its listen, monitoring and store settings are
+    /// overridden by the standard flags).
+    pub fn config(self, path: impl AsRef<Path>) -> Self {
+        let path = path.as_ref().to_string_lossy().into_owned();
+        self.args(["-c".to_owned(), path])
+    }
+
+    /// Sets an environment variable of the server process (e.g. a password the config reads).
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), Some(value.into())));
+        self
+    }
+
+    /// Removes an inherited environment variable from the server process.
+    pub fn env_remove(mut self, key: impl Into<String>) -> Self {
+        self.env.push((key.into(), None));
+        self
+    }
+
+    /// Starts the server; panics with its log if it exits before it is ready.
+    pub fn start(self) -> NatsServer {
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            monitor_port: free_port(),
+            store: tempfile::tempdir().expect("temp dir for the JetStream store"),
+            extra_args: self.args,
+            env: self.env,
+            log: Arc::default(),
+        };
+        server.spawn();
+        server
+    }
 }
 
 impl NatsServer {
@@ -73,15 +137,20 @@ impl NatsServer {
 
     /// Starts a server with extra command-line arguments (e.g. `["-c", "nats.conf"]`).
     pub fn start_with(extra_args: &[&str]) -> NatsServer {
-        let mut server = NatsServer {
-            child: None,
-            port: free_port(),
-            monitor_port: free_port(),
-            store: tempfile::tempdir().expect("temp dir for the JetStream store"),
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-        };
-        server.spawn();
-        server
+        NatsServer::builder()
+            .args(extra_args.iter().copied())
+            .start()
+    }
+
+    /// A builder for a server with extra arguments and environment variables.
+    pub fn builder() -> NatsServerBuilder {
+        NatsServerBuilder::default()
+    }
+
+    /// The server's log (stderr) so far, one entry per line, across restarts (the first
+    /// [`MAX_LOG_LINES`]).
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").clone()
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -131,17 +200,29 @@ impl NatsServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        for (key, value) in &self.env {
+            match value {
+                Some(v) => cmd.env(key, v),
+                None => cmd.env_remove(key),
+            };
+        }
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let stderr = child.stderr.take().expect("stderr is piped");
         let (tx, rx) = mpsc::channel::<String>();
+        let kept = self.log.clone();
         // The reader thread lives as long as the server; it also keeps the pipe drained so
         // a chatty server never blocks on a full pipe.
         std::thread::spawn(move || {
             let mut ready_sent = false;
             let mut log = Vec::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut kept) = kept.lock() {
+                    if kept.len() < MAX_LOG_LINES {
+                        kept.push(line.clone());
+                    }
+                }
                 if !ready_sent {
                     log.push(line.clone());
                     if line.contains("Server is ready") {
@@ -197,5 +278,60 @@ mod tests {
         assert!(healthz(server.monitor_port()).contains("200 OK"));
         server.kill();
         assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    }
+
+    /// A config that sets its own listen address and reads a password from the environment.
+    fn config_file(dir: &Path) -> PathBuf {
+        let path = dir.join("test.conf");
+        std::fs::write(
+            &path,
+            "listen: 0.0.0.0:4222\nhttp_port: 8222\njetstream {}\n\
+             authorization { user: u, password: $TESTKIT_NATS_PASSWORD }\n",
+        )
+        .unwrap();
+        path
+    }
+
+    #[test]
+    fn a_config_file_gets_its_env_vars_and_the_flags_override_its_listen_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = NatsServer::builder()
+            .config(config_file(dir.path()))
+            .env("TESTKIT_NATS_PASSWORD", "pw1")
+            .start();
+        let listening = |s: &NatsServer| {
+            let log = s.log();
+            let want_client = format!("Listening for client connections on 127.0.0.1:{}", s.port());
+            let want_http = format!("Starting http monitor on 127.0.0.1:{}", s.monitor_port());
+            assert!(log.iter().any(|l| l.contains(&want_client)), "{log:#?}");
+            assert!(log.iter().any(|l| l.contains(&want_http)), "{log:#?}");
+            assert!(!log.iter().any(|l| l.contains(":4222")), "{log:#?}");
+        };
+        listening(&server);
+        assert!(healthz(server.monitor_port()).contains("200 OK"));
+        // The environment applies to a restart too.
+        server.restart();
+        assert!(healthz(server.monitor_port()).contains("200 OK"));
+        listening(&server);
+    }
+
+    #[test]
+    fn a_config_whose_env_var_is_missing_does_not_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = config_file(dir.path());
+        let started = std::panic::catch_unwind(|| {
+            NatsServer::builder()
+                .config(&path)
+                .env_remove("TESTKIT_NATS_PASSWORD")
+                .start()
+        });
+        let message = match started {
+            Ok(_) => panic!("nats-server started without its password variable"),
+            Err(e) => e.downcast_ref::<String>().cloned().unwrap_or_default(),
+        };
+        assert!(
+            message.contains("TESTKIT_NATS_PASSWORD") && message.contains("can not be found"),
+            "{message}"
+        );
     }
 }

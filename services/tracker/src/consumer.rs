@@ -134,7 +134,10 @@ async fn open(stream: &stream::Stream, start: u64) -> Result<pull::Ordered, Trac
     };
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
-            name: None,
+            // Named, so the create request names it in its subject (`$JS.API.CONSUMER.CREATE.
+            // FX.<name>.fx.>`), which the broker lets the tracker use for its own consumers
+            // only; the unnamed create is refused to it (its body could name a durable one).
+            name: Some(consumer_name()),
             description: Some("fx-tracker: projects every saga (read-only)".into()),
             filter_subject: runtime::broker::STREAM_SUBJECTS.into(),
             filter_subjects: Vec::new(),
@@ -161,6 +164,13 @@ async fn open(stream: &stream::Stream, start: u64) -> Result<pull::Ordered, Trac
             action: "ordered consumer messages",
             message: e.to_string(),
         })
+}
+
+/// A fresh name for the ordered consumer: `fx-tracker-<12 hex digits>` (the client appends
+/// `_<n>` each time it recreates it).
+fn consumer_name() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("fx-tracker-{}", &id[..12])
 }
 
 fn to_stream_message(msg: &jetstream::Message) -> Option<StreamMessage> {

@@ -1,15 +1,23 @@
 //! The HTTP surface: dashboard, timeline pages, JSON API, and the standard `/healthz`,
 //! `/readyz`, `/metrics` routes of the runtime.
+//!
+//! Every route only reads (GET; anything else is 405). With a token (`FX_TRACKER_TOKEN`), the
+//! dashboard, the saga pages and `/api/*` require it, as `Authorization: Bearer <token>` or,
+//! for a browser, HTTP Basic with the token as the password (any user name); a request without
+//! it gets 401 (JSON on `/api/*`). `/healthz`, `/readyz` and `/metrics` stay open: they carry
+//! no user, saga or amount, and health checks and scrapers reach them without a secret.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_nats::jetstream::stream;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use base64::Engine;
 use events::{SagaId, UserId};
 use runtime::telemetry::{standard_routes, Health};
 use serde::Serialize;
@@ -33,16 +41,113 @@ struct AppState {
     stream: Option<stream::Stream>,
 }
 
-/// The tracker's router: its own pages merged with the runtime's standard routes.
-pub fn router(model: Arc<ReadModel>, stream: Option<stream::Stream>, health: Health) -> Router {
-    Router::new()
+/// The secret that guards the dashboard and the API (`FX_TRACKER_TOKEN`). Its `Debug` never
+/// shows the value, so it cannot leak into a log through a config dump.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken(String);
+
+impl ApiToken {
+    /// A token; `None` when empty (an empty token would guard nothing).
+    pub fn new(token: impl Into<String>) -> Option<ApiToken> {
+        let token = token.into();
+        (!token.is_empty()).then_some(ApiToken(token))
+    }
+
+    /// Whether a request's `Authorization` header carries this token, as `Bearer <token>` or
+    /// as HTTP Basic with the token as the password. Compared in constant time.
+    pub fn admits(&self, headers: &HeaderMap) -> bool {
+        let Some(value) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return false;
+        };
+        let (scheme, credentials) = value.trim().split_once(' ').unwrap_or((value, ""));
+        let credentials = credentials.trim();
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return same_bytes(credentials.as_bytes(), self.0.as_bytes());
+        }
+        if scheme.eq_ignore_ascii_case("basic") {
+            let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(credentials) else {
+                return false;
+            };
+            let password = match decoded.iter().position(|&b| b == b':') {
+                Some(i) => &decoded[i + 1..],
+                None => return false,
+            };
+            return same_bytes(password, self.0.as_bytes());
+        }
+        false
+    }
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(***)")
+    }
+}
+
+/// Equality whose time depends on the lengths only, not on where the bytes differ.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The tracker's router: its own pages merged with the runtime's standard routes. With a
+/// token, the pages and the API require it (see the module docs).
+pub fn router(
+    model: Arc<ReadModel>,
+    stream: Option<stream::Stream>,
+    health: Health,
+    token: Option<ApiToken>,
+) -> Router {
+    let pages = Router::new()
         .route("/", get(dashboard))
         .route("/sagas/{id}", get(saga_page))
         .route("/api/sagas", get(list_sagas))
         .route("/api/sagas/{id}", get(get_saga))
         .route("/api/stats", get(stats))
-        .with_state(AppState { model, stream })
-        .merge(standard_routes(health))
+        .with_state(AppState { model, stream });
+    let pages = match token {
+        Some(token) => pages.route_layer(middleware::from_fn_with_state(token, require_token)),
+        None => pages,
+    };
+    pages.merge(standard_routes(health))
+}
+
+/// Lets a request through only with the token; otherwise 401 with a challenge: Bearer and a
+/// JSON body on `/api/*`, Basic (so a browser asks for it) and a page elsewhere.
+async fn require_token(State(token): State<ApiToken>, request: Request, next: Next) -> Response {
+    if token.admits(request.headers()) {
+        return next.run(request).await;
+    }
+    let api = request.uri().path().starts_with("/api/");
+    let mut response = if api {
+        json_error(
+            StatusCode::UNAUTHORIZED,
+            "this tracker requires a token: send `Authorization: Bearer <FX_TRACKER_TOKEN>` \
+             (fxctl: --tracker-token or FX_TRACKER_TOKEN)",
+        )
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            Html(html::message_page(
+                "Token required",
+                "This tracker requires its token (FX_TRACKER_TOKEN): sign in with any user \
+                 name and the token as the password.",
+            )),
+        )
+            .into_response()
+    };
+    let challenge = if api {
+        "Bearer realm=\"fx-tracker\""
+    } else {
+        "Basic realm=\"fx-tracker\", charset=\"UTF-8\""
+    };
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    response
 }
 
 #[derive(Serialize)]

@@ -11,7 +11,8 @@
 //!   keeps (kind, seq, time) and the saga page reads bodies back from the stream by sequence
 //!   with a JetStream direct get.
 //! - HTTP ([`http`]): `/` dashboard, `/sagas/{id}` timeline, `/api/sagas`, `/api/sagas/{id}`,
-//!   `/api/stats`, `/metrics`, `/healthz`, `/readyz`.
+//!   `/api/stats`, `/metrics`, `/healthz`, `/readyz`. Read-only (GET only), on loopback by
+//!   default; with `FX_TRACKER_TOKEN` set, the pages and the API require that bearer token.
 
 #![warn(missing_docs)]
 
@@ -36,6 +37,7 @@ use runtime::{Clock, NatsConfig, StreamSettings};
 use tokio::sync::watch;
 use tracing::info;
 
+pub use http::ApiToken;
 pub use model::{ListQuery, Page, ReadModel, StreamMessage};
 pub use projection::{apply, Applied, SagaRecord, SagaState, TimelineEntry};
 pub use stats::{Aggregates, StatsView};
@@ -112,6 +114,9 @@ pub struct TrackerConfig {
     pub retain: usize,
     /// `FX_TRACKER_BATCH_MAX` (default 4096): most messages projected per sled write.
     pub batch_max: usize,
+    /// `FX_TRACKER_TOKEN` (default unset): when set, the dashboard, the saga pages and `/api/*`
+    /// require it (`Authorization: Bearer <token>`, or HTTP Basic with it as the password).
+    pub token: Option<ApiToken>,
 }
 
 impl TrackerConfig {
@@ -148,6 +153,9 @@ impl TrackerConfig {
             stuck_after_ms: runtime::env_parse("FX_STUCK_AFTER_MS", Self::DEFAULT_STUCK_AFTER_MS)?,
             retain: runtime::env_parse("FX_TRACKER_RETAIN", Self::DEFAULT_RETAIN)?,
             batch_max,
+            token: std::env::var("FX_TRACKER_TOKEN")
+                .ok()
+                .and_then(|t| ApiToken::new(t.trim())),
         })
     }
 
@@ -161,6 +169,7 @@ impl TrackerConfig {
             stuck_after_ms: Self::DEFAULT_STUCK_AFTER_MS,
             retain: Self::DEFAULT_RETAIN,
             batch_max: Self::DEFAULT_BATCH_MAX,
+            token: None,
         }
     }
 }
@@ -218,8 +227,20 @@ impl Tracker {
         model.set_stream_last_seq(stream_last);
         crate::metrics::describe();
         let health = runtime::telemetry::Health::default();
-        let router = http::router(model.clone(), Some(stream.clone()), health.clone());
+        let router = http::router(
+            model.clone(),
+            Some(stream.clone()),
+            health.clone(),
+            config.token.clone(),
+        );
         let (http_addr, http) = runtime::telemetry::serve(config.http_addr, router).await?;
+        if config.token.is_none() && !http_addr.ip().is_loopback() {
+            tracing::warn!(
+                %http_addr,
+                "the dashboard and API are reachable beyond this host without a token: \
+                 anyone who reaches them reads every saga; set FX_TRACKER_TOKEN"
+            );
+        }
         info!(%http_addr, data_dir = %config.data_dir.display(), last_seq = model.last_seq(), "fx-tracker started");
         Ok(Tracker {
             config,

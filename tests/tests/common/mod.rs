@@ -10,13 +10,72 @@ use std::sync::Arc;
 
 use async_nats::jetstream;
 use events::{Event, Krw, Rate, SagaId, Usd, UserId};
-use runtime::{Clock, JournalEntry, Runtime, RuntimeConfig, Store};
+use runtime::{Clock, JournalEntry, NatsConfig, Runtime, RuntimeConfig, Store};
 use testkit::NatsServer;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// How long a saga may take in a test before it counts as stuck.
 pub const SAGA_DEADLINE_MS: u64 = 30_000;
+
+/// The broker identities of `config/nats.conf`.
+pub const IDENTITIES: [&str; 6] = ["krw", "trade", "usd", "tracker", "client", "admin"];
+
+/// A password for each identity of `config/nats.conf`, new for every test.
+#[derive(Clone, Debug)]
+pub struct Identities {
+    passwords: HashMap<&'static str, String>,
+}
+
+impl Identities {
+    /// Fresh random passwords (letters and digits, starting with a letter, as the config
+    /// requires).
+    pub fn random() -> Identities {
+        let passwords = IDENTITIES
+            .iter()
+            .map(|&who| (who, format!("fx{}", uuid::Uuid::new_v4().simple())))
+            .collect();
+        Identities { passwords }
+    }
+
+    /// The password of an identity.
+    pub fn password(&self, who: &str) -> &str {
+        &self.passwords[who]
+    }
+
+    /// The variable `config/nats.conf` reads the identity's password from.
+    pub fn env_var(who: &str) -> String {
+        format!("FX_NATS_PASSWORD_{}", who.to_ascii_uppercase())
+    }
+
+    /// The broker settings a process of this identity uses (`NATS_USER`/`NATS_PASSWORD`).
+    pub fn nats_config(&self, url: &str, who: &str) -> NatsConfig {
+        let mut cfg = NatsConfig::with_url(url);
+        cfg.user_password = Some((who.to_owned(), self.password(who).to_owned()));
+        cfg
+    }
+
+    /// A nats-server with the project's `config/nats.conf` and these passwords.
+    pub fn broker(&self) -> NatsServer {
+        let mut builder =
+            NatsServer::builder().config(testkit::workspace_root().join("config/nats.conf"));
+        for who in IDENTITIES {
+            builder = builder.env(Identities::env_var(who), self.password(who));
+        }
+        builder.start()
+    }
+
+    /// Connects as `who`.
+    pub async fn connect(&self, url: &str, who: &str) -> async_nats::Client {
+        // The identity's own inbox prefix, as runtime::connect sets it (config/nats.conf lets
+        // each identity subscribe only there).
+        async_nats::ConnectOptions::with_user_and_password(who.into(), self.password(who).into())
+            .custom_inbox_prefix(format!("_INBOX_{who}"))
+            .connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("connect as {who}: {e}"))
+    }
+}
 
 struct Running {
     stop: oneshot::Sender<()>,
@@ -38,6 +97,9 @@ pub struct System {
     pub usd_config: usd::UsdConfig,
     pub venue: Arc<trade::SimulatedVenue>,
     trade_service: Option<Arc<trade::TradeService>>,
+    /// With `config/nats.conf`: each service connects as its own identity, and `client` is
+    /// `admin`.
+    pub identities: Option<Identities>,
 }
 
 impl System {
@@ -51,8 +113,40 @@ impl System {
         krw_config: krw::KrwConfig,
         trade_config: trade::TradeConfig,
     ) -> System {
-        let nats = NatsServer::start();
-        let client = async_nats::connect(nats.url()).await.unwrap();
+        System::start_inner(krw_config, trade_config, None).await
+    }
+
+    /// All three services on a broker with `config/nats.conf`, each under its own identity;
+    /// the fixture's `client` is `admin`.
+    pub async fn start_secured() -> System {
+        System::start_secured_with(krw::KrwConfig::default(), trade::TradeConfig::default()).await
+    }
+
+    /// [`System::start_secured`] with the given configs.
+    pub async fn start_secured_with(
+        krw_config: krw::KrwConfig,
+        trade_config: trade::TradeConfig,
+    ) -> System {
+        System::start_inner(krw_config, trade_config, Some(Identities::random())).await
+    }
+
+    async fn start_inner(
+        krw_config: krw::KrwConfig,
+        trade_config: trade::TradeConfig,
+        identities: Option<Identities>,
+    ) -> System {
+        let (nats, client) = match &identities {
+            None => {
+                let nats = NatsServer::start();
+                let client = async_nats::connect(nats.url()).await.unwrap();
+                (nats, client)
+            }
+            Some(ids) => {
+                let nats = ids.broker();
+                let client = ids.connect(&nats.url(), "admin").await;
+                (nats, client)
+            }
+        };
         let js = runtime::broker::jetstream(client.clone());
         let mut sys = System {
             nats,
@@ -69,6 +163,7 @@ impl System {
                 Rate::new(rust_decimal::Decimal::from(1400)).unwrap(),
             )),
             trade_service: None,
+            identities,
         };
         for name in ["krw", "trade", "usd"] {
             sys.offsets.insert(name, Arc::new(AtomicU64::new(0)));
@@ -80,7 +175,20 @@ impl System {
     }
 
     fn config(&self, name: &str) -> RuntimeConfig {
-        RuntimeConfig::for_test(&self.nats.url(), self.dir.path().join(name))
+        let mut config = RuntimeConfig::for_test(&self.nats.url(), self.dir.path().join(name));
+        if let Some(ids) = &self.identities {
+            config.nats = ids.nats_config(&self.nats.url(), name);
+        }
+        config
+    }
+
+    /// Connects as one identity of `config/nats.conf` (secured systems only).
+    pub async fn connect_as(&self, who: &str) -> async_nats::Client {
+        self.identities
+            .as_ref()
+            .expect("a secured system (System::start_secured)")
+            .connect(&self.nats.url(), who)
+            .await
     }
 
     fn clock(&self, name: &str) -> Clock {

@@ -132,6 +132,11 @@ impl Running {
         let mut config = TrackerConfig::for_test(url, dir);
         config.retain = retain;
         config.stuck_after_ms = 60_000;
+        Running::start_config(config, clock).await
+    }
+
+    /// Starts a tracker with the given config.
+    pub async fn start_config(config: TrackerConfig, clock: &TestClock) -> Running {
         let t = Tracker::start_with_clock(config, clock.clock())
             .await
             .expect("tracker starts");
@@ -182,13 +187,30 @@ impl Running {
 
 /// `GET path` over HTTP/1.0; returns status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = http_request(addr, "GET", path, &[]).await;
+    (status, body)
+}
+
+/// One HTTP/1.0 request with extra headers; returns status, response head and body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr)
             .await
             .expect("connect http");
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        let extra: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
+        s.write_all(
+            format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n{extra}\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.unwrap();
         let text = String::from_utf8(buf).expect("utf-8 response");
@@ -198,7 +220,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .expect("status");
-        (status, body.to_owned())
+        (status, head.to_owned(), body.to_owned())
     };
     tokio::time::timeout(DEADLINE, fut)
         .await

@@ -224,50 +224,24 @@ async fn drift_of(existing: &mut stream::Stream, want: &stream::Config) -> Resul
 
 fn drift(have: &stream::Config, want: &stream::Config) -> Vec<String> {
     let mut out = Vec::new();
-    let mut check = |field: &str, h: String, w: String| {
-        if h != w {
-            out.push(format!("{}.{field}: have {h}, want {w}", want.name));
-        }
-    };
-    check(
-        "subjects",
-        format!("{:?}", have.subjects),
-        format!("{:?}", want.subjects),
-    );
-    check(
-        "storage",
-        format!("{:?}", have.storage),
-        format!("{:?}", want.storage),
-    );
-    check(
-        "retention",
-        format!("{:?}", have.retention),
-        format!("{:?}", want.retention),
-    );
-    check(
-        "max_age",
-        format!("{:?}", have.max_age),
-        format!("{:?}", want.max_age),
-    );
-    check(
-        "num_replicas",
-        have.num_replicas.to_string(),
-        want.num_replicas.to_string(),
-    );
-    check(
-        "duplicate_window",
-        format!("{:?}", have.duplicate_window),
-        format!("{:?}", want.duplicate_window),
-    );
-    check(
-        "discard",
-        format!("{:?}", have.discard),
-        format!("{:?}", want.discard),
-    );
-    check(
-        "max_message_size",
-        have.max_message_size.to_string(),
-        want.max_message_size.to_string(),
+    // The options whose difference changes what the stream keeps or how long.
+    macro_rules! compare {
+        ($($field:ident),*) => {$(
+            let (h, w) = (format!("{:?}", have.$field), format!("{:?}", want.$field));
+            if h != w {
+                out.push(format!("{}.{}: have {h}, want {w}", want.name, stringify!($field)));
+            }
+        )*};
+    }
+    compare!(
+        subjects,
+        storage,
+        retention,
+        max_age,
+        num_replicas,
+        duplicate_window,
+        discard,
+        max_message_size
     );
     out
 }

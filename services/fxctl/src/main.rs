@@ -338,12 +338,20 @@ async fn run(cli: Cli) -> CtlResult<()> {
             let user = user.map(|u| fxctl::user(&u)).transpose()?;
             let json = cli.json;
             fxctl::tail(&client, user.as_ref(), from_start, |seq, e| {
-                match (e, json) {
-                    (Ok(e), false) => println!("{}", fxctl::describe(seq, &e)),
-                    (Ok(e), true) => println!("{}", serde_json::json!({ "seq": seq, "subject": e.subject(), "body": serde_json::from_slice::<serde_json::Value>(&e.to_json()).unwrap_or_default() })),
-                    (Err(err), _) => println!("#{seq:<8} (does not decode: {err})"),
-                }
-                true
+                use std::io::Write;
+                let line = match (e, json) {
+                    (Ok(e), false) => fxctl::describe(seq, &e),
+                    (Ok(e), true) => serde_json::json!({
+                        "seq": seq,
+                        "subject": e.subject(),
+                        "body": serde_json::from_slice::<serde_json::Value>(&e.to_json()).unwrap_or_default(),
+                    })
+                    .to_string(),
+                    (Err(err), _) => format!("#{seq:<8} (does not decode: {err})"),
+                };
+                // Stop quietly when the reader goes away (`fxctl tail | head`), instead of
+                // panicking on the broken pipe as println! would.
+                writeln!(std::io::stdout().lock(), "{line}").is_ok()
             })
             .await
         }

@@ -326,8 +326,19 @@ async fn consume_loop<P: Participant>(
             let mut batch = Vec::with_capacity(batch_max);
             match first {
                 Some(Ok(m)) => batch.push(m),
+                Some(Err(e))
+                    if e.kind()
+                        == jetstream::consumer::pull::MessagesErrorKind::MissingHeartbeat =>
+                {
+                    // The pull request is gone (on a cluster: the consumer's leader moved or
+                    // its node died, or the request was routed before the new leader's
+                    // interest arrived). The client would only re-pull once it expires, so
+                    // pull again now.
+                    warn!(service, error = %e, "pull stream: missed heartbeats; pulling again");
+                    continue 'connect;
+                }
                 Some(Err(e)) => {
-                    // Missed heartbeats and pull errors arrive as items; the stream goes on.
+                    // Other pull errors arrive as items; the stream goes on.
                     warn!(service, error = %e, "pull stream");
                     continue;
                 }
@@ -600,14 +611,22 @@ async fn publish_window(
             }
         }
     }
-    let mut done = Vec::with_capacity(pending.len());
-    for (key, ack) in pending {
+    // Await every PubAck together: each one's timeout starts when it is awaited, so awaiting
+    // them one by one would stall the relay for one timeout per lost message (while a cluster
+    // elects a new stream leader, every message of the window can be lost).
+    let acks = futures::future::join_all(
+        pending
+            .into_iter()
+            .map(|(key, ack)| async move { (key, ack.await) }),
+    )
+    .await;
+    let mut done = Vec::with_capacity(acks.len());
+    for (key, ack) in acks {
         if failure.is_some() {
-            // Keep awaiting so the acks don't leak, but count nothing after a failure.
-            let _ = ack.await;
+            // Count nothing after a failure; those entries are published again.
             continue;
         }
-        match ack.await {
+        match ack {
             Ok(_) => done.push(key),
             Err(err) => failure = Some(err.to_string()),
         }

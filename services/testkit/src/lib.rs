@@ -7,12 +7,16 @@
 //! The binary is `$NATS_SERVER_BIN`, else the one `scripts/ensure-nats.sh` installs into
 //! `.tools/`, else `nats-server` on PATH.
 //!
+//! [`NatsCluster`] runs several such servers as a routed JetStream cluster (see [`cluster`]).
+//!
 //! [`NatsServer::builder`] adds arguments and environment variables, e.g. the project's broker
 //! config with its passwords (`config/nats.conf` reads `FX_NATS_PASSWORD_*`). The command
 //! always passes `-js -a 127.0.0.1 -p <port> -m <port> -sd <tempdir>`, and nats-server lets
 //! command-line flags override the config file, so a config's listen settings never apply.
 
+pub mod cluster;
 pub mod wait;
+pub use cluster::NatsCluster;
 pub use wait::{messages_on, stream_messages, wait_for};
 
 use std::io::{BufRead, BufReader};
@@ -62,6 +66,67 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind an ephemeral port")
+}
+
+/// A nats-server process just spawned, whose stderr a thread reads into a shared log.
+pub(crate) struct Spawned {
+    child: Child,
+    ready: mpsc::Receiver<String>,
+}
+
+impl Spawned {
+    /// Blocks until the server logs "Server is ready"; panics with its log if it exits first,
+    /// or after [`READY_TIMEOUT_MS`].
+    pub(crate) fn wait_ready(self) -> Child {
+        match self
+            .ready
+            .recv_timeout(Duration::from_millis(READY_TIMEOUT_MS))
+        {
+            Ok(log) if log.is_empty() => self.child,
+            Ok(log) => panic!("nats-server exited before it was ready:\n{log}"),
+            Err(_) => {
+                let mut child = self.child;
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("nats-server not ready within {READY_TIMEOUT_MS} ms")
+            }
+        }
+    }
+}
+
+/// Spawns `cmd` (stderr piped) and a thread that keeps its log in `kept` and reports readiness.
+pub(crate) fn spawn_logged(cmd: &mut Command, kept: &Arc<Mutex<Vec<String>>>) -> Spawned {
+    let bin = cmd.get_program().to_owned();
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", Path::new(&bin).display()));
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = mpsc::channel::<String>();
+    let kept = kept.clone();
+    // The reader thread lives as long as the server; it also keeps the pipe drained so
+    // a chatty server never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut ready_sent = false;
+        let mut log = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(mut kept) = kept.lock() {
+                if kept.len() < MAX_LOG_LINES {
+                    kept.push(line.clone());
+                }
+            }
+            if !ready_sent {
+                log.push(line.clone());
+                if line.contains("Server is ready") {
+                    let _ = tx.send(String::new());
+                    ready_sent = true;
+                }
+            }
+        }
+        if !ready_sent {
+            let _ = tx.send(log.join("\n"));
+        }
+    });
+    Spawned { child, ready: rx }
 }
 
 /// A running nats-server with JetStream. Killed on Drop; its store is removed with it.
@@ -206,41 +271,8 @@ impl NatsServer {
                 None => cmd.env_remove(key),
             };
         }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (tx, rx) = mpsc::channel::<String>();
-        let kept = self.log.clone();
-        // The reader thread lives as long as the server; it also keeps the pipe drained so
-        // a chatty server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut ready_sent = false;
-            let mut log = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut kept) = kept.lock() {
-                    if kept.len() < MAX_LOG_LINES {
-                        kept.push(line.clone());
-                    }
-                }
-                if !ready_sent {
-                    log.push(line.clone());
-                    if line.contains("Server is ready") {
-                        let _ = tx.send(String::new());
-                        ready_sent = true;
-                    }
-                }
-            }
-            if !ready_sent {
-                let _ = tx.send(log.join("\n"));
-            }
-        });
-        match rx.recv_timeout(Duration::from_millis(READY_TIMEOUT_MS)) {
-            Ok(log) if log.is_empty() => {}
-            Ok(log) => panic!("nats-server exited before it was ready:\n{log}"),
-            Err(_) => panic!("nats-server not ready within {READY_TIMEOUT_MS} ms"),
-        }
-        self.child = Some(child);
+        let child = spawn_logged(&mut cmd, &self.log);
+        self.child = Some(child.wait_ready());
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use async_nats::jetstream;
 use events::{Event, Krw, Rate, SagaId, Usd, UserId};
 use runtime::{Clock, JournalEntry, NatsConfig, Runtime, RuntimeConfig, Store};
-use testkit::NatsServer;
+use testkit::{NatsCluster, NatsServer};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -77,6 +77,63 @@ impl Identities {
     }
 }
 
+/// The broker a [`System`] runs on: one server, or a local cluster.
+pub enum Broker {
+    Single(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Broker {
+    /// The client URL; for a cluster, every node's, comma-separated.
+    pub fn url(&self) -> String {
+        match self {
+            Broker::Single(s) => s.url(),
+            Broker::Cluster(c) => c.urls(),
+        }
+    }
+
+    /// The client URLs as a list (what `async_nats::connect` takes for several servers).
+    pub fn url_list(&self) -> Vec<String> {
+        match self {
+            Broker::Single(s) => vec![s.url()],
+            Broker::Cluster(c) => c.url_list(),
+        }
+    }
+
+    /// Restarts the single server (panics on a cluster: restart one node through
+    /// [`Broker::cluster_mut`]).
+    pub fn restart(&mut self) {
+        match self {
+            Broker::Single(s) => s.restart(),
+            Broker::Cluster(_) => panic!("restart a cluster node by index"),
+        }
+    }
+
+    /// The single server's log (panics on a cluster).
+    pub fn log(&self) -> Vec<String> {
+        match self {
+            Broker::Single(s) => s.log(),
+            Broker::Cluster(_) => panic!("a cluster has one log per node"),
+        }
+    }
+
+    /// The cluster (panics on a single server).
+    pub fn cluster(&self) -> &NatsCluster {
+        match self {
+            Broker::Cluster(c) => c,
+            Broker::Single(_) => panic!("not a cluster"),
+        }
+    }
+
+    /// The cluster, to kill and restart nodes (panics on a single server).
+    pub fn cluster_mut(&mut self) -> &mut NatsCluster {
+        match self {
+            Broker::Cluster(c) => c,
+            Broker::Single(_) => panic!("not a cluster"),
+        }
+    }
+}
+
 struct Running {
     stop: oneshot::Sender<()>,
     task: JoinHandle<runtime::Result<()>>,
@@ -84,7 +141,7 @@ struct Running {
 
 /// The running system.
 pub struct System {
-    pub nats: NatsServer,
+    pub nats: Broker,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     dir: tempfile::TempDir,
@@ -100,6 +157,8 @@ pub struct System {
     /// With `config/nats.conf`: each service connects as its own identity, and `client` is
     /// `admin`.
     pub identities: Option<Identities>,
+    /// `FX_STREAM_REPLICAS` of every service.
+    replicas: usize,
 }
 
 impl System {
@@ -130,6 +189,23 @@ impl System {
         System::start_inner(krw_config, trade_config, Some(Identities::random())).await
     }
 
+    /// All three services with default configs on a running cluster (no auth), their
+    /// streams with `replicas` replicas (`FX_STREAM_REPLICAS`).
+    pub async fn start_on(cluster: NatsCluster, replicas: usize) -> System {
+        let client = async_nats::connect(cluster.url_list().as_slice())
+            .await
+            .unwrap();
+        System::start_broker(
+            Broker::Cluster(cluster),
+            client,
+            replicas,
+            krw::KrwConfig::default(),
+            trade::TradeConfig::default(),
+            None,
+        )
+        .await
+    }
+
     async fn start_inner(
         krw_config: krw::KrwConfig,
         trade_config: trade::TradeConfig,
@@ -147,6 +223,25 @@ impl System {
                 (nats, client)
             }
         };
+        System::start_broker(
+            Broker::Single(nats),
+            client,
+            1,
+            krw_config,
+            trade_config,
+            identities,
+        )
+        .await
+    }
+
+    async fn start_broker(
+        nats: Broker,
+        client: async_nats::Client,
+        replicas: usize,
+        krw_config: krw::KrwConfig,
+        trade_config: trade::TradeConfig,
+        identities: Option<Identities>,
+    ) -> System {
         let js = runtime::broker::jetstream(client.clone());
         let mut sys = System {
             nats,
@@ -164,6 +259,7 @@ impl System {
             )),
             trade_service: None,
             identities,
+            replicas,
         };
         for name in ["krw", "trade", "usd"] {
             sys.offsets.insert(name, Arc::new(AtomicU64::new(0)));
@@ -176,6 +272,7 @@ impl System {
 
     fn config(&self, name: &str) -> RuntimeConfig {
         let mut config = RuntimeConfig::for_test(&self.nats.url(), self.dir.path().join(name));
+        config.streams.replicas = self.replicas;
         if let Some(ids) = &self.identities {
             config.nats = ids.nats_config(&self.nats.url(), name);
         }

@@ -97,6 +97,36 @@ pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<async_nats::Client>
     })
 }
 
+/// Retries a JetStream set-up call (provisioning, consumer creation) with capped exponential
+/// backoff for up to `timeout_ms`: during a cluster's leader election these calls time out for
+/// a while, and a service should wait that out rather than exit.
+pub async fn retry_setup<T, F, Fut>(what: &'static str, timeout_ms: u64, mut call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let policy = backoff::ExponentialBackoff {
+        initial_interval: Duration::from_millis(200),
+        max_interval: Duration::from_secs(5),
+        max_elapsed_time: Some(Duration::from_millis(timeout_ms)),
+        ..backoff::ExponentialBackoff::default()
+    };
+    backoff::future::retry(policy, || {
+        let attempt = call();
+        async move {
+            attempt.await.map_err(|e| match e {
+                // Only broker-side failures are worth waiting out.
+                RuntimeError::JetStream { .. } => {
+                    warn!(what, error = %e, "retrying");
+                    backoff::Error::transient(e)
+                }
+                other => backoff::Error::permanent(other),
+            })
+        }
+    })
+    .await
+}
+
 /// A JetStream context with our timeout.
 pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
     jetstream::ContextBuilder::new()

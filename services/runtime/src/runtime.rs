@@ -76,7 +76,10 @@ impl<P: Participant> Runtime<P> {
         // stalled consumers that share a connection (nats.rs#1285).
         let relay_client = broker::connect(&config.nats, &format!("{name}-relay")).await?;
         let js = broker::jetstream(client.clone());
-        broker::provision(&js, &config.streams).await?;
+        broker::retry_setup("provisioning", config.nats.connect_timeout_ms, || {
+            broker::provision(&js, &config.streams)
+        })
+        .await?;
         let store = Arc::new(Store::open(&config.data_dir)?);
         Ok(Runtime {
             participant: Arc::new(participant),
@@ -293,18 +296,20 @@ async fn consume_loop<P: Participant>(
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let service = participant.name();
-    let stream = js
-        .get_stream(broker::STREAM)
-        .await
-        .map_err(|e| RuntimeError::js("get stream FX", e))?;
-    let consumer: jetstream::consumer::PullConsumer = stream
-        .create_consumer(consumer_config(
-            service,
-            participant.consumes(),
-            config.ack_wait(),
-        ))
-        .await
-        .map_err(|e| RuntimeError::js("create consumer", e))?;
+    let wanted = consumer_config(service, participant.consumes(), config.ack_wait());
+    let consumer: jetstream::consumer::PullConsumer = broker::retry_setup(
+        "consumer creation",
+        config.nats.connect_timeout_ms,
+        || async {
+            js.get_stream(broker::STREAM)
+                .await
+                .map_err(|e| RuntimeError::js("get stream FX", e))?
+                .create_consumer(wanted.clone())
+                .await
+                .map_err(|e| RuntimeError::js("create consumer", e))
+        },
+    )
+    .await?;
     let batch_max = config.batch_max.max(1);
     'connect: loop {
         let mut messages = consumer

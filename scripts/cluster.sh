@@ -25,32 +25,9 @@ monitor_ports=(8222 8223 8224)
 route_ports=(6222 6223 6224)
 mkdir -p "$logs"
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
-die() { printf 'cluster.sh: %s\n' "$*" >&2; exit 1; }
-
-pids=()
-cleanup() {
-  trap - EXIT INT TERM
-  if ((${#pids[@]})); then
-    say "stopping ${#pids[@]} processes"
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    wait "${pids[@]}" 2>/dev/null || true
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
-
-# Waits up to $2 seconds for command $1 to succeed (a script's poll, not a test's sleep).
-wait_until() {
-  local what="$1" seconds="$2"; shift 2
-  for _ in $(seq $((seconds * 10))); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 0.1
-  done
-  die "$what did not come up within ${seconds}s; see $logs/"
-}
+script=cluster.sh
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 
 # Whether node $1's /jsz names a JetStream meta leader.
 meta_leader() {

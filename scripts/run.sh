@@ -20,32 +20,9 @@ tracker_port="${FX_TRACKER_PORT:-8080}"
 nats_port="${FX_NATS_PORT:-4222}"
 mkdir -p "$logs"
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
-die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
-
-pids=()
-cleanup() {
-  trap - EXIT INT TERM
-  if ((${#pids[@]})); then
-    say "stopping ${#pids[@]} processes"
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    wait "${pids[@]}" 2>/dev/null || true
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
-
-# Waits up to $2 seconds for command $1 to succeed (a script's poll, not a test's sleep).
-wait_until() {
-  local what="$1" seconds="$2"; shift 2
-  for _ in $(seq $((seconds * 10))); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 0.1
-  done
-  die "$what did not come up within ${seconds}s; see $logs/"
-}
+script=run.sh
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 
 say "building (release)"
 cargo build --release --quiet -p krw -p trade -p usd -p tracker -p fxctl

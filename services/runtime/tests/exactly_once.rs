@@ -67,6 +67,18 @@ fn held(saga: SagaId) -> Event {
     })
 }
 
+/// A fault hook that crashes the runtime the first time it reaches `point`, and never again.
+fn crash_once(point: FaultPoint) -> FaultHook {
+    let crashes = Arc::new(AtomicUsize::new(0));
+    Arc::new(move |p| {
+        if p == point && crashes.fetch_add(1, Ordering::SeqCst) == 0 {
+            FaultAction::Crash
+        } else {
+            FaultAction::Continue
+        }
+    })
+}
+
 struct Running {
     task: JoinHandle<runtime::Result<()>>,
     stop: oneshot::Sender<()>,
@@ -167,16 +179,12 @@ async fn the_same_event_delivered_twice_is_applied_once() {
 async fn dying_after_the_commit_before_the_ack_applies_once() {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let crashes = Arc::new(AtomicUsize::new(0));
-    let c = crashes.clone();
-    let crash_once: FaultHook = Arc::new(move |p| {
-        if p == FaultPoint::AfterCommitBeforeAck && c.fetch_add(1, Ordering::SeqCst) == 0 {
-            FaultAction::Crash
-        } else {
-            FaultAction::Continue
-        }
-    });
-    let run = start(&server.url(), dir.path(), crash_once).await;
+    let run = start(
+        &server.url(),
+        dir.path(),
+        crash_once(FaultPoint::AfterCommitBeforeAck),
+    )
+    .await;
     let js = client(&server).await;
     let saga = SagaId::new_v7();
     publish(&js, &held(saga), Some(&saga.event_id(EventKind::KrwHeld))).await;
@@ -217,16 +225,12 @@ async fn dying_after_the_commit_before_the_ack_applies_once() {
 async fn dying_after_the_publish_before_the_outbox_removal_publishes_once() {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let crashes = Arc::new(AtomicUsize::new(0));
-    let c = crashes.clone();
-    let crash_once: FaultHook = Arc::new(move |p| {
-        if p == FaultPoint::AfterPublishBeforeRemove && c.fetch_add(1, Ordering::SeqCst) == 0 {
-            FaultAction::Crash
-        } else {
-            FaultAction::Continue
-        }
-    });
-    let run = start(&server.url(), dir.path(), crash_once).await;
+    let run = start(
+        &server.url(),
+        dir.path(),
+        crash_once(FaultPoint::AfterPublishBeforeRemove),
+    )
+    .await;
     let js = client(&server).await;
     let saga = SagaId::new_v7();
     publish(&js, &held(saga), None).await;

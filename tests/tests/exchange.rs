@@ -208,16 +208,8 @@ async fn a_hold_expires_while_fx_trade_is_stopped_and_trade_then_refuses_the_sta
     })
     .await;
     sys.start_service("trade").await;
-    testkit::wait_for("trade's final word", 20_000, || async {
-        let kinds: Vec<_> = sys
-            .saga_events(saga)
-            .await
-            .iter()
-            .map(|e| e.kind().type_name())
-            .collect();
-        kinds.contains(&"trade.failed".to_string()).then_some(kinds)
-    })
-    .await;
+    sys.wait_for_event(saga, events::EventKind::TradeFailed)
+        .await;
     assert_eq!(
         sys.balance("fay").await,
         balance("fay", "2000000", "0", "0.00")
@@ -258,16 +250,9 @@ async fn a_fill_racing_the_hold_expiry_is_reversed_and_the_user_ends_whole() {
     })
     .await;
     sys.start_service("trade").await;
-    let kinds = testkit::wait_for("the reverse chain", 20_000, || async {
-        let kinds: Vec<String> = sys
-            .saga_events(saga)
-            .await
-            .iter()
-            .map(|e| e.kind().type_name())
-            .collect();
-        kinds.contains(&"usd.debited".to_string()).then_some(kinds)
-    })
-    .await;
+    let kinds = sys
+        .wait_for_event(saga, events::EventKind::UsdDebited)
+        .await;
     assert!(
         kinds.contains(&"trade.filled".to_string())
             && kinds.contains(&"trade.cancelled".to_string()),
@@ -301,14 +286,8 @@ async fn a_duplicate_request_holds_once_with_or_without_a_message_id() {
                 .await
                 .unwrap();
         }
-        testkit::wait_for("the saga to complete", 20_000, || async {
-            sys.saga_events(saga)
-                .await
-                .iter()
-                .any(|e| e.kind() == events::EventKind::KrwCommitted)
-                .then_some(())
-        })
-        .await;
+        sys.wait_for_event(saga, events::EventKind::KrwCommitted)
+            .await;
         assert_eq!(
             sys.journal_ops("krw", saga),
             ["commit", "hold"],
@@ -384,14 +363,8 @@ async fn malformed_json_is_dead_lettered_and_a_user_mismatch_is_rejected() {
     fxctl::dlq_replay(&sys.client, letters[0].seq, Some(fixed))
         .await
         .unwrap();
-    testkit::wait_for("the replayed request to complete", 20_000, || async {
-        sys.saga_events(fixed_saga)
-            .await
-            .iter()
-            .any(|e| e.kind() == events::EventKind::KrwCommitted)
-            .then_some(())
-    })
-    .await;
+    sys.wait_for_event(fixed_saga, events::EventKind::KrwCommitted)
+        .await;
     assert_eq!(
         sys.balance("ivan").await,
         balance("ivan", "986000", "0", "10.00")

@@ -453,6 +453,23 @@ impl System {
         ops
     }
 
+    /// Waits until the stream holds an event of `kind` for `saga`; returns the kinds of the
+    /// saga's events seen by then, as `domain.event`, in stream order.
+    pub async fn wait_for_event(&self, saga: SagaId, kind: events::EventKind) -> Vec<String> {
+        testkit::wait_for(&format!("{kind} of saga {saga}"), 20_000, || async {
+            let kinds: Vec<events::EventKind> = self
+                .saga_events(saga)
+                .await
+                .iter()
+                .map(Event::kind)
+                .collect();
+            kinds
+                .contains(&kind)
+                .then(|| kinds.iter().map(|k| k.type_name()).collect())
+        })
+        .await
+    }
+
     /// Every decoded event of one saga on the stream, in stream order.
     pub async fn saga_events(&self, saga: SagaId) -> Vec<Event> {
         testkit::stream_messages(&self.js, "FX")

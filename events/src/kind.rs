@@ -143,17 +143,23 @@ pub struct Subject {
     pub kind: EventKind,
     /// The user token (the partition key).
     pub user: UserId,
+    /// The partition token the `FX` stream appends when it is partitioned
+    /// (`fx.<domain>.<event>.<user_id>.<p>`, see [`crate::partition`]); `None` on a subject as
+    /// published.
+    pub partition: Option<u32>,
 }
 
 impl Subject {
-    /// Parses `fx.<domain>.<event>.<user_id>`.
+    /// Parses `fx.<domain>.<event>.<user_id>`, or the stored form of a partitioned stream,
+    /// `fx.<domain>.<event>.<user_id>.<partition>`.
     pub fn parse(subject: &str) -> Result<Subject, DecodeError> {
         let bad = |why: &str| DecodeError::Subject {
             subject: subject.chars().take(200).collect(),
             reason: why.to_owned(),
         };
         let mut tokens = subject.split('.');
-        let (Some(prefix), Some(domain), Some(name), Some(user), None) = (
+        let (Some(prefix), Some(domain), Some(name), Some(user), partition, None) = (
+            tokens.next(),
             tokens.next(),
             tokens.next(),
             tokens.next(),
@@ -164,6 +170,19 @@ impl Subject {
                 "expected four tokens fx.<domain>.<event>.<user_id>, e.g. fx.exchange.requested.alice",
             ));
         };
+        // Only the stream's transform appends a fifth token, and it is a partition number.
+        let partition = match partition {
+            None => None,
+            Some(token) => Some(
+                token
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|p| *p < crate::MAX_PARTITIONS && p.to_string() == token)
+                    .ok_or_else(|| {
+                        bad("expected four tokens fx.<domain>.<event>.<user_id>; a fifth may only be the stream's partition number")
+                    })?,
+            ),
+        };
         if prefix != SUBJECT_PREFIX {
             return Err(bad("subjects of this system start with \"fx.\""));
         }
@@ -172,7 +191,17 @@ impl Subject {
                 subject: subject.chars().take(200).collect(),
             })?;
         let user = UserId::parse(user).map_err(|e| bad(&e.to_string()))?;
-        Ok(Subject { kind, user })
+        Ok(Subject {
+            kind,
+            user,
+            partition,
+        })
+    }
+
+    /// The subject as published (without the stream's partition token): where a replayed
+    /// message goes back to.
+    pub fn contract_subject(&self) -> String {
+        self.kind.subject(&self.user)
     }
 }
 
@@ -214,5 +243,21 @@ mod tests {
             Subject::parse("fx.krw.held.a.b"),
             Err(DecodeError::Subject { .. })
         ));
+        for bad in ["fx.krw.held.a.01", "fx.krw.held.a.8", "fx.krw.held.a.1.2"] {
+            assert!(
+                matches!(Subject::parse(bad), Err(DecodeError::Subject { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_partitioned_streams_subject_names_its_partition() {
+        let s = Subject::parse("fx.krw.held.alice.3").unwrap();
+        assert_eq!(s.kind, EventKind::KrwHeld);
+        assert_eq!(s.user.as_str(), "alice");
+        assert_eq!(s.partition, Some(3));
+        assert_eq!(s.contract_subject(), "fx.krw.held.alice");
+        assert_eq!(Subject::parse("fx.krw.held.alice").unwrap().partition, None);
     }
 }

@@ -11,12 +11,14 @@ mod event;
 mod ids;
 mod kind;
 mod money;
+pub mod partition;
 
 pub use error::DecodeError;
 pub use event::*;
 pub use ids::{IdError, SagaId, UserId};
 pub use kind::{EventKind, Subject, SUBJECT_PREFIX};
 pub use money::{Krw, MoneyError, Rate, Usd};
+pub use partition::{partition_of, PartitionError, Partitioning, MAX_PARTITIONS};
 
 /// Header names on every emitted event (see DESIGN.md, "The public contract").
 pub mod headers {

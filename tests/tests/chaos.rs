@@ -8,11 +8,10 @@
 //! `CHAOS_RATE`, `CHAOS_KILLS`, `CHAOS_BROKER_KILLS`, `CHAOS_STOPS` override the plan.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use events::{Krw, SagaId, Usd, UserId};
+use fx_tests::procs::{binaries, http_get, Service};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rust_decimal::Decimal;
@@ -31,83 +30,6 @@ fn env_or<T: std::str::FromStr>(var: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// The built binaries' directory: the profile directory this test runs from. Builds them
-/// first, so the test works whatever `cargo test` happened to build.
-fn binaries() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let release = profile_dir.ends_with("release");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(testkit::workspace_root()).args([
-        "build", "--quiet", "-p", "krw", "-p", "trade", "-p", "usd", "-p", "tracker", "--bins",
-    ]);
-    if release {
-        cmd.arg("--release");
-    }
-    assert!(
-        cmd.status().unwrap().success(),
-        "building the service binaries failed"
-    );
-    profile_dir
-}
-
-struct Service {
-    name: &'static str,
-    bin: PathBuf,
-    env: Vec<(String, String)>,
-    log: PathBuf,
-    child: Option<Child>,
-    http_port: u16,
-}
-
-impl Service {
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(&self.bin)
-            .envs(self.env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} ({}): {e}", self.name, self.bin.display()));
-        self.child = Some(child);
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        if let Some(c) = &self.child {
-            let _ = Command::new("kill")
-                .args([sig, &c.id().to_string()])
-                .status();
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.signal("-CONT");
-        self.kill9();
-    }
-}
-
-fn http_get(port: u16, path: &str) -> Option<Value> {
-    let mut resp = ureq::get(&format!("http://127.0.0.1:{port}{path}"))
-        .call()
-        .ok()?;
-    serde_json::from_str(&resp.body_mut().read_to_string().ok()?).ok()
 }
 
 /// Every saga the tracker on `port` knows, by id; `None` while it does not answer (it may be

@@ -8,9 +8,8 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream;
 use common::*;
-use events::{Event, Krw, SagaId};
+use events::SagaId;
 use testkit::{wait_for, NatsCluster};
 
 const USERS: [&str; 6] = ["ana", "ben", "cho", "dan", "eun", "fay"];
@@ -20,113 +19,6 @@ const EXCHANGE_KRW: u64 = 700_000;
 const EXCHANGE_USD_CENTS: u64 = 50_000;
 /// Sagas per user while the leader's node is killed and restarted.
 const ROUNDS_DURING_FAILOVER: usize = 4;
-/// How long one attempt waits for a saga's answers before looking at the stream.
-const ATTEMPT_WAIT_MS: u64 = 8_000;
-/// How long one saga may take in all, retries included.
-const SAGA_BUDGET_MS: u64 = 45_000;
-
-/// What the stream says about one saga.
-enum OnStream {
-    /// Its request is not (yet, or not readably) on the stream.
-    Absent,
-    /// Requested, not ended yet.
-    Running,
-    Ended(fxctl::Outcome),
-}
-
-/// Reads the saga's events from `FX`, tolerating errors while a leader is being elected.
-async fn on_stream(js: &jetstream::Context, saga: SagaId) -> OnStream {
-    let Ok(mut stream) = js.get_stream("FX").await else {
-        return OnStream::Absent;
-    };
-    let Ok(info) = stream.info().await.map(|i| i.state.clone()) else {
-        return OnStream::Absent;
-    };
-    let mut follower = fxctl::SagaFollower::default();
-    let mut seen = false;
-    for seq in info.first_sequence.max(1)..=info.last_sequence {
-        let Ok(m) = stream.get_raw_message(seq).await else {
-            return if seen {
-                OnStream::Running
-            } else {
-                OnStream::Absent
-            };
-        };
-        let Ok(e) = Event::decode(m.subject.as_str(), &m.payload) else {
-            continue;
-        };
-        if e.saga_id() != saga {
-            continue;
-        }
-        seen = true;
-        if let Some(o) = follower.push(&e) {
-            return OnStream::Ended(o);
-        }
-    }
-    if seen {
-        OnStream::Running
-    } else {
-        OnStream::Absent
-    }
-}
-
-/// Runs one exchange to its end as a user would: publish and follow; if the publish fails
-/// (no PubAck while `FX` elects a leader) or the answers are missed (this client was on the
-/// killed node), look at the stream, and publish again with the same saga id when the request
-/// is not there. Returns the outcome and whether the first attempt answered it.
-async fn run_saga(
-    client: &async_nats::Client,
-    js: &jetstream::Context,
-    user: &str,
-    saga: SagaId,
-) -> (fxctl::Outcome, bool) {
-    let start = Instant::now();
-    let krw = Krw::parse(&EXCHANGE_KRW.to_string()).unwrap();
-    for attempt in 1.. {
-        assert!(
-            start.elapsed() < Duration::from_millis(SAGA_BUDGET_MS),
-            "saga {saga} of {user} did not end within {SAGA_BUDGET_MS} ms"
-        );
-        let err = match fxctl::exchange(
-            client,
-            uid(user),
-            krw,
-            None,
-            Some(saga),
-            Some(ATTEMPT_WAIT_MS),
-        )
-        .await
-        {
-            Ok(e) => return (e.outcome.expect("waited"), attempt == 1),
-            Err(e) => e,
-        };
-        match on_stream(js, saga).await {
-            OnStream::Ended(o) => return (o, false),
-            OnStream::Absent => {
-                eprintln!(
-                    "saga {saga} of {user}: attempt {attempt} failed ({err}); publishing again"
-                );
-            }
-            OnStream::Running => {
-                eprintln!("saga {saga} of {user}: attempt {attempt} failed ({err}); following it on the stream");
-                let o = wait_for(&format!("saga {saga} to end"), SAGA_BUDGET_MS, || async {
-                    match on_stream(js, saga).await {
-                        OnStream::Ended(o) => Some(o),
-                        _ => None,
-                    }
-                })
-                .await;
-                return (o, false);
-            }
-        }
-    }
-    unreachable!()
-}
-
-fn usd(cents: u64) -> String {
-    format!("{}.{:02}", cents / 100, cents % 100)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sagas_complete_while_the_stream_leaders_node_is_killed_and_restarted() {
     if std::env::var_os("RUST_LOG").is_some() {
@@ -156,7 +48,7 @@ async fn sagas_complete_while_the_stream_leaders_node_is_killed_and_restarted() 
     let js = sys.js.clone();
     let first = futures::future::join_all(USERS.iter().map(|&user| {
         let (client, js) = (client.clone(), js.clone());
-        async move { run_saga(&client, &js, user, SagaId::new_v7()).await }
+        async move { run_saga(&client, &js, user, SagaId::new_v7(), EXCHANGE_KRW).await }
     }))
     .await;
     for (o, _) in &first {
@@ -172,7 +64,7 @@ async fn sagas_complete_while_the_stream_leaders_node_is_killed_and_restarted() 
         async move {
             for _ in 0..ROUNDS_DURING_FAILOVER {
                 let saga = SagaId::new_v7();
-                let (o, first_try) = run_saga(&client, &js, user, saga).await;
+                let (o, first_try) = run_saga(&client, &js, user, saga, EXCHANGE_KRW).await;
                 assert_eq!(o.state, "COMPLETED", "saga {saga} of {user}: {o:?}");
                 completed.fetch_add(1, Ordering::SeqCst);
                 if !first_try {
@@ -291,7 +183,7 @@ async fn sagas_complete_while_the_stream_leaders_node_is_killed_and_restarted() 
     .await;
     let last = futures::future::join_all(USERS.iter().map(|&user| {
         let (client, js) = (client.clone(), js.clone());
-        async move { run_saga(&client, &js, user, SagaId::new_v7()).await }
+        async move { run_saga(&client, &js, user, SagaId::new_v7(), EXCHANGE_KRW).await }
     }))
     .await;
     for (o, _) in &last {

@@ -260,6 +260,9 @@ async fn each_identity_is_refused_what_it_does_not_need() {
                 "$JS.API.CONSUMER.CREATE.FX.fx-usd.fx.>",
                 "$JS.API.CONSUMER.MSG.NEXT.FX.fx-trade",
                 "$JS.ACK.FX.fx-krw.1.1.1.1.0",
+                // Partitioned instances' durables are as closed as the others.
+                "$JS.API.CONSUMER.CREATE.FX.fx-usd-p1",
+                "$JS.API.CONSUMER.MSG.NEXT.FX.fx-krw-p7",
             ],
         ),
         (
@@ -274,6 +277,8 @@ async fn each_identity_is_refused_what_it_does_not_need() {
                 "$JS.API.CONSUMER.CREATE.FX.fx-usd",
                 "$JS.API.CONSUMER.MSG.NEXT.FX.fx-usd",
                 "$JS.ACK.FX.fx-usd.1.1.1.1.0",
+                "$JS.API.CONSUMER.CREATE.FX.fx-usd-p0",
+                "$JS.ACK.FX.fx-trade-p1.1.1.1.1.0",
                 "$JS.API.STREAM.UPDATE.FX",
                 "$JS.API.STREAM.DELETE.FX",
             ],
@@ -788,5 +793,62 @@ async fn every_refusal_reason_reaches_the_user_or_the_dead_letter_stream() {
     );
     assert_eq!(sys.journal_ops("krw", first), ["commit", "hold"]);
     sys.assert_audit_ok().await;
+    assert_no_violation(&sys);
+}
+
+/// A partitioned instance (`FX_PARTITIONS=2`, `FX_PARTITION=1`) of each service runs under its
+/// identity with the names `config/nats.conf` grants (`fx-<service>-p1`, `fxadmin.<service>.p1.*`):
+/// a saga of a partition-1 user completes with exact balances, the stream stores its events
+/// under partition 1, an instance asked about a partition-0 user answers 421, and the broker
+/// logs no violation.
+#[tokio::test]
+async fn a_partitioned_instance_runs_under_its_identity() {
+    let p1 = events::Partitioning::new(2, 1).unwrap();
+    let sys = System::start_secured_partition(p1).await;
+    assert!(p1.owns(&uid("alice")) && !p1.owns(&uid("bob")));
+
+    sys.deposit_krw("alice", "1000000").await;
+    let out = sys.exchange("alice", "700000", None).await;
+    assert_eq!(out.state, "COMPLETED", "{out:?}");
+    assert_eq!(
+        sys.balance("alice").await,
+        balance("alice", "300000", "0", "500.00")
+    );
+    // Only partition 1 runs here, so audit its instances directly (`fxctl audit` asks all).
+    for service in ["krw", "usd"] {
+        let audit = runtime::admin::request_to(
+            &sys.client,
+            service,
+            p1,
+            "audit",
+            "test",
+            &serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(audit["ok"], serde_json::json!(true), "{service}: {audit:#}");
+    }
+
+    let alices: Vec<String> = testkit::stream_messages(&sys.js, "FX")
+        .await
+        .into_iter()
+        .map(|m| m.subject.to_string())
+        .filter(|s| s.contains(".alice"))
+        .collect();
+    assert!(alices.len() >= 6, "{alices:?}");
+    assert!(alices.iter().all(|s| s.ends_with(".alice.1")), "{alices:?}");
+
+    let err = runtime::admin::request_to(
+        &sys.client,
+        "krw",
+        p1,
+        "balance",
+        "test",
+        &serde_json::json!({ "user_id": "bob" }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code, 421, "{err:?}");
+    assert!(err.message.contains("partition 0 of 2"), "{err:?}");
     assert_no_violation(&sys);
 }

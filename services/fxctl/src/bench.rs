@@ -273,7 +273,12 @@ pub async fn null_saga(
     let stream = js.create_stream(cfg).await.map_err(|e| unavailable(&e))?;
     let mut hops = Vec::new();
     for hop in 0..NULL_HOPS {
-        let mut ccfg = runtime::consumer_config("bench", &[], Duration::from_secs(30));
+        let mut ccfg = runtime::consumer_config(
+            "bench",
+            events::Partitioning::SINGLE,
+            &[],
+            Duration::from_secs(30),
+        );
         ccfg.durable_name = Some(format!("null-{hop}"));
         ccfg.name = ccfg.durable_name.clone();
         ccfg.filter_subjects = vec![format!("fxbench.h{hop}.*")];

@@ -8,7 +8,9 @@ pub mod bench;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use events::{Event, EventKind, ExchangeRequested, Krw, SagaId, Usd, UserId};
+use events::{
+    partition_of, Event, EventKind, ExchangeRequested, Krw, Partitioning, SagaId, Usd, UserId,
+};
 use futures::StreamExt;
 use runtime::admin::{self, AdminError};
 use serde::Serialize;
@@ -46,7 +48,7 @@ impl CtlError {
 impl From<AdminError> for CtlError {
     fn from(e: AdminError) -> Self {
         match e.code {
-            400 | 404 => CtlError::Refused(e.message),
+            400 | 404 | 421 => CtlError::Refused(e.message),
             503 => CtlError::Unavailable(e.message),
             _ => CtlError::Failed(e.message),
         }
@@ -265,6 +267,53 @@ pub struct Balance {
     pub usd_frozen: bool,
 }
 
+/// How many partitions the system runs with, read from the `FX` stream's subject transform (the
+/// one place every instance agrees on; see `events::partition`). 1 when the stream does not
+/// exist yet.
+pub async fn partitions(client: &async_nats::Client) -> CtlResult<u32> {
+    let js = runtime::broker::jetstream(client.clone());
+    let mut stream = match js.get_stream(runtime::STREAM).await {
+        Ok(s) => s,
+        Err(e) if runtime::broker::is_stream_not_found(&e) => return Ok(1),
+        Err(e) => return Err(CtlError::Unavailable(format!("stream FX: {e}"))),
+    };
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| CtlError::Unavailable(format!("stream FX: {e}")))?;
+    partitions_of(&info.config)
+}
+
+fn partitions_of(config: &jetstream::stream::Config) -> CtlResult<u32> {
+    let dest = config
+        .subject_transform
+        .as_ref()
+        .map(|t| t.destination.as_str());
+    events::partition::partitions_of_transform(dest).ok_or_else(|| {
+        CtlError::Failed(format!(
+            "stream FX has a subject transform this system did not write ({dest:?})"
+        ))
+    })
+}
+
+/// The instance of every service that owns `user`.
+pub async fn owner(client: &async_nats::Client, user: &UserId) -> CtlResult<Partitioning> {
+    let n = partitions(client).await?;
+    Partitioning::new(n, partition_of(user, n)).map_err(|e| CtlError::Failed(e.to_string()))
+}
+
+/// An admin request about one user, sent to the instance that owns the user.
+async fn user_request(
+    client: &async_nats::Client,
+    service: &str,
+    endpoint: &str,
+    actor: &str,
+    body: &serde_json::Value,
+    owner: Partitioning,
+) -> CtlResult<serde_json::Value> {
+    Ok(admin::request_to(client, service, owner, endpoint, actor, body).await?)
+}
+
 /// Reads a user's balances from fx-krw and fx-usd.
 pub async fn balance(
     client: &async_nats::Client,
@@ -272,8 +321,9 @@ pub async fn balance(
     actor: &str,
 ) -> CtlResult<Balance> {
     let body = json!({ "user_id": user_id });
-    let krw = admin::request(client, "krw", "balance", actor, &body).await?;
-    let usd = admin::request(client, "usd", "balance", actor, &body).await?;
+    let at = owner(client, user_id).await?;
+    let krw = user_request(client, "krw", "balance", actor, &body, at).await?;
+    let usd = user_request(client, "usd", "balance", actor, &body, at).await?;
     let s = |v: &serde_json::Value, k: &str, d: &str| {
         v.get(k).and_then(|x| x.as_str()).unwrap_or(d).to_owned()
     };
@@ -298,18 +348,19 @@ pub async fn deposit(
         return Err(CtlError::Usage("give --krw, --usd, or both".into()));
     }
     let mut out = serde_json::Map::new();
+    let at = owner(client, user_id).await?;
     if let Some(k) = krw {
         let body = json!({ "user_id": user_id, "krw_amount": k, "deposit_id": SagaId::new_v7() });
         out.insert(
             "krw".into(),
-            admin::request(client, "krw", "deposit", actor, &body).await?,
+            user_request(client, "krw", "deposit", actor, &body, at).await?,
         );
     }
     if let Some(u) = usd {
         let body = json!({ "user_id": user_id, "usd_amount": u, "deposit_id": SagaId::new_v7() });
         out.insert(
             "usd".into(),
-            admin::request(client, "usd", "deposit", actor, &body).await?,
+            user_request(client, "usd", "deposit", actor, &body, at).await?,
         );
     }
     Ok(serde_json::Value::Object(out))
@@ -324,23 +375,35 @@ pub async fn set_frozen(
     actor: &str,
 ) -> CtlResult<serde_json::Value> {
     let endpoint = if frozen { "freeze" } else { "unfreeze" };
-    Ok(admin::request(
-        client,
-        "usd",
-        endpoint,
-        actor,
-        &json!({ "user_id": user_id }),
-    )
-    .await?)
+    let at = owner(client, user_id).await?;
+    let body = json!({ "user_id": user_id });
+    user_request(client, "usd", endpoint, actor, &body, at).await
 }
 
-/// Both services' audits; `ok` only when every invariant holds in each.
+/// Both services' audits; `ok` only when every invariant holds in each. Partitioned, every
+/// partition's instance is audited (each owns its users' money and its own house accounts):
+/// `krw` and `usd` are then lists, one audit per partition in order.
 pub async fn audit(client: &async_nats::Client, actor: &str) -> CtlResult<serde_json::Value> {
-    let krw = admin::request(client, "krw", "audit", actor, &json!({})).await?;
-    let usd = admin::request(client, "usd", "audit", actor, &json!({})).await?;
-    let ok = krw.get("ok").and_then(|v| v.as_bool()) == Some(true)
-        && usd.get("ok").and_then(|v| v.as_bool()) == Some(true);
-    Ok(json!({ "ok": ok, "krw": krw, "usd": usd }))
+    let n = partitions(client).await?;
+    let mut ok = true;
+    let mut out = serde_json::Map::new();
+    for service in ["krw", "usd"] {
+        let mut audits = Vec::new();
+        for k in 0..n {
+            let at = Partitioning::new(n, k).map_err(|e| CtlError::Failed(e.to_string()))?;
+            let a = admin::request_to(client, service, at, "audit", actor, &json!({})).await?;
+            ok &= a.get("ok").and_then(|v| v.as_bool()) == Some(true);
+            audits.push(a);
+        }
+        let v = if n == 1 {
+            audits.pop().expect("one audit")
+        } else {
+            serde_json::Value::Array(audits)
+        };
+        out.insert(service.into(), v);
+    }
+    out.insert("ok".into(), json!(ok));
+    Ok(serde_json::Value::Object(out))
 }
 
 /// One dead letter, as `fxctl dlq list` shows it.
@@ -409,10 +472,14 @@ pub async fn dlq_replay(
             "the message still does not decode ({e}); fix it and pass it with --payload"
         ))
     })?;
+    // Back onto the subject as published: a partitioned stream appends the partition again.
+    let subject = events::Subject::parse(&letter.subject)
+        .map(|s| s.contract_subject())
+        .unwrap_or(letter.subject);
     let js = runtime::broker::jetstream(client.clone());
     let ack = js
         .send_publish(
-            letter.subject.clone(),
+            subject,
             jetstream::message::PublishMessage::build().payload(body.into_bytes().into()),
         )
         .await
@@ -527,7 +594,10 @@ pub async fn tail(
         .get_stream(runtime::STREAM)
         .await
         .map_err(|e| CtlError::Unavailable(format!("stream FX: {e}")))?;
+    // A partitioned stream stores `fx.<domain>.<event>.<user>.<partition>`.
+    let partitioned = partitions_of(&stream.cached_info().config)? > 1;
     let filter = match user_id {
+        Some(u) if partitioned => format!("fx.*.*.{u}.*"),
         Some(u) => format!("fx.*.*.{u}"),
         None => "fx.>".to_owned(),
     };

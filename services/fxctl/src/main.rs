@@ -308,21 +308,31 @@ async fn run(cli: Cli) -> CtlResult<()> {
                 print_json(&out);
             } else {
                 for svc in ["krw", "usd"] {
-                    let a = &out[svc];
-                    let verdict = if a["ok"].as_bool() == Some(true) {
-                        "ok"
-                    } else {
-                        "FAILED"
+                    // One audit, or one per partition.
+                    let audits = match &out[svc] {
+                        serde_json::Value::Array(list) => list
+                            .iter()
+                            .enumerate()
+                            .map(|(k, a)| (format!("fx-{svc} partition {k}"), a))
+                            .collect(),
+                        a => vec![(format!("fx-{svc}"), a)],
                     };
-                    println!("fx-{svc}: {verdict}");
-                    if let Some(fails) = a.get("failures").and_then(|f| f.as_array()) {
-                        for f in fails {
-                            println!(
-                                "  - {}",
-                                f.as_str()
-                                    .map(str::to_owned)
-                                    .unwrap_or_else(|| f.to_string())
-                            );
+                    for (name, a) in audits {
+                        let verdict = if a["ok"].as_bool() == Some(true) {
+                            "ok"
+                        } else {
+                            "FAILED"
+                        };
+                        println!("{name}: {verdict}");
+                        if let Some(fails) = a.get("failures").and_then(|f| f.as_array()) {
+                            for f in fails {
+                                println!(
+                                    "  - {}",
+                                    f.as_str()
+                                        .map(str::to_owned)
+                                        .unwrap_or_else(|| f.to_string())
+                                );
+                            }
                         }
                     }
                 }

@@ -43,6 +43,7 @@ pub async fn serve(
     let admin = serve_admin(
         rt.client(),
         "krw",
+        rt.partitioning(),
         "fx-krw admin: deposit, balance, audit",
         endpoints(store.clone(), clock.clone()),
     )

@@ -13,6 +13,8 @@ use futures::StreamExt;
 use serde::Serialize;
 use tracing::{info, warn};
 
+use events::{partition_of, Partitioning, UserId};
+
 use crate::{Result, RuntimeError};
 
 /// Prefix of every admin subject.
@@ -79,21 +81,59 @@ pub type AdminFuture =
 /// An endpoint handler.
 pub type AdminHandler = Arc<dyn Fn(AdminRequest) -> AdminFuture + Send + Sync>;
 
+/// The 421 (misdirected) answer of an instance asked about a user of another partition.
+fn misdirected(
+    service: &str,
+    partitioning: Partitioning,
+    body: &[u8],
+) -> std::result::Result<(), AdminError> {
+    if !partitioning.is_partitioned() {
+        return Ok(());
+    }
+    let user = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("user_id")?.as_str().map(str::to_owned))
+        .and_then(|u| UserId::parse(&u).ok());
+    match user {
+        Some(user) if !partitioning.owns(&user) => Err(AdminError {
+            code: 421,
+            message: format!(
+                "user {user} belongs to partition {} of {}; this is fx-{service} {partitioning} \
+                 (fxctl routes by itself: check that it reaches the same broker)",
+                partition_of(&user, partitioning.count()),
+                partitioning.count()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Registers the micro service `fx-<service>` with one endpoint per `(name, handler)` on
-/// `fxadmin.<service>.<name>`, and serves them until the returned future is dropped.
+/// `fxadmin.<service>.<name>` (`fxadmin.<service>.p<k>.<name>` for partition `k`), and serves
+/// them until the returned future is dropped. A partitioned instance answers 421 for a
+/// `user_id` it does not own, before the handler runs.
 pub async fn serve_admin(
     client: async_nats::Client,
     service: &'static str,
+    partitioning: Partitioning,
     description: &str,
     endpoints: Vec<(&'static str, AdminHandler)>,
 ) -> Result<impl Future<Output = ()>> {
     let svc = client
         .service_builder()
         .description(description)
+        .metadata(
+            [
+                ("partition".to_owned(), partitioning.index().to_string()),
+                ("partitions".to_owned(), partitioning.count().to_string()),
+            ]
+            .into(),
+        )
         .start(format!("fx-{service}"), env!("CARGO_PKG_VERSION"))
         .await
         .map_err(|e| RuntimeError::js("start admin service", e))?;
-    let group = svc.group(format!("{ADMIN_PREFIX}.{service}"));
+    let group_subject = partitioning.admin_group(ADMIN_PREFIX, service);
+    let group = svc.group(group_subject.clone());
     let mut tasks = Vec::new();
     for (name, handler) in endpoints {
         let mut endpoint = group
@@ -113,7 +153,11 @@ pub async fn serve_admin(
                     payload: req.message.payload.clone(),
                     actor,
                 };
-                let reply = match handler(request).await {
+                let answer = match misdirected(service, partitioning, &request.payload) {
+                    Ok(()) => handler(request).await,
+                    Err(e) => Err(e),
+                };
+                let reply = match answer {
                     Ok(v) => Ok(Bytes::from(serde_json::to_vec(&v).expect("JSON value"))),
                     Err(e) => Err(async_nats::service::error::Error {
                         status: e.message,
@@ -126,7 +170,7 @@ pub async fn serve_admin(
             }
         });
     }
-    info!(service, "admin endpoints on {ADMIN_PREFIX}.{service}.*");
+    info!(service, "admin endpoints on {group_subject}.*");
     Ok(async move {
         // Keep the service registered as long as this future lives.
         let _svc = svc;
@@ -143,7 +187,8 @@ where
     Arc::new(move |r| Box::pin(f(r)))
 }
 
-/// Sends an admin request and decodes the reply; a service error becomes `AdminError`.
+/// Sends an admin request to an unpartitioned service and decodes the reply; a service error
+/// becomes `AdminError`.
 pub async fn request(
     client: &async_nats::Client,
     service: &str,
@@ -151,7 +196,22 @@ pub async fn request(
     actor: &str,
     body: &serde_json::Value,
 ) -> std::result::Result<serde_json::Value, AdminError> {
-    let subject = format!("{ADMIN_PREFIX}.{service}.{endpoint}");
+    request_to(client, service, Partitioning::SINGLE, endpoint, actor, body).await
+}
+
+/// Sends an admin request to one partition's instance of `service`.
+pub async fn request_to(
+    client: &async_nats::Client,
+    service: &str,
+    partition: Partitioning,
+    endpoint: &str,
+    actor: &str,
+    body: &serde_json::Value,
+) -> std::result::Result<serde_json::Value, AdminError> {
+    let subject = format!(
+        "{}.{endpoint}",
+        partition.admin_group(ADMIN_PREFIX, service)
+    );
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(ACTOR_HEADER, actor);
     let reply = client
@@ -163,7 +223,14 @@ pub async fn request(
         .await
         .map_err(|e| AdminError {
             code: 503,
-            message: format!("no answer on {subject}: {e}; is fx-{service} running?"),
+            message: if partition.is_partitioned() {
+                format!(
+                    "no answer on {subject}: {e}; is fx-{service} with FX_PARTITION={} running?",
+                    partition.index()
+                )
+            } else {
+                format!("no answer on {subject}: {e}; is fx-{service} running?")
+            },
         })?;
     if let Some(h) = &reply.headers {
         if let Some(err) = h.get("Nats-Service-Error") {

@@ -134,15 +134,61 @@ pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
         .build(client)
 }
 
-/// The `FX` stream's configuration, every option set on purpose.
+/// The `FX` stream's configuration, every option set on purpose. With more than one partition,
+/// the stream appends the user's partition to every subject it stores (`events::partition`).
 pub fn fx_stream_config(s: &StreamSettings) -> stream::Config {
-    stream_config(
-        STREAM,
-        "Every domain event of the FX exchange saga.",
-        STREAM_SUBJECTS,
-        s.replicas,
-        Duration::from_millis(s.max_age_ms),
-    )
+    stream::Config {
+        subject_transform: events::partition::stream_transform(s.partitions).map(
+            |(source, destination)| stream::SubjectTransform {
+                source,
+                destination,
+            },
+        ),
+        ..stream_config(
+            STREAM,
+            "Every domain event of the FX exchange saga.",
+            STREAM_SUBJECTS,
+            s.replicas,
+            Duration::from_millis(s.max_age_ms),
+        )
+    }
+}
+
+/// Refuses to run an instance whose `FX_PARTITIONS` differs from the partitions the existing
+/// `FX` stream stores: its consumer filter would match nothing (or another instance's users),
+/// and the saga would stall without a word.
+pub async fn check_partitions(js: &jetstream::Context, partitions: u32) -> Result<()> {
+    let mut stream = js
+        .get_stream(STREAM)
+        .await
+        .map_err(|e| RuntimeError::js("get stream FX", e))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| RuntimeError::js("stream info", e))?;
+    let dest = info
+        .config
+        .subject_transform
+        .as_ref()
+        .map(|t| t.destination.as_str());
+    match events::partition::partitions_of_transform(dest) {
+        Some(n) if n == partitions => Ok(()),
+        Some(n) => Err(RuntimeError::Config {
+            var: "FX_PARTITIONS",
+            message: format!(
+                "stream FX stores its events for {n} partition(s), but this instance has \
+                 FX_PARTITIONS={partitions}; every service instance must use the stream's count \
+                 (changing it is a migration: see README, \"Partitions\")"
+            ),
+        }),
+        None => Err(RuntimeError::Config {
+            var: "FX_PARTITIONS",
+            message: format!(
+                "stream FX has a subject transform this system did not write ({dest:?}); \
+                 remove it or recreate the stream"
+            ),
+        }),
+    }
 }
 
 /// The `FX_DLQ` stream's configuration.
@@ -188,7 +234,7 @@ fn stream_config(
         allow_direct: true,
         mirror_direct: false,
         compression: Some(stream::Compression::None),
-        // Every remaining option (mirrors, sources, republish, transforms, placement, metadata,
+        // Every remaining option (mirrors, sources, republish, placement, metadata,
         // consumer limits, first sequence, persist mode) is deliberately the server default.
         ..stream::Config::default()
     }
@@ -210,13 +256,7 @@ pub async fn provision(js: &jetstream::Context, s: &StreamSettings) -> Result<Pr
     for want in [fx_stream_config(s), dlq_stream_config(s)] {
         match js.get_stream(&want.name).await {
             Ok(mut existing) => report.drift.extend(drift_of(&mut existing, &want).await?),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    jetstream::context::GetStreamErrorKind::JetStream(ref js_err)
-                        if js_err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-                ) =>
-            {
+            Err(e) if is_stream_not_found(&e) => {
                 match js.create_stream(want.clone()).await {
                     Ok(_) => report.created.push(want.name.clone()),
                     // Two services starting together may race to create it; that is fine as
@@ -242,6 +282,15 @@ pub async fn provision(js: &jetstream::Context, s: &StreamSettings) -> Result<Pr
     Ok(report)
 }
 
+/// Whether getting a stream failed because it does not exist (rather than the broker failing).
+pub fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(ref js_err)
+            if js_err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
 async fn drift_of(existing: &mut stream::Stream, want: &stream::Config) -> Result<Vec<String>> {
     let have = existing
         .info()
@@ -265,6 +314,7 @@ fn drift(have: &stream::Config, want: &stream::Config) -> Vec<String> {
     }
     compare!(
         subjects,
+        subject_transform,
         storage,
         retention,
         max_age,

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use events::Partitioning;
+
 use crate::{Result, RuntimeError};
 
 /// How to reach the broker.
@@ -78,17 +80,22 @@ pub struct StreamSettings {
     /// `FX_STREAM_MAX_AGE_MS`: how long events stay; far beyond any outage (default 30 days),
     /// since an event dropped by age before it was consumed leaves a saga stuck.
     pub max_age_ms: u64,
+    /// `FX_PARTITIONS`: with more than one, `FX` stores subjects with the user's partition
+    /// appended (see `events::partition`).
+    pub partitions: u32,
 }
 
 impl StreamSettings {
     /// 30 days.
     pub const DEFAULT_MAX_AGE_MS: u64 = 30 * 24 * 3600 * 1000;
 
-    /// Reads `FX_STREAM_REPLICAS` and `FX_STREAM_MAX_AGE_MS`.
+    /// Reads `FX_STREAM_REPLICAS`, `FX_STREAM_MAX_AGE_MS` and `FX_PARTITIONS`.
     pub fn from_env() -> Result<StreamSettings> {
         Ok(StreamSettings {
             replicas: env_parse("FX_STREAM_REPLICAS", 1)?,
             max_age_ms: env_parse("FX_STREAM_MAX_AGE_MS", Self::DEFAULT_MAX_AGE_MS)?,
+            // Only the count: the tracker and tools provision the stream without being a partition.
+            partitions: partitions_from_env()?,
         })
     }
 }
@@ -98,6 +105,7 @@ impl Default for StreamSettings {
         StreamSettings {
             replicas: 1,
             max_age_ms: Self::DEFAULT_MAX_AGE_MS,
+            partitions: 1,
         }
     }
 }
@@ -124,6 +132,8 @@ pub struct RuntimeConfig {
     pub inbox_retention_ms: u64,
     /// `FX_SHUTDOWN_DEADLINE_MS`: how long a graceful stop may take before it gives up.
     pub shutdown_deadline_ms: u64,
+    /// `FX_PARTITIONS` and `FX_PARTITION`: which users this instance owns.
+    pub partitioning: Partitioning,
 }
 
 impl RuntimeConfig {
@@ -147,6 +157,7 @@ impl RuntimeConfig {
             relay_window: env_parse("FX_RELAY_WINDOW", 512)?,
             inbox_retention_ms: env_parse("FX_INBOX_RETENTION_MS", 7 * 24 * 3600 * 1000)?,
             shutdown_deadline_ms: env_parse("FX_SHUTDOWN_DEADLINE_MS", 10_000)?,
+            partitioning: partitioning_from_env()?,
         })
     }
 
@@ -163,13 +174,54 @@ impl RuntimeConfig {
             relay_window: 512,
             inbox_retention_ms: 7 * 24 * 3600 * 1000,
             shutdown_deadline_ms: 5_000,
+            partitioning: Partitioning::SINGLE,
         }
+    }
+
+    /// Makes this instance `partitioning`'s, and the streams it provisions partitioned to match.
+    pub fn with_partitioning(mut self, partitioning: Partitioning) -> Self {
+        self.partitioning = partitioning;
+        self.streams.partitions = partitioning.count();
+        self
     }
 
     /// `ack_wait_ms` as a duration.
     pub fn ack_wait(&self) -> Duration {
         Duration::from_millis(self.ack_wait_ms)
     }
+}
+
+/// `FX_PARTITIONS` (default 1), checked against its range.
+pub fn partitions_from_env() -> Result<u32> {
+    let count: u32 = env_parse("FX_PARTITIONS", 1)?;
+    Partitioning::new(count, 0)
+        .map(Partitioning::count)
+        .map_err(|e| RuntimeError::Config {
+            var: "FX_PARTITIONS",
+            message: e.to_string(),
+        })
+}
+
+/// `FX_PARTITIONS` (default 1) and `FX_PARTITION` (required when `FX_PARTITIONS` > 1).
+pub fn partitioning_from_env() -> Result<Partitioning> {
+    let count = partitions_from_env()?;
+    let index: u32 = match env_parse::<u32>("FX_PARTITION", u32::MAX)? {
+        u32::MAX if count > 1 => {
+            return Err(RuntimeError::Config {
+                var: "FX_PARTITION",
+                message: format!(
+                    "FX_PARTITIONS={count}: set FX_PARTITION to this instance's partition, 0 to {}",
+                    count - 1
+                ),
+            })
+        }
+        u32::MAX => 0,
+        i => i,
+    };
+    Partitioning::new(count, index).map_err(|e| RuntimeError::Config {
+        var: "FX_PARTITIONS",
+        message: e.to_string(),
+    })
 }
 
 /// The variable's value, or `default` when unset or empty.

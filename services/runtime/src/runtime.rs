@@ -70,7 +70,7 @@ pub struct Runtime<P: Participant> {
 impl<P: Participant> Runtime<P> {
     /// Connects (with retry), provisions the streams, and opens the store.
     pub async fn start(participant: P, config: RuntimeConfig) -> Result<Runtime<P>> {
-        let name = durable_name(participant.name());
+        let name = durable_name(&config.partitioning.instance_name(participant.name()));
         let client = broker::connect(&config.nats, &name).await?;
         // The relay gets its own connection: heavy publishing with many PubAcks in flight has
         // stalled consumers that share a connection (nats.rs#1285).
@@ -78,6 +78,10 @@ impl<P: Participant> Runtime<P> {
         let js = broker::jetstream(client.clone());
         broker::retry_setup("provisioning", config.nats.connect_timeout_ms, || {
             broker::provision(&js, &config.streams)
+        })
+        .await?;
+        broker::retry_setup("partition check", config.nats.connect_timeout_ms, || {
+            broker::check_partitions(&js, config.partitioning.count())
         })
         .await?;
         let store = Arc::new(Store::open(&config.data_dir)?);
@@ -124,6 +128,11 @@ impl<P: Participant> Runtime<P> {
     /// The clock in use.
     pub fn clock(&self) -> Clock {
         self.clock.clone()
+    }
+
+    /// Which users this instance owns.
+    pub fn partitioning(&self) -> events::Partitioning {
+        self.config.partitioning
     }
 
     /// Readiness shared with the HTTP server.
@@ -252,12 +261,24 @@ fn flatten(r: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result
     }
 }
 
-/// The durable pull consumer's configuration, every option set on purpose.
-pub fn consumer_config(service: &str, kinds: &[EventKind], ack_wait: Duration) -> pull::Config {
+/// The durable pull consumer's configuration, every option set on purpose: `fx-<service>`
+/// filtered to the kinds it reacts to, or `fx-<service>-p<k>` filtered to those kinds in
+/// partition `k`.
+pub fn consumer_config(
+    service: &str,
+    partitioning: events::Partitioning,
+    kinds: &[EventKind],
+    ack_wait: Duration,
+) -> pull::Config {
+    let name = durable_name(&partitioning.instance_name(service));
     pull::Config {
-        durable_name: Some(durable_name(service)),
-        name: Some(durable_name(service)),
-        description: Some(format!("fx-{service}: the events it reacts to")),
+        durable_name: Some(name.clone()),
+        name: Some(name),
+        description: Some(if partitioning.is_partitioned() {
+            format!("fx-{service}, {partitioning}: the events it reacts to")
+        } else {
+            format!("fx-{service}: the events it reacts to")
+        }),
         deliver_policy: DeliverPolicy::All,
         ack_policy: AckPolicy::Explicit,
         ack_wait,
@@ -265,7 +286,7 @@ pub fn consumer_config(service: &str, kinds: &[EventKind], ack_wait: Duration) -
         // message is dead-lettered by the service itself.
         max_deliver: -1,
         filter_subject: String::new(),
-        filter_subjects: kinds.iter().map(|k| k.filter()).collect(),
+        filter_subjects: kinds.iter().map(|&k| partitioning.filter(k)).collect(),
         replay_policy: ReplayPolicy::Instant,
         rate_limit: 0,
         sample_frequency: 0,
@@ -296,7 +317,12 @@ async fn consume_loop<P: Participant>(
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let service = participant.name();
-    let wanted = consumer_config(service, participant.consumes(), config.ack_wait());
+    let wanted = consumer_config(
+        service,
+        config.partitioning,
+        participant.consumes(),
+        config.ack_wait(),
+    );
     let consumer: jetstream::consumer::PullConsumer = broker::retry_setup(
         "consumer creation",
         config.nats.connect_timeout_ms,

@@ -17,7 +17,7 @@
 pub mod cluster;
 pub mod wait;
 pub use cluster::NatsCluster;
-pub use wait::{messages_on, stream_messages, wait_for};
+pub use wait::{messages_on, stream_messages, try_wait_for, wait_for};
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;

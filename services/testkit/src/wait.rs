@@ -9,12 +9,25 @@ use async_nats::jetstream::{self, message::StreamMessage};
 pub const POLL_MS: u64 = 20;
 
 /// Re-checks `check` until it returns `Some`, or panics after `deadline_ms` naming `what`.
-pub async fn wait_for<T, F, Fut>(what: &str, deadline_ms: u64, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, deadline_ms: u64, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let waited = tokio::time::timeout(Duration::from_millis(deadline_ms), async {
+    match try_wait_for(deadline_ms, check).await {
+        Some(v) => v,
+        None => panic!("timed out after {deadline_ms} ms waiting for {what}"),
+    }
+}
+
+/// Re-checks `check` until it returns `Some`; `None` after `deadline_ms` (for callers that say
+/// more than [`wait_for`]'s panic, e.g. a process's log).
+pub async fn try_wait_for<T, F, Fut>(deadline_ms: u64, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    tokio::time::timeout(Duration::from_millis(deadline_ms), async {
         let mut tick = tokio::time::interval(Duration::from_millis(POLL_MS));
         loop {
             tick.tick().await;
@@ -23,11 +36,8 @@ where
             }
         }
     })
-    .await;
-    match waited {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {deadline_ms} ms waiting for {what}"),
-    }
+    .await
+    .ok()
 }
 
 /// Every message currently in `stream`, oldest first, read by sequence.

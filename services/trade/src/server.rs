@@ -40,6 +40,7 @@ pub async fn serve(
     let admin = serve_admin(
         rt.client(),
         "trade",
+        rt.partitioning(),
         "fx-trade admin: audit",
         vec![("audit", audit)],
     )

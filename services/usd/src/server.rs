@@ -40,6 +40,7 @@ pub async fn serve(
     let admin = serve_admin(
         rt.client(),
         "usd",
+        rt.partitioning(),
         "fx-usd admin: deposit, balance, freeze, unfreeze, audit",
         endpoints(store, clock),
     )

@@ -7,11 +7,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use events::{Event, Krw, Rate, SagaId, Usd, UserId};
 use runtime::{Clock, JournalEntry, NatsConfig, Runtime, RuntimeConfig, Store};
-use testkit::{NatsCluster, NatsServer};
+use testkit::{wait_for, NatsCluster, NatsServer};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -159,6 +160,8 @@ pub struct System {
     pub identities: Option<Identities>,
     /// `FX_STREAM_REPLICAS` of every service.
     replicas: usize,
+    /// `FX_PARTITIONS`/`FX_PARTITION` of every service: one instance each, all of one partition.
+    partitioning: events::Partitioning,
 }
 
 impl System {
@@ -202,6 +205,20 @@ impl System {
             krw::KrwConfig::default(),
             trade::TradeConfig::default(),
             None,
+            events::Partitioning::SINGLE,
+        )
+        .await
+    }
+
+    /// One instance of each service, all of partition `partitioning.index()` of
+    /// `partitioning.count()`, on a broker with `config/nats.conf` (only that partition's users
+    /// can exchange).
+    pub async fn start_secured_partition(partitioning: events::Partitioning) -> System {
+        System::start_inner_partition(
+            krw::KrwConfig::default(),
+            trade::TradeConfig::default(),
+            Some(Identities::random()),
+            partitioning,
         )
         .await
     }
@@ -210,6 +227,21 @@ impl System {
         krw_config: krw::KrwConfig,
         trade_config: trade::TradeConfig,
         identities: Option<Identities>,
+    ) -> System {
+        System::start_inner_partition(
+            krw_config,
+            trade_config,
+            identities,
+            events::Partitioning::SINGLE,
+        )
+        .await
+    }
+
+    async fn start_inner_partition(
+        krw_config: krw::KrwConfig,
+        trade_config: trade::TradeConfig,
+        identities: Option<Identities>,
+        partitioning: events::Partitioning,
     ) -> System {
         let (nats, client) = match &identities {
             None => {
@@ -230,6 +262,7 @@ impl System {
             krw_config,
             trade_config,
             identities,
+            partitioning,
         )
         .await
     }
@@ -241,6 +274,7 @@ impl System {
         krw_config: krw::KrwConfig,
         trade_config: trade::TradeConfig,
         identities: Option<Identities>,
+        partitioning: events::Partitioning,
     ) -> System {
         let js = runtime::broker::jetstream(client.clone());
         let mut sys = System {
@@ -260,6 +294,7 @@ impl System {
             trade_service: None,
             identities,
             replicas,
+            partitioning,
         };
         for name in ["krw", "trade", "usd"] {
             sys.offsets.insert(name, Arc::new(AtomicU64::new(0)));
@@ -271,7 +306,8 @@ impl System {
     }
 
     fn config(&self, name: &str) -> RuntimeConfig {
-        let mut config = RuntimeConfig::for_test(&self.nats.url(), self.dir.path().join(name));
+        let mut config = RuntimeConfig::for_test(&self.nats.url(), self.dir.path().join(name))
+            .with_partitioning(self.partitioning);
         config.streams.replicas = self.replicas;
         if let Some(ids) = &self.identities {
             config.nats = ids.nats_config(&self.nats.url(), name);
@@ -338,6 +374,7 @@ impl System {
         // Ready once its admin endpoint answers (krw/usd) or its consumer exists (trade).
         let client = self.client.clone();
         let js = self.js.clone();
+        let part = self.partitioning;
         testkit::wait_for(&format!("fx-{name} to be ready"), 20_000, || {
             let (client, js) = (client.clone(), js.clone());
             async move {
@@ -346,12 +383,16 @@ impl System {
                         .get_stream("FX")
                         .await
                         .ok()?
-                        .get_consumer::<jetstream::consumer::pull::Config>("fx-trade")
+                        .get_consumer::<jetstream::consumer::pull::Config>(&format!(
+                            "fx-{}",
+                            part.instance_name("trade")
+                        ))
                         .await
                         .is_ok(),
-                    _ => runtime::admin::request(
+                    _ => runtime::admin::request_to(
                         &client,
                         name,
+                        part,
                         "audit",
                         "test",
                         &serde_json::json!({}),
@@ -479,6 +520,116 @@ impl System {
             .filter(|e| e.saga_id() == saga)
             .collect()
     }
+}
+
+// --- Sagas on a cluster, where a publish can fail during a leader election -----------------
+
+/// How long one attempt waits for a saga's answers before looking at the stream.
+const ATTEMPT_WAIT_MS: u64 = 8_000;
+/// How long one saga may take in all, retries included.
+const SAGA_BUDGET_MS: u64 = 45_000;
+
+/// What the stream says about one saga.
+pub enum OnStream {
+    /// Its request is not (yet, or not readably) on the stream.
+    Absent,
+    /// Requested, not ended yet.
+    Running,
+    Ended(fxctl::Outcome),
+}
+
+/// Reads the saga's events from `FX`, tolerating errors while a leader is being elected.
+pub async fn on_stream(js: &jetstream::Context, saga: SagaId) -> OnStream {
+    let Ok(mut stream) = js.get_stream("FX").await else {
+        return OnStream::Absent;
+    };
+    let Ok(info) = stream.info().await.map(|i| i.state.clone()) else {
+        return OnStream::Absent;
+    };
+    let mut follower = fxctl::SagaFollower::default();
+    let mut seen = false;
+    for seq in info.first_sequence.max(1)..=info.last_sequence {
+        let Ok(m) = stream.get_raw_message(seq).await else {
+            return if seen {
+                OnStream::Running
+            } else {
+                OnStream::Absent
+            };
+        };
+        let Ok(e) = Event::decode(m.subject.as_str(), &m.payload) else {
+            continue;
+        };
+        if e.saga_id() != saga {
+            continue;
+        }
+        seen = true;
+        if let Some(o) = follower.push(&e) {
+            return OnStream::Ended(o);
+        }
+    }
+    if seen {
+        OnStream::Running
+    } else {
+        OnStream::Absent
+    }
+}
+
+/// Runs one exchange to its end as a user would: publish and follow; if the publish fails
+/// (no PubAck while `FX` elects a leader) or the answers are missed (this client was on the
+/// killed node), look at the stream, and publish again with the same saga id when the request
+/// is not there. Returns the outcome and whether the first attempt answered it.
+pub async fn run_saga(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    user: &str,
+    saga: SagaId,
+    krw: u64,
+) -> (fxctl::Outcome, bool) {
+    let start = Instant::now();
+    let krw = Krw::parse(&krw.to_string()).unwrap();
+    for attempt in 1.. {
+        assert!(
+            start.elapsed() < Duration::from_millis(SAGA_BUDGET_MS),
+            "saga {saga} of {user} did not end within {SAGA_BUDGET_MS} ms"
+        );
+        let err = match fxctl::exchange(
+            client,
+            uid(user),
+            krw,
+            None,
+            Some(saga),
+            Some(ATTEMPT_WAIT_MS),
+        )
+        .await
+        {
+            Ok(e) => return (e.outcome.expect("waited"), attempt == 1),
+            Err(e) => e,
+        };
+        match on_stream(js, saga).await {
+            OnStream::Ended(o) => return (o, false),
+            OnStream::Absent => {
+                eprintln!(
+                    "saga {saga} of {user}: attempt {attempt} failed ({err}); publishing again"
+                );
+            }
+            OnStream::Running => {
+                eprintln!("saga {saga} of {user}: attempt {attempt} failed ({err}); following it on the stream");
+                let o = wait_for(&format!("saga {saga} to end"), SAGA_BUDGET_MS, || async {
+                    match on_stream(js, saga).await {
+                        OnStream::Ended(o) => Some(o),
+                        _ => None,
+                    }
+                })
+                .await;
+                return (o, false);
+            }
+        }
+    }
+    unreachable!()
+}
+
+pub fn usd(cents: u64) -> String {
+    format!("{}.{:02}", cents / 100, cents % 100)
 }
 
 /// A user id from a literal.

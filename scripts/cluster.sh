@@ -56,11 +56,21 @@ if ((bench)); then
   export RUST_LOG="${RUST_LOG:-warn}"
 fi
 logs="$dir/logs"
+# The partition count is fixed when FX is created: refuse a data dir made with another count
+# (the services would refuse too, one by one, after the cluster is up).
+if [[ -d "$dir/n0" ]]; then
+  had="$(cat "$dir/partitions" 2>/dev/null || echo 1)"
+  if [[ "$had" != "$partitions" ]]; then
+    echo "cluster.sh: .fx/cluster holds a cluster made with $had partition(s); run with --partitions $had, or remove .fx/cluster to start over with $partitions" >&2
+    exit 2
+  fi
+fi
 tracker_port="${FX_TRACKER_PORT:-8080}"
 client_ports=(4222 4223 4224)
 monitor_ports=(8222 8223 8224)
 route_ports=(6222 6223 6224)
 mkdir -p "$logs"
+echo "$partitions" >"$dir/partitions"
 
 script=cluster.sh
 # shellcheck source=scripts/lib.sh

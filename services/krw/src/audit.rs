@@ -192,14 +192,14 @@ pub fn audit(store: &Store) -> runtime::Result<KrwAudit> {
     }
 
     // Replay the journal from zero, checking each entry's shape on the way.
-    let entries = store.journal_entries()?;
-    a.totals.journal_entries = entries.len();
     let mut replay: BTreeMap<String, Decimal> = BTreeMap::new();
     let mut keys = BTreeSet::new();
     // saga -> op -> (amount, user)
     let mut by_saga: BTreeMap<SagaId, BTreeMap<String, (Decimal, Option<String>)>> =
         BTreeMap::new();
-    for e in &entries {
+    for e in store.journal_iter() {
+        let e = e?;
+        a.totals.journal_entries += 1;
         let key = e.key();
         if !keys.insert(key.clone()) {
             a.fail(
@@ -216,7 +216,7 @@ pub fn audit(store: &Store) -> runtime::Result<KrwAudit> {
                 ),
             );
         }
-        let user = journal_user(e);
+        let user = journal_user(&e);
         if user.is_none() {
             a.fail(
                 Check::OneEntry,
@@ -233,7 +233,7 @@ pub fn audit(store: &Store) -> runtime::Result<KrwAudit> {
         by_saga
             .entry(e.saga_id)
             .or_default()
-            .insert(e.op.clone(), (e.amount, user));
+            .insert(e.op, (e.amount, user));
     }
     for (saga, saga_ops) in &by_saga {
         let has = |op: &str| saga_ops.contains_key(op);
@@ -344,7 +344,8 @@ pub fn audit(store: &Store) -> runtime::Result<KrwAudit> {
         }
     }
     let mut open_by_user: BTreeMap<String, Decimal> = BTreeMap::new();
-    for (key, value) in store.scan::<serde_json::Value>(SAGA_PREFIX)? {
+    for item in store.scan_iter::<serde_json::Value>(SAGA_PREFIX) {
+        let (key, value) = item?;
         a.totals.sagas += 1;
         let Ok(saga_id) = SagaId::parse(&key[SAGA_PREFIX.len()..]) else {
             a.fail(Check::Readable, format!("{key} does not name a saga id"));

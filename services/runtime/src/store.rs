@@ -245,14 +245,31 @@ impl Store {
         Ok(out)
     }
 
+    /// Every state record whose key starts with `prefix`, in key order, decoded one at a time
+    /// (audits walk the whole store without holding it in memory).
+    pub fn scan_iter<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> impl Iterator<Item = Result<(String, T)>> + '_ {
+        self.state.scan_prefix(prefix.as_bytes()).map(|item| {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let value = decode(&key, &v)?;
+            Ok((key, value))
+        })
+    }
+
     /// Every journal entry, in key order.
     pub fn journal_entries(&self) -> Result<Vec<JournalEntry>> {
-        let mut out = Vec::new();
-        for item in self.journal.iter() {
+        self.journal_iter().collect()
+    }
+
+    /// Every journal entry, in key order, decoded one at a time.
+    pub fn journal_iter(&self) -> impl Iterator<Item = Result<JournalEntry>> + '_ {
+        self.journal.iter().map(|item| {
             let (k, v) = item?;
-            out.push(decode(&String::from_utf8_lossy(&k), &v)?);
-        }
-        Ok(out)
+            decode(&String::from_utf8_lossy(&k), &v)
+        })
     }
 
     /// Forgets consumed event ids seen before `before_ms`. Safe because each service's per-saga

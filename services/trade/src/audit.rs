@@ -35,7 +35,8 @@ pub struct TradeAudit {
 pub fn audit(store: &Store) -> runtime::Result<TradeAudit> {
     let mut a = TradeAudit::default();
     let mut entries: BTreeMap<(String, String), JournalEntry> = BTreeMap::new();
-    for e in store.journal_entries()? {
+    for e in store.journal_iter() {
+        let e = e?;
         match e.op.as_str() {
             "fill" => a.fill_entries += 1,
             "cancel" => a.cancel_entries += 1,

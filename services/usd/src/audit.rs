@@ -125,7 +125,8 @@ pub fn audit(store: &Store) -> runtime::Result<UsdAudit> {
     // 3. Replay the journal.
     let mut replay: BTreeMap<String, Decimal> = BTreeMap::new();
     let mut journaled: BTreeMap<(String, String), Decimal> = BTreeMap::new();
-    for e in store.journal_entries()? {
+    for e in store.journal_iter() {
+        let e = e?;
         *a.journal.entry(e.op.clone()).or_default() += 1;
         if e.currency != "USD" {
             a.failures.push(format!(
@@ -181,7 +182,8 @@ pub fn audit(store: &Store) -> runtime::Result<UsdAudit> {
 
     // 4. Per-saga records against their journal entries.
     let mut explained: BTreeSet<(String, String)> = BTreeSet::new();
-    for (key, raw) in store.scan::<Value>(CREDIT_PREFIX)? {
+    for item in store.scan_iter::<Value>(CREDIT_PREFIX) {
+        let (key, raw) = item?;
         a.sagas += 1;
         let saga = key.trim_start_matches(CREDIT_PREFIX).to_owned();
         let record: CreditRecord = match serde_json::from_value(raw) {

@@ -120,6 +120,59 @@ struct LooseTotals {
     deposits: Decimal,
 }
 
+/// One saga's journal operations: op -> (amount, user). A sorted vector rather than a map:
+/// the audit keeps one per saga in memory, and a saga has at most three operations.
+#[derive(Default)]
+struct SagaOps(Vec<(String, (Decimal, Option<String>))>);
+
+impl SagaOps {
+    /// Adds an operation; returns the one it replaces, if the op was already there.
+    fn insert(
+        &mut self,
+        op: String,
+        v: (Decimal, Option<String>),
+    ) -> Option<(Decimal, Option<String>)> {
+        match self.0.binary_search_by(|(o, _)| o.as_str().cmp(&op)) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, v)),
+            Err(i) => {
+                self.0.insert(i, (op, v));
+                None
+            }
+        }
+    }
+
+    fn get(&self, op: &str) -> Option<&(Decimal, Option<String>)> {
+        self.0
+            .binary_search_by(|(o, _)| o.as_str().cmp(op))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    fn contains_key(&self, op: &str) -> bool {
+        self.get(op).is_some()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(o, _)| o)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &(Decimal, Option<String>)> {
+        self.0.iter().map(|(_, v)| v)
+    }
+}
+
+impl std::fmt::Debug for SagaOps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(o, v)| (o, v)))
+            .finish()
+    }
+}
+
 fn add(a: Decimal, b: Decimal) -> Decimal {
     // Balances are capped at 10^15 KRW each; Decimal holds 7.9 * 10^28, so only an absurd
     // number of corrupt records could overflow. Saturate rather than panic mid-audit.
@@ -193,20 +246,12 @@ pub fn audit(store: &Store) -> runtime::Result<KrwAudit> {
 
     // Replay the journal from zero, checking each entry's shape on the way.
     let mut replay: BTreeMap<String, Decimal> = BTreeMap::new();
-    let mut keys = BTreeSet::new();
     // saga -> op -> (amount, user)
-    let mut by_saga: BTreeMap<SagaId, BTreeMap<String, (Decimal, Option<String>)>> =
-        BTreeMap::new();
+    let mut by_saga: BTreeMap<SagaId, SagaOps> = BTreeMap::new();
     for e in store.journal_iter() {
         let e = e?;
         a.totals.journal_entries += 1;
         let key = e.key();
-        if !keys.insert(key.clone()) {
-            a.fail(
-                Check::OneEntry,
-                format!("two journal entries claim {key}; an effect happened twice"),
-            );
-        }
         if e.currency != "KRW" || e.amount <= Decimal::ZERO {
             a.fail(
                 Check::OneEntry,
@@ -230,10 +275,19 @@ pub fn audit(store: &Store) -> runtime::Result<KrwAudit> {
         *debit = debit.checked_sub(e.amount).unwrap_or(Decimal::MIN);
         let credit = replay.entry(e.credit.clone()).or_default();
         *credit = add(*credit, e.amount);
-        by_saga
+        // The journal is keyed by (saga, op), so a second entry claiming the same pair is
+        // one whose stored key does not match its content.
+        if by_saga
             .entry(e.saga_id)
             .or_default()
-            .insert(e.op, (e.amount, user));
+            .insert(e.op, (e.amount, user))
+            .is_some()
+        {
+            a.fail(
+                Check::OneEntry,
+                format!("two journal entries claim {key}; an effect happened twice"),
+            );
+        }
     }
     for (saga, saga_ops) in &by_saga {
         let has = |op: &str| saga_ops.contains_key(op);

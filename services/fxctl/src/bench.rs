@@ -257,7 +257,8 @@ const NULL_HOPS: usize = 4;
 
 /// The broker's own limit on this machine: chains of five events through four durable pull
 /// consumers that only republish (publish, await PubAcks pipelined, then ack the batch), on a
-/// stream configured like `FX`. Returns chains per second at `concurrency` chains in flight.
+/// stream configured like `FX` (same replicas, no partition transform). Returns chains per second
+/// at `concurrency` chains in flight.
 pub async fn null_saga(
     client: &async_nats::Client,
     chains: u64,
@@ -265,7 +266,15 @@ pub async fn null_saga(
 ) -> CtlResult<f64> {
     let unavailable = |e: &dyn std::fmt::Display| CtlError::Unavailable(e.to_string());
     let js = runtime::broker::jetstream(client.clone());
-    let mut cfg = runtime::broker::fx_stream_config(&runtime::StreamSettings::default());
+    // As many replicas as FX has (R3 on a cluster), so the baseline pays the same replication.
+    let replicas = match js.get_stream(runtime::STREAM).await {
+        Ok(mut fx) => fx.info().await.map(|i| i.config.num_replicas).unwrap_or(1),
+        Err(_) => 1,
+    };
+    let mut cfg = runtime::broker::fx_stream_config(&runtime::StreamSettings {
+        replicas,
+        ..runtime::StreamSettings::default()
+    });
     cfg.name = NULL_STREAM.into();
     cfg.subjects = vec!["fxbench.>".into()];
     cfg.deny_delete = false;

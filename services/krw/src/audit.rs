@@ -9,13 +9,13 @@ use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use runtime::Store;
+use runtime::{ReadRecords, Store};
 
 use crate::decide::ops;
 use crate::records::{
-    available_account, held_account, parse_expiry_key, DepositRecord, SagaRecord, SagaStatus,
-    ACCOUNT_PREFIX, DEPOSIT_PREFIX, EXPIRY_PREFIX, EXTERNAL_ACCOUNT, HOUSE_ACCOUNT, HOUSE_KEY,
-    SAGA_PREFIX, TOTALS_KEY,
+    available_account, held_account, parse_expiry_key, saga_key, DepositRecord, SagaRecord,
+    SagaStatus, ACCOUNT_PREFIX, DEPOSIT_PREFIX, EXPIRY_PREFIX, EXTERNAL_ACCOUNT, HOUSE_ACCOUNT,
+    HOUSE_KEY, SAGA_PREFIX, TOTALS_KEY,
 };
 
 /// Sums over the store, in KRW.
@@ -84,6 +84,34 @@ enum Check {
 
 impl KrwAudit {
     fn fail(&mut self, check: Check, message: String) {
+        let name = self.flag(check);
+        self.failures.push(format!("{name}: {message}"));
+    }
+
+    /// Like `fail`, with the sentence kept in `out` (appended to the report later, so that
+    /// the failures keep the order of the checks).
+    fn fail_to(&mut self, out: &mut Vec<String>, check: Check, message: String) {
+        let name = self.flag(check);
+        out.push(format!("{name}: {message}"));
+    }
+
+    fn decode_to<T: DeserializeOwned>(
+        &mut self,
+        out: &mut Vec<String>,
+        key: &str,
+        value: serde_json::Value,
+    ) -> Option<T> {
+        match serde_json::from_value(value) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.fail_to(out, Check::Readable, format!("{key} does not decode: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Marks the check failed; returns its name.
+    fn flag(&mut self, check: Check) -> &'static str {
         let (flag, name) = match check {
             Check::Conservation => (&mut self.conservation, "conservation"),
             Check::NoNegative => (&mut self.no_negative_balance, "no negative balance"),
@@ -94,7 +122,7 @@ impl KrwAudit {
             Check::Readable => (&mut self.records_readable, "records"),
         };
         *flag = false;
-        self.failures.push(format!("{name}: {message}"));
+        name
     }
 }
 
@@ -195,9 +223,11 @@ pub fn audit(store: &Store) -> runtime::Result<KrwAudit> {
         ..KrwAudit::default()
     };
 
-    // Balances as recorded.
+    // Balances as recorded. Kept per user for the replay below: bounded by the number of users
+    // (a few hundred in the benchmark), not of sagas.
     let mut accounts: BTreeMap<String, LooseAccount> = BTreeMap::new();
-    for (key, value) in store.scan::<serde_json::Value>(ACCOUNT_PREFIX)? {
+    for item in store.scan_iter::<serde_json::Value>(ACCOUNT_PREFIX) {
+        let (key, value) = item?;
         let user = key[ACCOUNT_PREFIX.len()..].to_owned();
         let Some(acct) = decode::<LooseAccount>(&mut a, &key, value.clone()) else {
             continue;
@@ -244,80 +274,222 @@ pub fn audit(store: &Store) -> runtime::Result<KrwAudit> {
         );
     }
 
-    // Replay the journal from zero, checking each entry's shape on the way.
+    // One walk over three streams sorted by saga id: the journal (in the order of its own keys
+    // `<saga_id>:<op>`, so one saga's entries are adjacent), the saga records `saga:<id>` and
+    // the deposit records `dep:<id>`. Only the current saga's operations are held. Each part of
+    // the report collects its sentences separately, so the failures read in the order of the
+    // checks, as when the store was read one part after another.
+    let mut entry_failures = Vec::new(); // each journal entry's shape
+    let mut op_failures = Vec::new(); // each saga's set of operations
+    let mut record_failures = Vec::new(); // saga records against journal and index
+    let mut deposit_record_failures = Vec::new(); // dep: records that do not read
+    let mut orphan_failures = Vec::new(); // journal entries without a saga record
+    let mut deposit_failures = Vec::new(); // dep: records without a journal entry
+
+    // The expiry index, checked against saga records by lookups. Kept in memory: the entries
+    // that are not what their saga's record wants (none in a sound store), to be reported with
+    // that saga or as pointing at no record.
+    let mut index_failures = Vec::new();
+    let mut stray_index: BTreeMap<SagaId, BTreeSet<String>> = BTreeMap::new();
+    for item in store.scan_iter::<serde_json::Value>(EXPIRY_PREFIX) {
+        let (key, _) = item?;
+        let Some((_, saga)) = parse_expiry_key(&key) else {
+            a.fail_to(
+                &mut index_failures,
+                Check::Holds,
+                format!("{key} is not an expiry index key"),
+            );
+            continue;
+        };
+        let wanted = store
+            .get::<serde_json::Value>(&saga_key(saga))?
+            .and_then(|v| serde_json::from_value::<SagaRecord>(v).ok())
+            .and_then(|rec| rec.expiry_index_key(saga));
+        if wanted.as_ref() != Some(&key) {
+            stray_index.entry(saga).or_default().insert(key);
+        }
+    }
+
+    // Journal balances replayed from zero, per journal account: two per user plus the house
+    // and `external`, so bounded by the number of users, not of sagas.
     let mut replay: BTreeMap<String, Decimal> = BTreeMap::new();
-    // saga -> op -> (amount, user)
-    let mut by_saga: BTreeMap<SagaId, SagaOps> = BTreeMap::new();
-    for e in store.journal_iter() {
-        let e = e?;
-        a.totals.journal_entries += 1;
-        let key = e.key();
-        if e.currency != "KRW" || e.amount <= Decimal::ZERO {
-            a.fail(
-                Check::OneEntry,
-                format!(
-                    "journal {key} moves {} {}; fx-krw journals positive KRW only",
-                    e.amount, e.currency
-                ),
-            );
+    // Σ open holds per user (bounded by users).
+    let mut open_by_user: BTreeMap<String, Decimal> = BTreeMap::new();
+    let mut journal = store.journal_iter_by_saga()?.peekable();
+    let mut sagas = store.scan_iter::<serde_json::Value>(SAGA_PREFIX).peekable();
+    let mut deposit_iter = store
+        .scan_iter::<serde_json::Value>(DEPOSIT_PREFIX)
+        .peekable();
+    loop {
+        let next_entry = match journal.peek() {
+            Some(Ok(e)) => Some(e.saga_id),
+            Some(Err(_)) => return Err(next_err(&mut journal)),
+            None => None,
+        };
+        let next_record = loop {
+            match sagas.peek() {
+                Some(Ok((key, _))) => match SagaId::parse(&key[SAGA_PREFIX.len()..]) {
+                    Ok(id) => break Some(id),
+                    Err(_) => {
+                        a.totals.sagas += 1;
+                        a.fail_to(
+                            &mut record_failures,
+                            Check::Readable,
+                            format!("{key} does not name a saga id"),
+                        );
+                        sagas.next();
+                    }
+                },
+                Some(Err(_)) => return Err(next_err(&mut sagas)),
+                None => break None,
+            }
+        };
+        let next_deposit = loop {
+            match deposit_iter.peek() {
+                Some(Ok((key, _))) => match SagaId::parse(&key[DEPOSIT_PREFIX.len()..]) {
+                    Ok(id) => break Some(id),
+                    Err(_) => {
+                        a.fail_to(
+                            &mut deposit_record_failures,
+                            Check::Readable,
+                            format!("{key} does not name a deposit id"),
+                        );
+                        deposit_iter.next();
+                    }
+                },
+                Some(Err(_)) => return Err(next_err(&mut deposit_iter)),
+                None => break None,
+            }
+        };
+        let Some(saga) = [next_entry, next_record, next_deposit]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
+            break;
+        };
+
+        // This saga's journal entries, checking each one's shape on the way.
+        let mut saga_ops = SagaOps::default();
+        let mut journaled = false;
+        while let Some(Ok(e)) = journal.next_if(|e| matches!(e, Ok(e) if e.saga_id == saga)) {
+            journaled = true;
+            a.totals.journal_entries += 1;
+            let key = e.key();
+            if e.currency != "KRW" || e.amount <= Decimal::ZERO {
+                a.fail_to(
+                    &mut entry_failures,
+                    Check::OneEntry,
+                    format!(
+                        "journal {key} moves {} {}; fx-krw journals positive KRW only",
+                        e.amount, e.currency
+                    ),
+                );
+            }
+            let user = journal_user(&e);
+            if user.is_none() {
+                a.fail_to(
+                    &mut entry_failures,
+                    Check::OneEntry,
+                    format!(
+                        "journal {key} moves {} -> {}, which is not what a {:?} does",
+                        e.debit, e.credit, e.op
+                    ),
+                );
+            }
+            let debit = replay.entry(e.debit.clone()).or_default();
+            *debit = debit.checked_sub(e.amount).unwrap_or(Decimal::MIN);
+            let credit = replay.entry(e.credit.clone()).or_default();
+            *credit = add(*credit, e.amount);
+            // The journal is keyed by (saga, op), so a second entry claiming the same pair is
+            // one whose stored key does not match its content.
+            if saga_ops.insert(e.op, (e.amount, user)).is_some() {
+                a.fail_to(
+                    &mut entry_failures,
+                    Check::OneEntry,
+                    format!("two journal entries claim {key}; an effect happened twice"),
+                );
+            }
         }
-        let user = journal_user(&e);
-        if user.is_none() {
-            a.fail(
-                Check::OneEntry,
-                format!(
-                    "journal {key} moves {} -> {}, which is not what a {:?} does",
-                    e.debit, e.credit, e.op
-                ),
-            );
+        if journaled {
+            check_saga_ops(&mut a, &mut op_failures, saga, &saga_ops);
         }
-        let debit = replay.entry(e.debit.clone()).or_default();
-        *debit = debit.checked_sub(e.amount).unwrap_or(Decimal::MIN);
-        let credit = replay.entry(e.credit.clone()).or_default();
-        *credit = add(*credit, e.amount);
-        // The journal is keyed by (saga, op), so a second entry claiming the same pair is
-        // one whose stored key does not match its content.
-        if by_saga
-            .entry(e.saga_id)
-            .or_default()
-            .insert(e.op, (e.amount, user))
-            .is_some()
-        {
-            a.fail(
-                Check::OneEntry,
-                format!("two journal entries claim {key}; an effect happened twice"),
+
+        // Its saga record, against the journal, the expiry index and the held balances.
+        let mut recorded = false;
+        if next_record == Some(saga) {
+            let (key, value) = sagas.next().expect("peeked")?;
+            a.totals.sagas += 1;
+            if let Some(rec) = a.decode_to::<SagaRecord>(&mut record_failures, &key, value) {
+                recorded = true;
+                check_saga_record(
+                    &mut a,
+                    &mut record_failures,
+                    store,
+                    saga,
+                    &rec,
+                    &saga_ops,
+                    stray_index.remove(&saga).unwrap_or_default(),
+                )?;
+                if rec.status == SagaStatus::Held {
+                    a.totals.open_holds += 1;
+                    if let Some(amount) = rec.hold_amount() {
+                        let sum = open_by_user.entry(rec.user.to_string()).or_default();
+                        *sum = add(*sum, amount.amount());
+                    }
+                }
+            }
+        }
+
+        // Its deposit record. Journal entries without a saga record must be a deposit.
+        let mut deposit = None;
+        if next_deposit == Some(saga) {
+            let (key, value) = deposit_iter.next().expect("peeked")?;
+            deposit = a.decode_to::<DepositRecord>(&mut deposit_record_failures, &key, value);
+        }
+        if journaled && !recorded {
+            match (saga_ops.get(ops::DEPOSIT), deposit.take()) {
+                (Some((amount, user)), Some(rec)) => {
+                    if rec.krw_amount.amount() != *amount
+                        || user.as_deref() != Some(rec.user.as_str())
+                    {
+                        a.fail_to(
+                            &mut orphan_failures,
+                            Check::Deposits,
+                            format!(
+                                "deposit {saga} records {} KRW to {}, the journal {amount} KRW to {}",
+                                rec.krw_amount,
+                                rec.user,
+                                user.as_deref().unwrap_or("?")
+                            ),
+                        );
+                    }
+                }
+                (Some(_), None) => a.fail_to(
+                    &mut orphan_failures,
+                    Check::Deposits,
+                    format!("journal has deposit {saga} but there is no dep:{saga} record"),
+                ),
+                (None, _) => a.fail_to(
+                    &mut orphan_failures,
+                    Check::Holds,
+                    format!(
+                        "journal has {:?} for saga {saga}, which has no saga record",
+                        saga_ops.keys().collect::<Vec<_>>()
+                    ),
+                ),
+            }
+        }
+        if deposit.is_some() {
+            a.fail_to(
+                &mut deposit_failures,
+                Check::Deposits,
+                format!("dep:{saga} has no journal entry; the deposit never reached a balance"),
             );
         }
     }
-    for (saga, saga_ops) in &by_saga {
-        let has = |op: &str| saga_ops.contains_key(op);
-        if has(ops::COMMIT) && has(ops::RELEASE) {
-            a.fail(
-                Check::OneEntry,
-                format!("saga {saga} was both committed and released"),
-            );
-        }
-        if (has(ops::COMMIT) || has(ops::RELEASE)) && !has(ops::HOLD) {
-            a.fail(
-                Check::OneEntry,
-                format!("saga {saga} was committed or released without a hold"),
-            );
-        }
-        if has(ops::DEPOSIT) && saga_ops.len() > 1 {
-            a.fail(
-                Check::OneEntry,
-                format!("deposit id {saga} also has exchange entries"),
-            );
-        }
-        let amounts: BTreeSet<_> = saga_ops.values().map(|(amount, _)| *amount).collect();
-        let users: BTreeSet<_> = saga_ops.values().map(|(_, u)| u).collect();
-        if amounts.len() > 1 || users.len() > 1 {
-            a.fail(
-                Check::OneEntry,
-                format!("saga {saga}'s entries disagree on amount or user: {saga_ops:?}"),
-            );
-        }
-    }
+    a.failures.append(&mut entry_failures);
+    a.failures.append(&mut op_failures);
 
     // Replay versus records.
     for (account, balance) in &replay {
@@ -388,73 +560,9 @@ pub fn audit(store: &Store) -> runtime::Result<KrwAudit> {
     }
 
     // Saga records versus journal, expiry index and held balances.
-    let mut index: BTreeMap<SagaId, BTreeSet<String>> = BTreeMap::new();
-    for (key, _) in store.scan::<serde_json::Value>(EXPIRY_PREFIX)? {
-        match parse_expiry_key(&key) {
-            Some((_, saga)) => {
-                index.entry(saga).or_default().insert(key);
-            }
-            None => a.fail(Check::Holds, format!("{key} is not an expiry index key")),
-        }
-    }
-    let mut open_by_user: BTreeMap<String, Decimal> = BTreeMap::new();
-    for item in store.scan_iter::<serde_json::Value>(SAGA_PREFIX) {
-        let (key, value) = item?;
-        a.totals.sagas += 1;
-        let Ok(saga_id) = SagaId::parse(&key[SAGA_PREFIX.len()..]) else {
-            a.fail(Check::Readable, format!("{key} does not name a saga id"));
-            continue;
-        };
-        let Some(rec) = decode::<SagaRecord>(&mut a, &key, value) else {
-            continue;
-        };
-        let saga_ops = by_saga.remove(&saga_id).unwrap_or_default();
-        let found: BTreeSet<&str> = saga_ops.keys().map(String::as_str).collect();
-        let expected: BTreeSet<&str> = match rec.status {
-            SagaStatus::NoRequest | SagaStatus::Rejected { .. } => BTreeSet::new(),
-            SagaStatus::Held => [ops::HOLD].into(),
-            SagaStatus::Committed => [ops::HOLD, ops::COMMIT].into(),
-            SagaStatus::Released { .. } => [ops::HOLD, ops::RELEASE].into(),
-        };
-        if found != expected {
-            a.fail(
-                Check::Holds,
-                format!(
-                    "saga {saga_id} is {:?} but its journal has {found:?} (expected {expected:?})",
-                    rec.status
-                ),
-            );
-        }
-        if let (Some(amount), Some((journaled, _))) = (rec.hold_amount(), saga_ops.get(ops::HOLD)) {
-            if amount.amount() != *journaled {
-                a.fail(
-                    Check::Holds,
-                    format!(
-                        "saga {saga_id} holds {amount} KRW but the journal held {journaled} KRW"
-                    ),
-                );
-            }
-        }
-        let want: BTreeSet<String> = rec.expiry_index_key(saga_id).into_iter().collect();
-        let have = index.remove(&saga_id).unwrap_or_default();
-        if want != have {
-            a.fail(
-                Check::Holds,
-                format!(
-                    "saga {saga_id} ({:?}, pinned {}) needs expiry index {want:?} but has {have:?}",
-                    rec.status, rec.pinned
-                ),
-            );
-        }
-        if rec.status == SagaStatus::Held {
-            a.totals.open_holds += 1;
-            if let Some(amount) = rec.hold_amount() {
-                let sum = open_by_user.entry(rec.user.to_string()).or_default();
-                *sum = add(*sum, amount.amount());
-            }
-        }
-    }
-    for (saga, keys) in index {
+    a.failures.append(&mut index_failures);
+    a.failures.append(&mut record_failures);
+    for (saga, keys) in stray_index {
         a.fail(
             Check::Holds,
             format!("expiry index {keys:?} points at saga {saga}, which has no record"),
@@ -479,55 +587,113 @@ pub fn audit(store: &Store) -> runtime::Result<KrwAudit> {
         );
     }
 
-    // Whatever is left in by_saga has no saga record: only deposits may be like that.
-    let mut deposit_records = BTreeMap::new();
-    for (key, value) in store.scan::<serde_json::Value>(DEPOSIT_PREFIX)? {
-        let Ok(id) = SagaId::parse(&key[DEPOSIT_PREFIX.len()..]) else {
-            a.fail(Check::Readable, format!("{key} does not name a deposit id"));
-            continue;
-        };
-        if let Some(rec) = decode::<DepositRecord>(&mut a, &key, value) {
-            deposit_records.insert(id, rec);
-        }
-    }
-    for (id, saga_ops) in by_saga {
-        match (saga_ops.get(ops::DEPOSIT), deposit_records.remove(&id)) {
-            (Some((amount, user)), Some(rec)) => {
-                if rec.krw_amount.amount() != *amount || user.as_deref() != Some(rec.user.as_str())
-                {
-                    a.fail(
-                        Check::Deposits,
-                        format!(
-                            "deposit {id} records {} KRW to {}, the journal {amount} KRW to {}",
-                            rec.krw_amount,
-                            rec.user,
-                            user.as_deref().unwrap_or("?")
-                        ),
-                    );
-                }
-            }
-            (Some(_), None) => a.fail(
-                Check::Deposits,
-                format!("journal has deposit {id} but there is no dep:{id} record"),
-            ),
-            (None, _) => a.fail(
-                Check::Holds,
-                format!(
-                    "journal has {:?} for saga {id}, which has no saga record",
-                    saga_ops.keys().collect::<Vec<_>>()
-                ),
-            ),
-        }
-    }
-    for id in deposit_records.keys() {
-        a.fail(
-            Check::Deposits,
-            format!("dep:{id} has no journal entry; the deposit never reached a balance"),
-        );
-    }
-
+    // Deposits.
+    a.failures.append(&mut deposit_record_failures);
+    a.failures.append(&mut orphan_failures);
+    a.failures.append(&mut deposit_failures);
     a.ok = a.failures.is_empty();
     Ok(a)
+}
+
+/// The error a peeked `Err` holds.
+fn next_err<T>(it: &mut impl Iterator<Item = runtime::Result<T>>) -> runtime::RuntimeError {
+    match it.next() {
+        Some(Err(e)) => e,
+        _ => unreachable!("called on a peeked error"),
+    }
+}
+
+/// Invariant 4 for one saga's journal operations.
+fn check_saga_ops(a: &mut KrwAudit, out: &mut Vec<String>, saga: SagaId, saga_ops: &SagaOps) {
+    let has = |op: &str| saga_ops.contains_key(op);
+    if has(ops::COMMIT) && has(ops::RELEASE) {
+        a.fail_to(
+            out,
+            Check::OneEntry,
+            format!("saga {saga} was both committed and released"),
+        );
+    }
+    if (has(ops::COMMIT) || has(ops::RELEASE)) && !has(ops::HOLD) {
+        a.fail_to(
+            out,
+            Check::OneEntry,
+            format!("saga {saga} was committed or released without a hold"),
+        );
+    }
+    if has(ops::DEPOSIT) && saga_ops.len() > 1 {
+        a.fail_to(
+            out,
+            Check::OneEntry,
+            format!("deposit id {saga} also has exchange entries"),
+        );
+    }
+    let amounts: BTreeSet<_> = saga_ops.values().map(|(amount, _)| *amount).collect();
+    let users: BTreeSet<_> = saga_ops.values().map(|(_, u)| u).collect();
+    if amounts.len() > 1 || users.len() > 1 {
+        a.fail_to(
+            out,
+            Check::OneEntry,
+            format!("saga {saga}'s entries disagree on amount or user: {saga_ops:?}"),
+        );
+    }
+}
+
+/// One saga record against its journal operations and the expiry index. `stray` are the index
+/// keys naming this saga that its record does not want.
+fn check_saga_record(
+    a: &mut KrwAudit,
+    out: &mut Vec<String>,
+    store: &Store,
+    saga_id: SagaId,
+    rec: &SagaRecord,
+    saga_ops: &SagaOps,
+    stray: BTreeSet<String>,
+) -> runtime::Result<()> {
+    let found: BTreeSet<&str> = saga_ops.keys().map(String::as_str).collect();
+    let expected: BTreeSet<&str> = match rec.status {
+        SagaStatus::NoRequest | SagaStatus::Rejected { .. } => BTreeSet::new(),
+        SagaStatus::Held => [ops::HOLD].into(),
+        SagaStatus::Committed => [ops::HOLD, ops::COMMIT].into(),
+        SagaStatus::Released { .. } => [ops::HOLD, ops::RELEASE].into(),
+    };
+    if found != expected {
+        a.fail_to(
+            out,
+            Check::Holds,
+            format!(
+                "saga {saga_id} is {:?} but its journal has {found:?} (expected {expected:?})",
+                rec.status
+            ),
+        );
+    }
+    if let (Some(amount), Some((journaled, _))) = (rec.hold_amount(), saga_ops.get(ops::HOLD)) {
+        if amount.amount() != *journaled {
+            a.fail_to(
+                out,
+                Check::Holds,
+                format!("saga {saga_id} holds {amount} KRW but the journal held {journaled} KRW"),
+            );
+        }
+    }
+    let want: BTreeSet<String> = rec.expiry_index_key(saga_id).into_iter().collect();
+    // The index keys naming this saga: the one the record wants, if present, and the strays.
+    let mut have = stray;
+    for key in &want {
+        if store.read_raw(key)?.is_some() {
+            have.insert(key.clone());
+        }
+    }
+    if want != have {
+        a.fail_to(
+            out,
+            Check::Holds,
+            format!(
+                "saga {saga_id} ({:?}, pinned {}) needs expiry index {want:?} but has {have:?}",
+                rec.status, rec.pinned
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// The user an entry moves money for, if its accounts are what its op should move between.
@@ -576,4 +742,162 @@ fn read_single<T: DeserializeOwned>(
         Some(v) => decode(a, key, v),
         None => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use events::{Event, ExchangeRequested, Krw, SagaId, Usd, UsdCredited, UserId};
+    use runtime::{Participant, Records, Store};
+
+    use crate::records::{deposit_key, expiry_key, saga_key};
+    use crate::{audit, deposit, KrwConfig, KrwService};
+
+    const T0: u64 = 1_800_000_000_000;
+
+    fn sid(n: u128) -> SagaId {
+        SagaId::from(uuid::Uuid::from_u128(n))
+    }
+
+    fn user(s: &str) -> UserId {
+        UserId::parse(s).unwrap()
+    }
+
+    fn krw(s: &str) -> Krw {
+        Krw::parse(s).unwrap()
+    }
+
+    /// Alice deposited (id 100), committed saga 1 and holds saga 7 (open, unpinned).
+    fn store() -> Store {
+        let store = Store::temporary().unwrap();
+        let svc = KrwService::new(KrwConfig::default());
+        store
+            .transact(|tx| deposit(tx, sid(100), &user("alice"), krw("5000000"), "ops", T0))
+            .unwrap();
+        let handle = |e: &Event| {
+            store.transact(|tx| svc.handle(tx, e, &(), T0)).unwrap();
+        };
+        let request = |n: u128, amount: &str| {
+            Event::ExchangeRequested(ExchangeRequested {
+                saga_id: sid(n),
+                user_id: user("alice"),
+                krw_amount: krw(amount),
+                min_usd_amount: None,
+            })
+        };
+        handle(&request(1, "1000000"));
+        handle(&Event::UsdCredited(UsdCredited {
+            saga_id: sid(1),
+            user_id: user("alice"),
+            usd_amount: Usd::parse("714.28").unwrap(),
+        }));
+        handle(&request(7, "100000"));
+        let report = audit(&store).unwrap();
+        assert!(report.ok, "{:#?}", report.failures);
+        store
+    }
+
+    fn failures(store: &Store) -> Vec<String> {
+        let report = audit(store).unwrap();
+        assert!(!report.ok);
+        report.failures
+    }
+
+    #[test]
+    fn the_expiry_index_must_be_exactly_the_open_unpinned_holds() {
+        // A missing index entry.
+        let s = store();
+        let key = expiry_key(T0 + 30_000, sid(7));
+        assert!(s.get::<serde_json::Value>(&key).unwrap().is_some(), "{key}");
+        s.transact(|tx| tx.remove(&key)).unwrap();
+        assert_eq!(
+            failures(&s),
+            [format!(
+                "holds: saga {} (Held, pinned false) needs expiry index {{\"{key}\"}} but has {{}}",
+                sid(7)
+            )]
+        );
+
+        // Entries for a committed saga, a second one for the open hold, one for no saga, and
+        // one that is not an index key.
+        let s = store();
+        s.transact(|tx| {
+            tx.put_raw(&expiry_key(5, sid(1)), b"null".to_vec())?;
+            tx.put_raw(&expiry_key(5, sid(7)), b"null".to_vec())?;
+            tx.put_raw(&expiry_key(6, sid(99)), b"null".to_vec())?;
+            tx.put_raw("exp:bad", b"null".to_vec())
+        })
+        .unwrap();
+        assert_eq!(
+            failures(&s),
+            [
+                "holds: exp:bad is not an expiry index key".to_owned(),
+                format!(
+                    "holds: saga {} (Committed, pinned false) needs expiry index {{}} but has {{\"{}\"}}",
+                    sid(1),
+                    expiry_key(5, sid(1))
+                ),
+                format!(
+                    "holds: saga {} (Held, pinned false) needs expiry index {{\"{key}\"}} but has {{\"{}\", \"{key}\"}}",
+                    sid(7),
+                    expiry_key(5, sid(7))
+                ),
+                format!(
+                    "holds: expiry index {{\"{}\"}} points at saga {}, which has no record",
+                    expiry_key(6, sid(99)),
+                    sid(99)
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn journal_entries_and_deposits_need_their_records() {
+        // An open hold's saga record is lost: its index entry, its held balance and its journal
+        // entry point at nothing.
+        let s = store();
+        s.transact(|tx| tx.remove(&saga_key(sid(7)))).unwrap();
+        let key = expiry_key(T0 + 30_000, sid(7));
+        assert_eq!(
+            failures(&s),
+            [
+                format!(
+                    "holds: expiry index {{\"{key}\"}} points at saga {}, which has no record",
+                    sid(7)
+                ),
+                "holds: acct:alice holds 100000 KRW but its open holds sum to 0 KRW".to_owned(),
+                format!(
+                    "holds: journal has [\"hold\"] for saga {}, which has no saga record",
+                    sid(7)
+                ),
+            ]
+        );
+
+        // A deposit record without its journal entry, one that does not decode, and a journal
+        // deposit without its record.
+        let s = store();
+        let dep: serde_json::Value = s.get(&deposit_key(sid(100))).unwrap().unwrap();
+        s.transact(|tx| {
+            tx.put(&deposit_key(sid(55)), &dep)?;
+            tx.put_raw(&deposit_key(sid(56)), b"{}".to_vec())?;
+            tx.remove(&deposit_key(sid(100)))
+        })
+        .unwrap();
+        let words = failures(&s);
+        assert_eq!(words.len(), 3, "{words:#?}");
+        assert!(words[0].starts_with(&format!("records: dep:{} does not decode", sid(56))));
+        assert_eq!(
+            words[1..],
+            [
+                format!(
+                    "deposits: journal has deposit {} but there is no dep:{} record",
+                    sid(100),
+                    sid(100)
+                ),
+                format!(
+                    "deposits: dep:{} has no journal entry; the deposit never reached a balance",
+                    sid(55)
+                ),
+            ]
+        );
+    }
 }

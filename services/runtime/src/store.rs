@@ -274,6 +274,58 @@ impl Store {
         })
     }
 
+    /// Every journal entry in the order of its own key `<saga_id>:<op>`, decoded one at a time.
+    /// Saga ids print at one fixed length, so one saga's entries are adjacent and sagas come in
+    /// id order: an audit can walk the journal side by side with its per-saga records, holding
+    /// one saga at a time.
+    ///
+    /// That is the stored order for every entry [`Tx`] wrote. An entry stored under a key that
+    /// is not its own (only possible behind the store's back) is found by a first pass, which
+    /// decodes only what does not start as its key says, and yielded where its own key sorts,
+    /// so an audit still sees it next to the entries it may duplicate. Memory: the misfiled
+    /// entries, none in a sound store.
+    pub fn journal_iter_by_saga(&self) -> Result<impl Iterator<Item = Result<JournalEntry>> + '_> {
+        let mut misfiled_keys = std::collections::BTreeSet::new();
+        let mut misfiled = Vec::new();
+        for item in self.journal.iter() {
+            let (k, v) = item?;
+            if starts_as_keyed(&k, &v) {
+                continue;
+            }
+            let e: JournalEntry = decode(&String::from_utf8_lossy(&k), &v)?;
+            if e.key().as_bytes() != &*k {
+                misfiled.push((e.key(), e));
+                misfiled_keys.insert(k);
+            }
+        }
+        // Stable: entries claiming one key keep their stored order.
+        misfiled.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut misfiled = misfiled.into_iter().peekable();
+        let mut stored = self.journal.iter().filter_map(move |item| match item {
+            Ok((k, _)) if misfiled_keys.contains(&k) => None,
+            Ok((k, v)) => Some(decode::<JournalEntry>(&String::from_utf8_lossy(&k), &v)),
+            Err(e) => Some(Err(e.into())),
+        });
+        let mut next_stored: Option<Result<JournalEntry>> = None;
+        Ok(std::iter::from_fn(move || {
+            if next_stored.is_none() {
+                next_stored = stored.next();
+            }
+            let misfiled_first = match (&next_stored, misfiled.peek()) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(Ok(e)), Some((key, _))) => *key < e.key(),
+                // An error ends the walk as soon as it is reached.
+                (Some(Err(_)), Some(_)) => false,
+            };
+            if misfiled_first {
+                misfiled.next().map(|(_, e)| Ok(e))
+            } else {
+                next_stored.take()
+            }
+        }))
+    }
+
     /// Forgets consumed event ids seen before `before_ms`. Safe because each service's per-saga
     /// state turns a replayed event into a no-op; the inbox is only the fast first line.
     pub fn prune_inbox(&self, before_ms: u64) -> Result<usize> {
@@ -440,6 +492,30 @@ impl From<RuntimeError> for ConflictableTransactionError<RuntimeError> {
     }
 }
 
+/// True when a journal value begins `{"saga_id":"<s>","op":"<o>"` for its key `<s>:<o>`, as
+/// every entry [`Tx::journal`] writes does (serde writes the fields in declaration order). A
+/// cheap test that the entry is stored under its own key; false says only "decode and see".
+fn starts_as_keyed(key: &[u8], value: &[u8]) -> bool {
+    let Some(colon) = key.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let (saga, op) = (&key[..colon], &key[colon + 1..]);
+    // Bytes that JSON writes as they are and that decode to themselves: a canonical (lowercase
+    // hyphenated) saga id, and an op without quotes or escapes.
+    if !saga
+        .iter()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b) || *b == b'-')
+        || op.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20)
+    {
+        return false;
+    }
+    let rest = value.strip_prefix(b"{\"saga_id\":\"".as_slice());
+    let rest = rest.and_then(|r| r.strip_prefix(saga));
+    let rest = rest.and_then(|r| r.strip_prefix(b"\",\"op\":\"".as_slice()));
+    let rest = rest.and_then(|r| r.strip_prefix(op));
+    rest.is_some_and(|r| r.first() == Some(&b'"'))
+}
+
 fn decode_outbox_key(k: &[u8]) -> u64 {
     read_u64(k)
 }
@@ -525,6 +601,52 @@ mod tests {
             "not rolled back"
         );
         assert_eq!(store.journal_entries().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_journal_by_saga_puts_an_entry_stored_under_another_key_where_its_own_key_sorts() {
+        let store = Store::temporary().unwrap();
+        let (a, b, c) = (
+            SagaId::from(uuid::Uuid::from_u128(1)),
+            SagaId::from(uuid::Uuid::from_u128(2)),
+            SagaId::from(uuid::Uuid::from_u128(3)),
+        );
+        store
+            .transact(|tx| {
+                tx.journal(&entry(a, "commit"))?;
+                tx.journal(&entry(b, "commit"))?;
+                tx.journal(&entry(c, "commit"))
+            })
+            .unwrap();
+        // Behind the store's back: a second `a:commit`, stored under c's key space.
+        let stray = entry(a, "commit");
+        let stray_key = format!("{c}:hold");
+        store
+            .journal
+            .insert(stray_key.as_bytes(), serde_json::to_vec(&stray).unwrap())
+            .unwrap();
+        let keys: Vec<String> = store
+            .journal_iter_by_saga()
+            .unwrap()
+            .map(|e| e.unwrap().key())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                format!("{a}:commit"),
+                format!("{a}:commit"),
+                format!("{b}:commit"),
+                format!("{c}:commit"),
+            ]
+        );
+        // A sound journal reads as stored.
+        store.journal.remove(stray_key.as_bytes()).unwrap();
+        let all: Vec<JournalEntry> = store
+            .journal_iter_by_saga()
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(all, store.journal_entries().unwrap());
     }
 
     #[test]

@@ -1,7 +1,5 @@
 //! fx-trade's self-check: order records against the fill/cancel journal.
 
-use std::collections::BTreeMap;
-
 use runtime::{JournalEntry, Store};
 use serde::Serialize;
 
@@ -34,90 +32,155 @@ pub struct TradeAudit {
 /// are reported as failures, not errors, so one bad record does not hide the rest.
 pub fn audit(store: &Store) -> runtime::Result<TradeAudit> {
     let mut a = TradeAudit::default();
-    let mut entries: BTreeMap<(String, String), JournalEntry> = BTreeMap::new();
-    for e in store.journal_iter() {
-        let e = e?;
-        match e.op.as_str() {
-            "fill" => a.fill_entries += 1,
-            "cancel" => a.cancel_entries += 1,
-            other => {
-                a.failures.push(format!(
+    // One walk over two streams sorted by saga id: the journal, in the order of its own keys
+    // `<saga_id>:<op>` (one saga's entries adjacent), and the order records `order:<saga_id>`.
+    // Only the current saga's entries are held. Each part of the report collects its
+    // sentences separately and they are joined in the order of the checks.
+    let mut entry_failures = Vec::new();
+    let mut record_failures = Vec::new();
+    let mut unexplained = 0;
+    let mut journal = store.journal_iter_by_saga()?.peekable();
+    let mut records = store
+        .scan_iter::<serde_json::Value>(ORDER_PREFIX)
+        .peekable();
+    loop {
+        let next_entry = match journal.peek() {
+            Some(Ok(e)) => Some(e.saga_id.to_string()),
+            Some(Err(_)) => return Err(next_err(&mut journal)),
+            None => None,
+        };
+        // Compared as text, as the record's key names it.
+        let next_record = match records.peek() {
+            Some(Ok((key, _))) => Some(key.trim_start_matches(ORDER_PREFIX).to_owned()),
+            Some(Err(_)) => return Err(next_err(&mut records)),
+            None => None,
+        };
+        let Some(saga) = [&next_entry, &next_record]
+            .into_iter()
+            .flatten()
+            .min()
+            .cloned()
+        else {
+            break;
+        };
+
+        // This saga's fill and cancel entries; of two claiming one op, the last one counts.
+        let mut fill_entry: Option<JournalEntry> = None;
+        let mut cancel_entry: Option<JournalEntry> = None;
+        while let Some(e) = journal.next_if(|e| matches!(e, Ok(e) if e.saga_id.to_string() == saga))
+        {
+            let e = e?;
+            match e.op.as_str() {
+                "fill" => {
+                    a.fill_entries += 1;
+                    fill_entry = Some(e);
+                }
+                "cancel" => {
+                    a.cancel_entries += 1;
+                    cancel_entry = Some(e);
+                }
+                other => entry_failures.push(format!(
                     "journal entry {} has operation {other:?}; fx-trade only journals fill and cancel",
                     e.key()
-                ));
-                continue;
+                )),
             }
         }
-        entries.insert((e.saga_id.to_string(), e.op.clone()), e);
-    }
-    let mut explained = 0;
-    for (key, raw) in store.scan::<serde_json::Value>(ORDER_PREFIX)? {
+        let entries = usize::from(fill_entry.is_some()) + usize::from(cancel_entry.is_some());
+
+        if next_record.as_deref() != Some(saga.as_str()) {
+            unexplained += entries;
+            continue;
+        }
+        let (key, raw) = records.next().expect("peeked")?;
         a.orders += 1;
-        let saga = key.trim_start_matches(ORDER_PREFIX).to_owned();
         let record: OrderRecord = match serde_json::from_value(raw) {
             Ok(r) => r,
             Err(e) => {
-                a.failures
-                    .push(format!("record {key} does not decode as an order: {e}"));
+                record_failures.push(format!("record {key} does not decode as an order: {e}"));
+                unexplained += entries;
                 continue;
             }
         };
-        let fill_entry = entries.get(&(saga.clone(), "fill".into()));
-        let cancel_entry = entries.get(&(saga.clone(), "cancel".into()));
-        explained += usize::from(fill_entry.is_some()) + usize::from(cancel_entry.is_some());
-        let (fill, cancelled) = match &record.state {
-            OrderState::Filled(f) => {
-                a.filled += 1;
-                (Some(f), false)
-            }
-            OrderState::Cancelled { fill, .. } => {
-                a.cancelled += 1;
-                (Some(fill), true)
-            }
-            // An execution found after a venue_unavailable was booked and reversed at once.
-            OrderState::Failed { reversed, .. } => {
-                a.failed += 1;
-                (reversed.as_ref(), reversed.is_some())
-            }
-        };
-        match (fill, fill_entry) {
-            (Some(f), Some(e)) if e.amount != f.usd_amount.amount() => a.failures.push(format!(
-                "saga {saga}: the order filled {} USD but the journal's fill says {}",
-                f.usd_amount, e.amount
-            )),
-            (Some(f), None) => a.failures.push(format!(
-                "saga {saga}: the order filled {} USD but the journal has no fill entry",
-                f.usd_amount
-            )),
-            (None, Some(e)) => a.failures.push(format!(
-                "saga {saga}: the order never filled but the journal has a fill of {} USD",
-                e.amount
-            )),
-            _ => {}
-        }
-        match (cancelled, cancel_entry) {
-            (true, None) => a.failures.push(format!(
-                "saga {saga}: the order was cancelled but the journal has no cancel entry"
-            )),
-            (false, Some(_)) => a.failures.push(format!(
-                "saga {saga}: the journal has a cancel entry but the order is not cancelled"
-            )),
-            (true, Some(e)) if fill.is_some_and(|f| e.amount != f.usd_amount.amount()) => {
-                a.failures.push(format!(
-                    "saga {saga}: the order reversed {} USD but the journal's cancel says {}",
-                    fill.map(|f| f.usd_amount).unwrap_or_default(),
-                    e.amount
-                ))
-            }
-            _ => {}
-        }
+        check_order(
+            &mut a,
+            &mut record_failures,
+            &saga,
+            &record,
+            fill_entry.as_ref(),
+            cancel_entry.as_ref(),
+        );
     }
-    if explained < entries.len() {
+    a.failures.append(&mut entry_failures);
+    a.failures.append(&mut record_failures);
+    if unexplained > 0 {
         a.failures.push(format!(
-            "{} journal entries belong to no order record",
-            entries.len() - explained
+            "{unexplained} journal entries belong to no order record"
         ));
     }
     a.ok = a.failures.is_empty();
     Ok(a)
+}
+
+/// One order record against its fill and cancel entries.
+fn check_order(
+    a: &mut TradeAudit,
+    failures: &mut Vec<String>,
+    saga: &str,
+    record: &OrderRecord,
+    fill_entry: Option<&JournalEntry>,
+    cancel_entry: Option<&JournalEntry>,
+) {
+    let (fill, cancelled) = match &record.state {
+        OrderState::Filled(f) => {
+            a.filled += 1;
+            (Some(f), false)
+        }
+        OrderState::Cancelled { fill, .. } => {
+            a.cancelled += 1;
+            (Some(fill), true)
+        }
+        // An execution found after a venue_unavailable was booked and reversed at once.
+        OrderState::Failed { reversed, .. } => {
+            a.failed += 1;
+            (reversed.as_ref(), reversed.is_some())
+        }
+    };
+    match (fill, fill_entry) {
+        (Some(f), Some(e)) if e.amount != f.usd_amount.amount() => failures.push(format!(
+            "saga {saga}: the order filled {} USD but the journal's fill says {}",
+            f.usd_amount, e.amount
+        )),
+        (Some(f), None) => failures.push(format!(
+            "saga {saga}: the order filled {} USD but the journal has no fill entry",
+            f.usd_amount
+        )),
+        (None, Some(e)) => failures.push(format!(
+            "saga {saga}: the order never filled but the journal has a fill of {} USD",
+            e.amount
+        )),
+        _ => {}
+    }
+    match (cancelled, cancel_entry) {
+        (true, None) => failures.push(format!(
+            "saga {saga}: the order was cancelled but the journal has no cancel entry"
+        )),
+        (false, Some(_)) => failures.push(format!(
+            "saga {saga}: the journal has a cancel entry but the order is not cancelled"
+        )),
+        (true, Some(e)) if fill.is_some_and(|f| e.amount != f.usd_amount.amount()) => failures
+            .push(format!(
+                "saga {saga}: the order reversed {} USD but the journal's cancel says {}",
+                fill.map(|f| f.usd_amount).unwrap_or_default(),
+                e.amount
+            )),
+        _ => {}
+    }
+}
+
+/// The error a peeked `Err` holds.
+fn next_err<T>(it: &mut impl Iterator<Item = runtime::Result<T>>) -> runtime::RuntimeError {
+    match it.next() {
+        Some(Err(e)) => e,
+        _ => unreachable!("called on a peeked error"),
+    }
 }

@@ -85,17 +85,19 @@ pub fn audit(store: &Store) -> runtime::Result<UsdAudit> {
         }
     };
 
-    // Balances as stored.
+    // Balances as stored, per user: bounded by the number of users (a few hundred in the
+    // benchmark), not of sagas, and needed for the replay below.
     let mut stored: BTreeMap<String, Decimal> = BTreeMap::new();
     let mut frozen = 0;
-    let accounts = store.scan::<Value>(ACCOUNT_PREFIX)?;
-    for (key, raw) in &accounts {
+    for item in store.scan_iter::<Value>(ACCOUNT_PREFIX) {
+        let (key, raw) = item?;
         let user = key.trim_start_matches(ACCOUNT_PREFIX);
-        let v = read(key, raw, "usd");
+        let v = read(&key, &raw, "usd");
         if raw.get("frozen").and_then(Value::as_bool) == Some(true) {
             frozen += 1;
         }
         stored.insert(format!("user:{user}"), v);
+        a.users += 1;
     }
     let house = match store.get::<Value>(HOUSE_KEY)? {
         Some(raw) => read(HOUSE_KEY, &raw, "usd"),
@@ -105,7 +107,6 @@ pub fn audit(store: &Store) -> runtime::Result<UsdAudit> {
         Some(raw) => read(TOTALS_KEY, &raw, "deposits"),
         None => Decimal::ZERO,
     };
-    a.users = accounts.len();
     a.frozen = frozen;
     a.user_total = stored.values().fold(Decimal::ZERO, |s, v| add(s, *v));
     a.house = house;
@@ -122,33 +123,96 @@ pub fn audit(store: &Store) -> runtime::Result<UsdAudit> {
         ));
     }
 
-    // 3. Replay the journal.
+    // 3 and 4 in one walk over two streams sorted by saga id: the journal, in the order of its
+    // own keys `<saga_id>:<op>` (one saga's entries adjacent), and the credit records
+    // `credit:<saga_id>`. Only the current saga's entries are held; the replay is per journal
+    // account (users, the house, `external`), so bounded by users. Each part of the report
+    // collects its sentences separately and they are joined in the order of the checks.
     let mut replay: BTreeMap<String, Decimal> = BTreeMap::new();
-    let mut journaled: BTreeMap<(String, String), Decimal> = BTreeMap::new();
-    for e in store.journal_iter() {
-        let e = e?;
-        *a.journal.entry(e.op.clone()).or_default() += 1;
-        if e.currency != "USD" {
-            a.failures.push(format!(
-                "journal entry {} is in {}; fx-usd only books USD",
-                e.key(),
-                e.currency
-            ));
-            continue;
+    let mut entry_failures = Vec::new();
+    let mut record_failures = Vec::new();
+    let mut unexplained_failures = Vec::new();
+    let mut journal = store.journal_iter_by_saga()?.peekable();
+    let mut records = store.scan_iter::<Value>(CREDIT_PREFIX).peekable();
+    loop {
+        let next_entry = match journal.peek() {
+            Some(Ok(e)) => Some(e.saga_id.to_string()),
+            Some(Err(_)) => return Err(next_err(&mut journal)),
+            None => None,
+        };
+        // Compared as text, as the record's key names it.
+        let next_record = match records.peek() {
+            Some(Ok((key, _))) => Some(key.trim_start_matches(CREDIT_PREFIX).to_owned()),
+            Some(Err(_)) => return Err(next_err(&mut records)),
+            None => None,
+        };
+        let Some(saga) = [&next_entry, &next_record]
+            .into_iter()
+            .flatten()
+            .min()
+            .cloned()
+        else {
+            break;
+        };
+
+        // 3. This saga's entries into the replay; (op, amount), the last entry of an op wins.
+        let mut journaled: Vec<(String, Decimal)> = Vec::new();
+        while let Some(e) = journal.next_if(|e| matches!(e, Ok(e) if e.saga_id.to_string() == saga))
+        {
+            let e = e?;
+            *a.journal.entry(e.op.clone()).or_default() += 1;
+            if e.currency != "USD" {
+                entry_failures.push(format!(
+                    "journal entry {} is in {}; fx-usd only books USD",
+                    e.key(),
+                    e.currency
+                ));
+                continue;
+            }
+            if e.amount <= Decimal::ZERO {
+                entry_failures.push(format!(
+                    "journal entry {} has a non-positive amount {}",
+                    e.key(),
+                    e.amount
+                ));
+            }
+            let d = replay.entry(e.debit.clone()).or_default();
+            *d = sub(*d, e.amount);
+            let c = replay.entry(e.credit.clone()).or_default();
+            *c = add(*c, e.amount);
+            match journaled.iter_mut().find(|(op, _)| *op == e.op) {
+                Some(slot) => slot.1 = e.amount,
+                None => journaled.push((e.op, e.amount)),
+            }
         }
-        if e.amount <= Decimal::ZERO {
-            a.failures.push(format!(
-                "journal entry {} has a non-positive amount {}",
-                e.key(),
-                e.amount
-            ));
+        let found = |op: &str| journaled.iter().find(|(o, _)| o == op).map(|(_, v)| *v);
+
+        // 4. Its credit record against those entries.
+        let mut explained = false;
+        if next_record.as_deref() == Some(saga.as_str()) {
+            let (key, raw) = records.next().expect("peeked")?;
+            a.sagas += 1;
+            match serde_json::from_value::<CreditRecord>(raw) {
+                Ok(record) => {
+                    explained = true;
+                    check_record(&mut record_failures, &saga, &record, found);
+                }
+                Err(e) => {
+                    record_failures.push(format!("{key} does not decode as a credit record: {e}"))
+                }
+            }
         }
-        let d = replay.entry(e.debit.clone()).or_default();
-        *d = sub(*d, e.amount);
-        let c = replay.entry(e.credit.clone()).or_default();
-        *c = add(*c, e.amount);
-        journaled.insert((e.saga_id.to_string(), e.op.clone()), e.amount);
+        if !explained {
+            for op in ["credit", "debit"] {
+                if found(op).is_some() {
+                    unexplained_failures.push(format!(
+                        "saga {saga}: the journal has a {op} but there is no credit record"
+                    ));
+                }
+            }
+        }
     }
+    a.failures.append(&mut entry_failures);
     let replayed_deposits = -replay.remove(EXTERNAL_ACCOUNT).unwrap_or_default();
     if replayed_deposits != deposits {
         a.failures.push(format!(
@@ -179,52 +243,46 @@ pub fn audit(store: &Store) -> runtime::Result<UsdAudit> {
             Some(_) => {}
         }
     }
-
-    // 4. Per-saga records against their journal entries.
-    let mut explained: BTreeSet<(String, String)> = BTreeSet::new();
-    for item in store.scan_iter::<Value>(CREDIT_PREFIX) {
-        let (key, raw) = item?;
-        a.sagas += 1;
-        let saga = key.trim_start_matches(CREDIT_PREFIX).to_owned();
-        let record: CreditRecord = match serde_json::from_value(raw) {
-            Ok(r) => r,
-            Err(e) => {
-                a.failures
-                    .push(format!("{key} does not decode as a credit record: {e}"));
-                continue;
-            }
-        };
-        let (credited, debited) = match record.state {
-            CreditState::Credited { usd_amount, .. } => (Some(usd_amount), None),
-            CreditState::Debited { usd_amount, .. } => (Some(usd_amount), Some(usd_amount)),
-            CreditState::Failed { .. } => (None, None),
-        };
-        for (op, expected) in [("credit", credited), ("debit", debited)] {
-            let k = (saga.clone(), op.to_owned());
-            let found = journaled.get(&k).copied();
-            explained.insert(k);
-            match (expected, found) {
-                (Some(x), Some(f)) if x.amount() != f => a.failures.push(format!(
-                    "saga {saga}: the record says {op} {x} USD, the journal says {f} USD"
-                )),
-                (Some(x), None) => a.failures.push(format!(
-                    "saga {saga}: the record says {op} {x} USD, but the journal has no {op}"
-                )),
-                (None, Some(f)) => a.failures.push(format!(
-                    "saga {saga}: the journal has a {op} of {f} USD the record does not explain"
-                )),
-                _ => {}
-            }
-        }
-    }
-    for (saga, op) in journaled.keys() {
-        if (op == "credit" || op == "debit") && !explained.contains(&(saga.clone(), op.clone())) {
-            a.failures.push(format!(
-                "saga {saga}: the journal has a {op} but there is no credit record"
-            ));
-        }
-    }
+    a.failures.append(&mut record_failures);
+    a.failures.append(&mut unexplained_failures);
 
     a.ok = a.failures.is_empty();
     Ok(a)
+}
+
+/// 4 for one saga: its credit record against its journal entries (`found(op)` is the amount of
+/// its `op` entry, if any).
+fn check_record(
+    failures: &mut Vec<String>,
+    saga: &str,
+    record: &CreditRecord,
+    found: impl Fn(&str) -> Option<Decimal>,
+) {
+    let (credited, debited) = match record.state {
+        CreditState::Credited { usd_amount, .. } => (Some(usd_amount), None),
+        CreditState::Debited { usd_amount, .. } => (Some(usd_amount), Some(usd_amount)),
+        CreditState::Failed { .. } => (None, None),
+    };
+    for (op, expected) in [("credit", credited), ("debit", debited)] {
+        match (expected, found(op)) {
+            (Some(x), Some(f)) if x.amount() != f => failures.push(format!(
+                "saga {saga}: the record says {op} {x} USD, the journal says {f} USD"
+            )),
+            (Some(x), None) => failures.push(format!(
+                "saga {saga}: the record says {op} {x} USD, but the journal has no {op}"
+            )),
+            (None, Some(f)) => failures.push(format!(
+                "saga {saga}: the journal has a {op} of {f} USD the record does not explain"
+            )),
+            _ => {}
+        }
+    }
+}
+
+/// The error a peeked `Err` holds.
+fn next_err<T>(it: &mut impl Iterator<Item = runtime::Result<T>>) -> runtime::RuntimeError {
+    match it.next() {
+        Some(Err(e)) => e,
+        _ => unreachable!("called on a peeked error"),
+    }
 }

@@ -3,19 +3,21 @@
 # release build on this machine, then
 #   1. saturation: fxctl bench --sagas N --concurrency C --baseline (the null saga beside it),
 #   2. fixed offered load at 250, 500, 750, 1000, 1250, 1500 sagas/s for D seconds each,
+#   3. each service's resident memory (with the defaults: after 100,000 sagas in all, each
+#      run followed by fxctl audit, which reads every store whole),
 # writing docs/bench/results.jsonl and plotting docs/bench/latency.png (scripts/plot_latency.py).
 #
-#   scripts/bench.sh [--sagas 20000] [--concurrency 256] [--duration 10]
+#   scripts/bench.sh [--sagas 47500] [--concurrency 256] [--duration 10]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-sagas=20000; concurrency=256; duration=10
+sagas=47500; concurrency=256; duration=10
 while (($#)); do
   case "$1" in
     --sagas) sagas="$2"; shift 2 ;;
     --concurrency) concurrency="$2"; shift 2 ;;
     --duration) duration="$2"; shift 2 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done

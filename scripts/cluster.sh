@@ -6,7 +6,7 @@
 #   scripts/cluster.sh [--partitions N]      (default 2; 1 to 8)
 #   scripts/cluster.sh --partitions N --bench [--sagas 20000] [--concurrency 256] [--rate 1000]
 #       the documented cluster benchmark (docs/benchmarks.md): release build, fresh data under
-#       .fx/cluster-bench (removed after), no tracker, RUST_LOG=warn; runs fxctl bench saturated
+#       .fx/cluster-bench (kept until the next run), no tracker, RUST_LOG=warn; runs fxctl bench saturated
 #       with the null-saga baseline, then at a fixed rate for 10 s, appends both results to
 #       docs/bench/cluster.jsonl, and stops.
 #
@@ -50,7 +50,7 @@ fi
 
 dir="$root/.fx/cluster"
 if ((bench)); then
-  # A fresh cluster every run, so runs compare; removed afterwards.
+  # A fresh cluster every run, so runs compare; kept afterwards for its logs.
   dir="$root/.fx/cluster-bench"
   rm -rf "$dir"
   export RUST_LOG="${RUST_LOG:-warn}"
@@ -179,7 +179,6 @@ if ((bench)); then
     pid="$(cat "$f")"
     echo "{$tag,\"rss_kib\":{\"instance\":\"$(basename "$f" .pid)\",\"kib\":$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")}}" | tee -a "$out"
   done
-  rm -rf "$dir"
   exit 0
 fi
 # The tracker reads FX, which the services create: start it once they answer.

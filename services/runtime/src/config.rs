@@ -134,6 +134,9 @@ pub struct RuntimeConfig {
     pub shutdown_deadline_ms: u64,
     /// `FX_PARTITIONS` and `FX_PARTITION`: which users this instance owns.
     pub partitioning: Partitioning,
+    /// `FX_STORE_CACHE_MIB`: sled's cache. Most of a service's resident memory: sled settles
+    /// near twice this (its accounting counts on-disk sizes).
+    pub store_cache_mib: u64,
 }
 
 impl RuntimeConfig {
@@ -158,6 +161,7 @@ impl RuntimeConfig {
             inbox_retention_ms: env_parse("FX_INBOX_RETENTION_MS", 7 * 24 * 3600 * 1000)?,
             shutdown_deadline_ms: env_parse("FX_SHUTDOWN_DEADLINE_MS", 10_000)?,
             partitioning: partitioning_from_env()?,
+            store_cache_mib: env_parse("FX_STORE_CACHE_MIB", crate::Store::DEFAULT_CACHE_MIB)?,
         })
     }
 
@@ -175,6 +179,7 @@ impl RuntimeConfig {
             inbox_retention_ms: 7 * 24 * 3600 * 1000,
             shutdown_deadline_ms: 5_000,
             partitioning: Partitioning::SINGLE,
+            store_cache_mib: crate::Store::DEFAULT_CACHE_MIB,
         }
     }
 

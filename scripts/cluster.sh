@@ -155,13 +155,15 @@ start() {
     exit 1
   ) >"$logs/$instance.log" 2>&1 &
   pids+=($!)
-  echo "   fx-$instance: http://$http/readyz, pid in .fx/cluster/$instance.pid, log .fx/cluster/logs/$instance.log"
+  echo "   fx-$instance: http://$http/readyz, pid in ${dir#"$root"/}/$instance.pid, log ${logs#"$root"/}/$instance.log"
 }
 say "starting $partitions instance(s) each of fx-usd, fx-trade, fx-krw on NATS_URL=$NATS_URL (FX_STREAM_REPLICAS=3, FX_PARTITIONS=$partitions)"
 for ((k = 0; k < partitions; k++)); do
-  start usd "127.0.0.1:91${k}3" "$k"
-  start trade "127.0.0.1:91${k}2" "$k"
-  start krw "127.0.0.1:91${k}1" "$k"
+  part="$k"
+  ((partitions > 1)) || part=""   # one partition: plain fx-<service>, as scripts/run.sh runs it
+  start usd "127.0.0.1:91${k}3" $part
+  start trade "127.0.0.1:91${k}2" $part
+  start krw "127.0.0.1:91${k}1" $part
 done
 # `fxctl audit` asks every partition's fx-krw and fx-usd.
 wait_until "every fx-krw and fx-usd instance" 90 "$fxctl" audit

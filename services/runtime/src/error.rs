@@ -36,7 +36,8 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
-    pub(crate) fn js(action: &'static str, e: impl std::fmt::Display) -> RuntimeError {
+    /// A failed JetStream call; `action` names it (e.g. "get stream FX").
+    pub fn js(action: &'static str, e: impl std::fmt::Display) -> RuntimeError {
         RuntimeError::JetStream {
             action,
             message: e.to_string(),

@@ -60,12 +60,33 @@ pub fn nats_server_bin() -> PathBuf {
     panic!("no nats-server found: run scripts/ensure-nats.sh (or set NATS_SERVER_BIN)");
 }
 
-/// A free TCP port on loopback (bound and released; the tiny race is acceptable in tests).
+/// Ports handed out by [`free_port`] come from below Linux's ephemeral range (32768–60999): a
+/// port from inside it can be taken by any outgoing connection between the check and the
+/// server's bind (seen: a cluster node's route port, with a dozen processes connecting).
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_768;
+
+/// A free TCP port on loopback, never the same twice in one process. Bound and released, so
+/// another process could still take it before it is used; outside the ephemeral range that
+/// takes another test choosing the same port at the same moment.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    use std::collections::HashSet;
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let span = u64::from(TEST_PORTS.end - TEST_PORTS.start);
+    let seed = RandomState::new();
+    for attempt in 0u64.. {
+        assert!(attempt < 10_000, "no free port in {TEST_PORTS:?}");
+        let port = TEST_PORTS.start + (seed.hash_one(attempt) % span) as u16;
+        let mut given = GIVEN.lock().expect("port registry");
+        let given = given.get_or_insert_with(HashSet::new);
+        if given.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        given.insert(port);
+        return port;
+    }
+    unreachable!()
 }
 
 /// A nats-server process just spawned, whose stderr a thread reads into a shared log.

@@ -199,14 +199,19 @@ impl Tracker {
         let js = runtime::broker::jetstream(client);
         // Creating the stream is not publishing: it only lets the tracker start before the
         // services. An existing stream is left as it is (drift is logged by provision).
-        runtime::provision(&js, &config.streams).await?;
-        let stream = js
-            .get_stream(runtime::STREAM)
-            .await
-            .map_err(|e| TrackerError::JetStream {
-                action: "get stream FX",
-                message: e.to_string(),
-            })?;
+        // Retried like the services do: on a cluster these calls time out while leaders are
+        // elected, and the tracker should wait that out rather than exit.
+        let timeout_ms = config.nats.connect_timeout_ms;
+        runtime::broker::retry_setup("provisioning", timeout_ms, || {
+            runtime::provision(&js, &config.streams)
+        })
+        .await?;
+        let stream = runtime::broker::retry_setup("get stream FX", timeout_ms, || async {
+            js.get_stream(runtime::STREAM)
+                .await
+                .map_err(|e| runtime::RuntimeError::js("get stream FX", e))
+        })
+        .await?;
         let model = Arc::new(ReadModel::open(
             &config.data_dir,
             config.retain,

@@ -274,11 +274,12 @@ pub fn audit(store: &Store) -> runtime::Result<KrwAudit> {
         );
     }
 
-    // One walk over three streams sorted by saga id: the journal (in the order of its own keys
-    // `<saga_id>:<op>`, so one saga's entries are adjacent), the saga records `saga:<id>` and
-    // the deposit records `dep:<id>`. Only the current saga's operations are held. Each part of
-    // the report collects its sentences separately, so the failures read in the order of the
-    // checks, as when the store was read one part after another.
+    // One walk (`Store::by_saga`) over three streams sorted by saga id: the journal (in the
+    // order of its own keys `<saga_id>:<op>`, so one saga's entries are adjacent), the saga
+    // records `saga:<id>` and the deposit records `dep:<id>`. Only the current saga's
+    // operations are held. Each part of the report collects its sentences separately, so the
+    // failures read in the order of the checks, as when the store was read one part after
+    // another.
     let mut entry_failures = Vec::new(); // each journal entry's shape
     let mut op_failures = Vec::new(); // each saga's set of operations
     let mut record_failures = Vec::new(); // saga records against journal and index
@@ -315,65 +316,33 @@ pub fn audit(store: &Store) -> runtime::Result<KrwAudit> {
     let mut replay: BTreeMap<String, Decimal> = BTreeMap::new();
     // Σ open holds per user (bounded by users).
     let mut open_by_user: BTreeMap<String, Decimal> = BTreeMap::new();
-    let mut journal = store.journal_iter_by_saga()?.peekable();
-    let mut sagas = store.scan_iter::<serde_json::Value>(SAGA_PREFIX).peekable();
-    let mut deposit_iter = store
-        .scan_iter::<serde_json::Value>(DEPOSIT_PREFIX)
-        .peekable();
-    loop {
-        let next_entry = match journal.peek() {
-            Some(Ok(e)) => Some(e.saga_id),
-            Some(Err(_)) => return Err(next_err(&mut journal)),
-            None => None,
-        };
-        let next_record = loop {
-            match sagas.peek() {
-                Some(Ok((key, _))) => match SagaId::parse(&key[SAGA_PREFIX.len()..]) {
-                    Ok(id) => break Some(id),
-                    Err(_) => {
-                        a.totals.sagas += 1;
-                        a.fail_to(
-                            &mut record_failures,
-                            Check::Readable,
-                            format!("{key} does not name a saga id"),
-                        );
-                        sagas.next();
-                    }
-                },
-                Some(Err(_)) => return Err(next_err(&mut sagas)),
-                None => break None,
+    for group in store.by_saga::<SagaId, serde_json::Value, 2>([SAGA_PREFIX, DEPOSIT_PREFIX])? {
+        let group = group?;
+        let [saga_record, deposit_record] = group.records;
+        let Some(saga) = group.saga else {
+            // A record whose key names no saga, reported where its key sorts.
+            if let Some((key, _)) = saga_record {
+                a.totals.sagas += 1;
+                a.fail_to(
+                    &mut record_failures,
+                    Check::Readable,
+                    format!("{key} does not name a saga id"),
+                );
             }
-        };
-        let next_deposit = loop {
-            match deposit_iter.peek() {
-                Some(Ok((key, _))) => match SagaId::parse(&key[DEPOSIT_PREFIX.len()..]) {
-                    Ok(id) => break Some(id),
-                    Err(_) => {
-                        a.fail_to(
-                            &mut deposit_record_failures,
-                            Check::Readable,
-                            format!("{key} does not name a deposit id"),
-                        );
-                        deposit_iter.next();
-                    }
-                },
-                Some(Err(_)) => return Err(next_err(&mut deposit_iter)),
-                None => break None,
+            if let Some((key, _)) = deposit_record {
+                a.fail_to(
+                    &mut deposit_record_failures,
+                    Check::Readable,
+                    format!("{key} does not name a deposit id"),
+                );
             }
-        };
-        let Some(saga) = [next_entry, next_record, next_deposit]
-            .into_iter()
-            .flatten()
-            .min()
-        else {
-            break;
+            continue;
         };
 
         // This saga's journal entries, checking each one's shape on the way.
         let mut saga_ops = SagaOps::default();
-        let mut journaled = false;
-        while let Some(Ok(e)) = journal.next_if(|e| matches!(e, Ok(e) if e.saga_id == saga)) {
-            journaled = true;
+        let journaled = !group.entries.is_empty();
+        for e in group.entries {
             a.totals.journal_entries += 1;
             let key = e.key();
             if e.currency != "KRW" || e.amount <= Decimal::ZERO {
@@ -417,8 +386,7 @@ pub fn audit(store: &Store) -> runtime::Result<KrwAudit> {
 
         // Its saga record, against the journal, the expiry index and the held balances.
         let mut recorded = false;
-        if next_record == Some(saga) {
-            let (key, value) = sagas.next().expect("peeked")?;
+        if let Some((key, value)) = saga_record {
             a.totals.sagas += 1;
             if let Some(rec) = a.decode_to::<SagaRecord>(&mut record_failures, &key, value) {
                 recorded = true;
@@ -443,8 +411,7 @@ pub fn audit(store: &Store) -> runtime::Result<KrwAudit> {
 
         // Its deposit record. Journal entries without a saga record must be a deposit.
         let mut deposit = None;
-        if next_deposit == Some(saga) {
-            let (key, value) = deposit_iter.next().expect("peeked")?;
+        if let Some((key, value)) = deposit_record {
             deposit = a.decode_to::<DepositRecord>(&mut deposit_record_failures, &key, value);
         }
         if journaled && !recorded {
@@ -593,14 +560,6 @@ pub fn audit(store: &Store) -> runtime::Result<KrwAudit> {
     a.failures.append(&mut deposit_failures);
     a.ok = a.failures.is_empty();
     Ok(a)
-}
-
-/// The error a peeked `Err` holds.
-fn next_err<T>(it: &mut impl Iterator<Item = runtime::Result<T>>) -> runtime::RuntimeError {
-    match it.next() {
-        Some(Err(e)) => e,
-        _ => unreachable!("called on a peeked error"),
-    }
 }
 
 /// Invariant 4 for one saga's journal operations.

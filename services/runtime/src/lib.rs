@@ -29,5 +29,6 @@ pub use runtime::{
     consumer_config, durable_name, publish_message, system_clock, traceparent, Clock, Runtime,
 };
 pub use store::{
-    abort, outbox_entry, JournalEntry, OutboxEntry, ReadRecords, Records, Store, Tx, TxResult,
+    abort, outbox_entry, JournalEntry, OutboxEntry, ReadRecords, Records, SagaGroup, SagaKey,
+    Store, Tx, TxResult,
 };

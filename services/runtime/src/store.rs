@@ -338,6 +338,85 @@ impl Store {
         }))
     }
 
+    /// The journal and the per-saga records under `prefixes` (`order:<saga_id>`, ...), walked
+    /// side by side and yielded one saga at a time, in saga id order: each saga's journal
+    /// entries (as [`Store::journal_iter_by_saga`] yields them) and its record under each
+    /// prefix, if any.
+    ///
+    /// It exists so that audits hold one saga at a time: what they keep across sagas is per
+    /// account, so their memory grows with users, not with sagas. `K` says how sagas are
+    /// compared and how a record's key names one (see `SagaKey`). A record whose key names
+    /// no saga is yielded alone, with `saga: None`, where its key sorts under its prefix.
+    /// Read-only. The walk ends at the first error: a journal error before a record error,
+    /// and the prefixes' errors in the order given.
+    pub fn by_saga<'a, K: SagaKey, V: DeserializeOwned + 'a, const N: usize>(
+        &'a self,
+        prefixes: [&'a str; N],
+    ) -> Result<impl Iterator<Item = Result<SagaGroup<K, V, N>>> + 'a> {
+        let mut journal = self.journal_iter_by_saga()?.peekable();
+        let mut records = prefixes.map(|p| self.scan_iter::<V>(p).peekable());
+        let mut failed = false;
+        Ok(std::iter::from_fn(move || {
+            if failed {
+                return None;
+            }
+            let step = (|| {
+                let next_entry = match journal.peek() {
+                    Some(Ok(e)) => Some(K::of_entry(e)),
+                    Some(Err(_)) => return Err(take_err(&mut journal)),
+                    None => None,
+                };
+                let mut heads: [Option<K>; N] = std::array::from_fn(|_| None);
+                for (i, it) in records.iter_mut().enumerate() {
+                    heads[i] = match it.peek() {
+                        Some(Ok((key, _))) => match K::of_record(prefixes[i], key) {
+                            Some(id) => Some(id),
+                            None => {
+                                let mut group = SagaGroup {
+                                    saga: None,
+                                    entries: Vec::new(),
+                                    records: std::array::from_fn(|_| None),
+                                };
+                                group.records[i] = it.next().transpose()?;
+                                return Ok(Some(group));
+                            }
+                        },
+                        Some(Err(_)) => return Err(take_err(it)),
+                        None => None,
+                    };
+                }
+                let Some(saga) = next_entry
+                    .iter()
+                    .chain(heads.iter().flatten())
+                    .min()
+                    .cloned()
+                else {
+                    return Ok(None);
+                };
+                let mut entries = Vec::new();
+                // An error stays in place, to end the walk on the next call.
+                while let Some(Ok(e)) =
+                    journal.next_if(|e| matches!(e, Ok(e) if K::of_entry(e) == saga))
+                {
+                    entries.push(e);
+                }
+                let mut group = SagaGroup {
+                    saga: Some(saga),
+                    entries,
+                    records: std::array::from_fn(|_| None),
+                };
+                for (i, it) in records.iter_mut().enumerate() {
+                    if heads[i] == group.saga {
+                        group.records[i] = it.next().transpose()?;
+                    }
+                }
+                Ok(Some(group))
+            })();
+            failed = step.is_err();
+            step.transpose()
+        }))
+    }
+
     /// Forgets consumed event ids seen before `before_ms`. Safe because each service's per-saga
     /// state turns a replayed event into a no-op; the inbox is only the fast first line.
     pub fn prune_inbox(&self, before_ms: u64) -> Result<usize> {
@@ -504,6 +583,57 @@ impl From<RuntimeError> for ConflictableTransactionError<RuntimeError> {
     }
 }
 
+/// One saga's share of a [`Store::by_saga`] walk.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SagaGroup<K, V, const N: usize> {
+    /// The saga; `None` for a record whose key names no saga (then it is the only record).
+    pub saga: Option<K>,
+    /// The saga's journal entries, in the order of their keys.
+    pub entries: Vec<JournalEntry>,
+    /// Per prefix, in the order given: the saga's record under it (key and value), if any.
+    pub records: [Option<(String, V)>; N],
+}
+
+/// How [`Store::by_saga`] compares sagas and reads a saga from a record's key.
+pub trait SagaKey: Ord + Clone {
+    /// A journal entry's saga.
+    fn of_entry(entry: &JournalEntry) -> Self;
+    /// The saga `key`, a key under `prefix`, names; `None` if it names none.
+    fn of_record(prefix: &str, key: &str) -> Option<Self>;
+}
+
+/// Sagas compared as text: an entry's printed id, a key with every leading `prefix` trimmed.
+/// Every key names a saga.
+impl SagaKey for String {
+    fn of_entry(entry: &JournalEntry) -> Self {
+        entry.saga_id.to_string()
+    }
+
+    fn of_record(prefix: &str, key: &str) -> Option<Self> {
+        Some(key.trim_start_matches(prefix).to_owned())
+    }
+}
+
+/// Sagas compared as ids: a key names a saga if what follows its prefix parses as one.
+impl SagaKey for SagaId {
+    fn of_entry(entry: &JournalEntry) -> Self {
+        entry.saga_id
+    }
+
+    fn of_record(prefix: &str, key: &str) -> Option<Self> {
+        key.strip_prefix(prefix)
+            .and_then(|id| SagaId::parse(id).ok())
+    }
+}
+
+/// The error a peeked `Err` holds.
+fn take_err<T>(it: &mut impl Iterator<Item = Result<T>>) -> RuntimeError {
+    match it.next() {
+        Some(Err(e)) => e,
+        _ => unreachable!("called on a peeked error"),
+    }
+}
+
 /// True when a journal value begins `{"saga_id":"<s>","op":"<o>"` for its key `<s>:<o>`, as
 /// every entry [`Tx::journal`] writes does (serde writes the fields in declaration order). A
 /// cheap test that the entry is stored under its own key; false says only "decode and see".
@@ -659,6 +789,64 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(all, store.journal_entries().unwrap());
+    }
+
+    #[test]
+    fn by_saga_yields_each_saga_with_its_entries_and_records_in_id_order() {
+        let store = Store::temporary().unwrap();
+        let id = |n: u128| SagaId::from(uuid::Uuid::from_u128(n << 124));
+        let (a, b, c, d) = (id(1), id(2), id(3), id(5));
+        store
+            .transact(|tx| {
+                tx.journal(&entry(c, "commit"))?;
+                tx.journal(&entry(a, "hold"))?;
+                tx.journal(&entry(a, "commit"))?;
+                tx.put(&format!("r:{a}"), &1u32)?;
+                tx.put(&format!("r:{d}"), &4u32)?;
+                tx.put("r:4", &9u32)?; // names no saga id; sorts between a and d
+                tx.put(&format!("q:{b}"), &2u32)
+            })
+            .unwrap();
+        let rec = |k: String, v: u32| Some((k, v));
+
+        // Compared as ids: the key that names none comes alone, where it sorts under `r:`.
+        let groups: Vec<SagaGroup<SagaId, u32, 2>> = store
+            .by_saga(["r:", "q:"])
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let summary: Vec<_> = groups
+            .iter()
+            .map(|g| {
+                let ops: Vec<&str> = g.entries.iter().map(|e| e.op.as_str()).collect();
+                (g.saga, ops, g.records.clone())
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    Some(a),
+                    vec!["commit", "hold"],
+                    [rec(format!("r:{a}"), 1), None]
+                ),
+                (None, vec![], [rec("r:4".into(), 9), None]),
+                (Some(b), vec![], [None, rec(format!("q:{b}"), 2)]),
+                (Some(c), vec!["commit"], [None, None]),
+                (Some(d), vec![], [rec(format!("r:{d}"), 4), None]),
+            ]
+        );
+
+        // Compared as text: every key names a saga, sorted with the rest.
+        let sagas: Vec<String> = store
+            .by_saga::<String, u32, 1>(["r:"])
+            .unwrap()
+            .map(|g| g.unwrap().saga.unwrap())
+            .collect();
+        assert_eq!(
+            sagas,
+            [a.to_string(), c.to_string(), "4".into(), d.to_string()]
+        );
     }
 
     #[test]

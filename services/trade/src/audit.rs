@@ -32,44 +32,23 @@ pub struct TradeAudit {
 /// are reported as failures, not errors, so one bad record does not hide the rest.
 pub fn audit(store: &Store) -> runtime::Result<TradeAudit> {
     let mut a = TradeAudit::default();
-    // One walk over two streams sorted by saga id: the journal, in the order of its own keys
-    // `<saga_id>:<op>` (one saga's entries adjacent), and the order records `order:<saga_id>`.
-    // Only the current saga's entries are held. Each part of the report collects its
-    // sentences separately and they are joined in the order of the checks.
+    // One walk (`Store::by_saga`) over two streams sorted by saga id: the journal, in the order
+    // of its own keys `<saga_id>:<op>` (one saga's entries adjacent), and the order records
+    // `order:<saga_id>`. Only the current saga's entries are held. Each part of the report
+    // collects its sentences separately and they are joined in the order of the checks.
     let mut entry_failures = Vec::new();
     let mut record_failures = Vec::new();
     let mut unexplained = 0;
-    let mut journal = store.journal_iter_by_saga()?.peekable();
-    let mut records = store
-        .scan_iter::<serde_json::Value>(ORDER_PREFIX)
-        .peekable();
-    loop {
-        let next_entry = match journal.peek() {
-            Some(Ok(e)) => Some(e.saga_id.to_string()),
-            Some(Err(_)) => return Err(next_err(&mut journal)),
-            None => None,
-        };
-        // Compared as text, as the record's key names it.
-        let next_record = match records.peek() {
-            Some(Ok((key, _))) => Some(key.trim_start_matches(ORDER_PREFIX).to_owned()),
-            Some(Err(_)) => return Err(next_err(&mut records)),
-            None => None,
-        };
-        let Some(saga) = [&next_entry, &next_record]
-            .into_iter()
-            .flatten()
-            .min()
-            .cloned()
-        else {
-            break;
-        };
+    for group in store.by_saga::<String, serde_json::Value, 1>([ORDER_PREFIX])? {
+        let group = group?;
+        // Compared as text, as the record's key names it: every key names a saga.
+        let saga = group.saga.expect("every key names a saga as text");
+        let [record] = group.records;
 
         // This saga's fill and cancel entries; of two claiming one op, the last one counts.
         let mut fill_entry: Option<JournalEntry> = None;
         let mut cancel_entry: Option<JournalEntry> = None;
-        while let Some(e) = journal.next_if(|e| matches!(e, Ok(e) if e.saga_id.to_string() == saga))
-        {
-            let e = e?;
+        for e in group.entries {
             match e.op.as_str() {
                 "fill" => {
                     a.fill_entries += 1;
@@ -87,11 +66,10 @@ pub fn audit(store: &Store) -> runtime::Result<TradeAudit> {
         }
         let entries = usize::from(fill_entry.is_some()) + usize::from(cancel_entry.is_some());
 
-        if next_record.as_deref() != Some(saga.as_str()) {
+        let Some((key, raw)) = record else {
             unexplained += entries;
             continue;
-        }
-        let (key, raw) = records.next().expect("peeked")?;
+        };
         a.orders += 1;
         let record: OrderRecord = match serde_json::from_value(raw) {
             Ok(r) => r,
@@ -174,13 +152,5 @@ fn check_order(
                 e.amount
             )),
         _ => {}
-    }
-}
-
-/// The error a peeked `Err` holds.
-fn next_err<T>(it: &mut impl Iterator<Item = runtime::Result<T>>) -> runtime::RuntimeError {
-    match it.next() {
-        Some(Err(e)) => e,
-        _ => unreachable!("called on a peeked error"),
     }
 }

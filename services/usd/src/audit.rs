@@ -123,43 +123,25 @@ pub fn audit(store: &Store) -> runtime::Result<UsdAudit> {
         ));
     }
 
-    // 3 and 4 in one walk over two streams sorted by saga id: the journal, in the order of its
-    // own keys `<saga_id>:<op>` (one saga's entries adjacent), and the credit records
-    // `credit:<saga_id>`. Only the current saga's entries are held; the replay is per journal
-    // account (users, the house, `external`), so bounded by users. Each part of the report
-    // collects its sentences separately and they are joined in the order of the checks.
+    // 3 and 4 in one walk (`Store::by_saga`) over two streams sorted by saga id: the journal,
+    // in the order of its own keys `<saga_id>:<op>` (one saga's entries adjacent), and the
+    // credit records `credit:<saga_id>`. Only the current saga's entries are held; the replay
+    // is per journal account (users, the house, `external`), so bounded by users. Each part of
+    // the report collects its sentences separately and they are joined in the order of the
+    // checks.
     let mut replay: BTreeMap<String, Decimal> = BTreeMap::new();
     let mut entry_failures = Vec::new();
     let mut record_failures = Vec::new();
     let mut unexplained_failures = Vec::new();
-    let mut journal = store.journal_iter_by_saga()?.peekable();
-    let mut records = store.scan_iter::<Value>(CREDIT_PREFIX).peekable();
-    loop {
-        let next_entry = match journal.peek() {
-            Some(Ok(e)) => Some(e.saga_id.to_string()),
-            Some(Err(_)) => return Err(next_err(&mut journal)),
-            None => None,
-        };
-        // Compared as text, as the record's key names it.
-        let next_record = match records.peek() {
-            Some(Ok((key, _))) => Some(key.trim_start_matches(CREDIT_PREFIX).to_owned()),
-            Some(Err(_)) => return Err(next_err(&mut records)),
-            None => None,
-        };
-        let Some(saga) = [&next_entry, &next_record]
-            .into_iter()
-            .flatten()
-            .min()
-            .cloned()
-        else {
-            break;
-        };
+    for group in store.by_saga::<String, Value, 1>([CREDIT_PREFIX])? {
+        let group = group?;
+        // Compared as text, as the record's key names it: every key names a saga.
+        let saga = group.saga.expect("every key names a saga as text");
+        let [record] = group.records;
 
         // 3. This saga's entries into the replay; (op, amount), the last entry of an op wins.
         let mut journaled: Vec<(String, Decimal)> = Vec::new();
-        while let Some(e) = journal.next_if(|e| matches!(e, Ok(e) if e.saga_id.to_string() == saga))
-        {
-            let e = e?;
+        for e in group.entries {
             *a.journal.entry(e.op.clone()).or_default() += 1;
             if e.currency != "USD" {
                 entry_failures.push(format!(
@@ -189,8 +171,7 @@ pub fn audit(store: &Store) -> runtime::Result<UsdAudit> {
 
         // 4. Its credit record against those entries.
         let mut explained = false;
-        if next_record.as_deref() == Some(saga.as_str()) {
-            let (key, raw) = records.next().expect("peeked")?;
+        if let Some((key, raw)) = record {
             a.sagas += 1;
             match serde_json::from_value::<CreditRecord>(raw) {
                 Ok(record) => {
@@ -276,13 +257,5 @@ fn check_record(
             )),
             _ => {}
         }
-    }
-}
-
-/// The error a peeked `Err` holds.
-fn next_err<T>(it: &mut impl Iterator<Item = runtime::Result<T>>) -> runtime::RuntimeError {
-    match it.next() {
-        Some(Err(e)) => e,
-        _ => unreachable!("called on a peeked error"),
     }
 }

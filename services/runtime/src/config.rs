@@ -125,7 +125,8 @@ pub struct RuntimeConfig {
     pub batch_max: usize,
     /// `FX_ACK_WAIT_MS`: how long the broker waits for an ack before redelivering.
     pub ack_wait_ms: u64,
-    /// `FX_RELAY_WINDOW`: most outbox entries published before awaiting their PubAcks.
+    /// `FX_RELAY_WINDOW`: most outbox entries published before awaiting their PubAcks (whole
+    /// outbox records, one per group commit, so a window holds at least one record).
     pub relay_window: usize,
     /// `FX_INBOX_RETENTION_MS`: how long a consumed event id is remembered for dedup. Longer
     /// than any redelivery; per-saga state is the lasting dedup after that.

@@ -1,7 +1,8 @@
 //! The participant runtime: what every service of the FX saga stands on.
 //!
 //! - [`Store`]: the service's sled store (state, journal, outbox, inbox) with one transaction
-//!   per handled event and a group-commit flush that gates both acks and publishing.
+//!   per run of a batch (each event rolling back alone) and a group-commit flush that gates
+//!   both acks and publishing.
 //! - [`Records`]: the read/write surface service code uses, implemented by the sled
 //!   transaction and by the deterministic simulation.
 //! - [`ReadRecords`]: read-only access to the committed records, for `prepare`.

@@ -396,6 +396,15 @@ async fn consume_loop<P: Participant>(
     }
 }
 
+/// One message of a batch on its way through the transaction: decoded (and prepared) or not.
+struct Unit<Pr> {
+    /// Index in the batch.
+    index: usize,
+    input: std::result::Result<(Event, Pr), events::DecodeError>,
+    now_ms: u64,
+    started: Instant,
+}
+
 async fn handle_batch<P: Participant>(
     participant: &P,
     store: &Store,
@@ -406,63 +415,109 @@ async fn handle_batch<P: Participant>(
 ) -> Result<()> {
     let service = participant.name();
     metrics::histogram!(names::BATCH_SIZE, "service" => service).record(batch.len() as f64);
-    let mut acks: Vec<(jetstream::Message, AckKind)> = Vec::with_capacity(batch.len());
-    // (index in `acks`, reason, message, stream sequence) of messages to dead-letter.
+    let mut kinds: Vec<AckKind> = Vec::with_capacity(batch.len());
+    // (index in the batch, reason, message, stream sequence) of messages to dead-letter.
     let mut dead: Vec<(usize, &'static str, String, u64)> = Vec::new();
-    for msg in batch {
-        let started = Instant::now();
-        let (stream_seq, delivered) = match msg.info() {
-            Ok(i) => (i.stream_sequence, i.delivered),
-            Err(_) => (0, 1),
-        };
-        if delivered > 1 {
-            metrics::counter!(names::REDELIVERIES, "service" => service).increment(1);
-        }
-        let now_ms = clock();
-        let outcome = handle_one(participant, store, &msg, now_ms).await;
-        let kind = match outcome {
-            Ok(Outcome::Handled(Handled::Applied)) => {
-                count(service, "applied");
-                AckKind::Ack
-            }
-            Ok(Outcome::Handled(Handled::Ignored)) => {
-                count(service, "ignored");
-                AckKind::Ack
-            }
-            Ok(Outcome::Duplicate) => {
-                count(service, "duplicate");
-                metrics::counter!(names::DUPLICATES, "service" => service).increment(1);
-                AckKind::Ack
-            }
-            Ok(Outcome::Handled(Handled::RetryAfter { delay_ms })) => {
-                count(service, "retry");
-                AckKind::Nak(Some(Duration::from_millis(delay_ms)))
-            }
-            Ok(Outcome::Handled(Handled::DeadLetter { reason, message })) => {
-                // Stored only after the flush below: the verdict may rest on state this batch
-                // wrote (a conflicting request beside the accepted one), and if a crash undid
-                // that state, the redelivery must be able to decide again.
-                dead.push((acks.len(), reason, message, stream_seq));
-                AckKind::Term
-            }
-            Err(e) => {
-                // A store failure is transient; anything else is a bug. Either way the event
-                // must not be lost: nak it and try again later, loudly.
-                count(service, "error");
-                match e {
-                    RuntimeError::Store(_) => {
-                        warn!(service, error = %e, stream_seq, "transient failure")
+    let mut next = 0;
+    while next < batch.len() {
+        // A run of messages of distinct sagas, each prepared against what is committed, then
+        // handled in one transaction. A second message of a saga starts the next run, so that
+        // its `prepare` sees what the first one wrote (fx-trade never asks the venue twice).
+        let mut units: Vec<Unit<P::Prepared>> = Vec::new();
+        let mut sagas = std::collections::HashSet::new();
+        while next < batch.len() {
+            let msg = &batch[next];
+            let started = Instant::now();
+            let now_ms = clock();
+            let input = match Event::decode(msg.subject.as_str(), &msg.payload) {
+                Ok(event) => {
+                    if !sagas.insert(event.saga_id()) {
+                        break;
                     }
-                    _ => {
-                        error!(service, error = %e, stream_seq, "handler failed; the event will be retried")
-                    }
+                    let span =
+                        info_span!("prepare", saga_id = %event.saga_id(), kind = %event.kind());
+                    let prepared = participant
+                        .prepare(store, &event, now_ms)
+                        .instrument(span)
+                        .await;
+                    Ok((event, prepared))
                 }
-                AckKind::Nak(Some(transient_delay(delivered)))
-            }
+                Err(err) => Err(err),
+            };
+            units.push(Unit {
+                index: next,
+                input,
+                now_ms,
+                started,
+            });
+            next += 1;
+        }
+        let outcomes = store.transact_each(&units, |tx, u| {
+            let msg = &batch[u.index];
+            handle_in_tx(participant, tx, msg, u)
+        });
+        let outcomes: Vec<Result<Outcome>> = match outcomes {
+            Ok(v) => v,
+            // A storage failure fails the whole run: every message of it is retried.
+            Err(RuntimeError::Store(e)) => units
+                .iter()
+                .map(|_| Err(RuntimeError::Store(e.clone())))
+                .collect(),
+            Err(e) => return Err(e),
         };
-        metrics::histogram!(names::HANDLER_SECONDS, "service" => service)
-            .record(started.elapsed().as_secs_f64());
-        acks.push((msg, kind));
+        for (u, outcome) in units.iter().zip(outcomes) {
+            let msg = &batch[u.index];
+            let (stream_seq, delivered) = match msg.info() {
+                Ok(i) => (i.stream_sequence, i.delivered),
+                Err(_) => (0, 1),
+            };
+            if delivered > 1 {
+                metrics::counter!(names::REDELIVERIES, "service" => service).increment(1);
+            }
+            let kind = match outcome {
+                Ok(Outcome::Handled(Handled::Applied)) => {
+                    count(service, "applied");
+                    AckKind::Ack
+                }
+                Ok(Outcome::Handled(Handled::Ignored)) => {
+                    count(service, "ignored");
+                    AckKind::Ack
+                }
+                Ok(Outcome::Duplicate) => {
+                    count(service, "duplicate");
+                    metrics::counter!(names::DUPLICATES, "service" => service).increment(1);
+                    AckKind::Ack
+                }
+                Ok(Outcome::Handled(Handled::RetryAfter { delay_ms })) => {
+                    count(service, "retry");
+                    AckKind::Nak(Some(Duration::from_millis(delay_ms)))
+                }
+                Ok(Outcome::Handled(Handled::DeadLetter { reason, message })) => {
+                    // Stored only after the flush below: the verdict may rest on state this
+                    // batch wrote (a conflicting request beside the accepted one), and if a
+                    // crash undid that state, the redelivery must be able to decide again.
+                    dead.push((u.index, reason, message, stream_seq));
+                    AckKind::Term
+                }
+                Err(e) => {
+                    // A store failure is transient; anything else is a bug. Either way the
+                    // event must not be lost: nak it and try again later, loudly.
+                    count(service, "error");
+                    match e {
+                        RuntimeError::Store(_) => {
+                            warn!(service, error = %e, stream_seq, "transient failure")
+                        }
+                        _ => {
+                            error!(service, error = %e, stream_seq, "handler failed; the event will be retried")
+                        }
+                    }
+                    AckKind::Nak(Some(transient_delay(delivered)))
+                }
+            };
+            metrics::histogram!(names::HANDLER_SECONDS, "service" => service)
+                .record(u.started.elapsed().as_secs_f64());
+            kinds.push(kind);
+        }
     }
     // Group commit: one flush makes every transaction of the batch durable and releases their
     // outbox entries to the relay; only then may the broker forget the messages.
@@ -474,7 +529,7 @@ async fn handle_batch<P: Participant>(
         return Err(RuntimeError::Crashed(FaultPoint::AfterCommitBeforeAck));
     }
     for (i, reason, message, stream_seq) in dead {
-        let msg = &acks[i].0;
+        let msg = &batch[i];
         warn!(service, reason, %message, subject = %msg.subject, stream_seq, "dead-lettering");
         let letter = DeadLetter {
             service,
@@ -494,11 +549,11 @@ async fn handle_batch<P: Participant>(
             Err(e) => {
                 // Not stored: keep the message on the stream and try again later.
                 warn!(service, error = %e, "dead letter not stored; will retry");
-                acks[i].1 = AckKind::Nak(Some(transient_delay(2)));
+                kinds[i] = AckKind::Nak(Some(transient_delay(2)));
             }
         }
     }
-    for (msg, kind) in acks {
+    for (msg, kind) in batch.into_iter().zip(kinds) {
         // A lost ack only means a redelivery, which the inbox and per-saga state absorb.
         if let Err(e) = msg.ack_with(kind).await {
             debug!(service, error = %e, "ack not sent");
@@ -521,42 +576,34 @@ enum Outcome {
     Duplicate,
 }
 
-/// Decodes, prepares and handles one message in one transaction.
-async fn handle_one<P: Participant>(
+/// Handles one message inside the batch's transaction: the inbox check, then the participant.
+fn handle_in_tx<P: Participant>(
     participant: &P,
-    store: &Store,
+    tx: &mut crate::Tx<'_>,
     msg: &jetstream::Message,
-    now_ms: u64,
-) -> Result<Outcome> {
-    let event = match Event::decode(msg.subject.as_str(), &msg.payload) {
-        Ok(e) => e,
+    u: &Unit<P::Prepared>,
+) -> crate::TxResult<Outcome> {
+    let (event, prepared) = match &u.input {
+        Ok(ok) => ok,
         Err(err) => {
-            let h = store.transact(|tx| {
-                participant.undecodable(tx, msg.subject.as_str(), &msg.payload, &err, now_ms)
-            })?;
+            let h =
+                participant.undecodable(tx, msg.subject.as_str(), &msg.payload, err, u.now_ms)?;
             return Ok(Outcome::Handled(h));
         }
     };
-    let span = info_span!("handle", saga_id = %event.saga_id(), kind = %event.kind());
-    async {
-        let prepared = participant.prepare(store, &event, now_ms).await;
-        let event_id = event.id();
-        // Requests are deduplicated by KRW's per-saga record, not by event id: a user's retry
-        // with a different body must reach the handler to be refused as a conflict.
-        let use_inbox = event.kind() != EventKind::ExchangeRequested;
-        store.transact(|tx| {
-            if use_inbox && tx.seen(&event_id)? {
-                return Ok(Outcome::Duplicate);
-            }
-            let h = participant.handle(tx, &event, &prepared, now_ms)?;
-            if use_inbox && matches!(h, Handled::Applied | Handled::Ignored) {
-                tx.mark_seen(&event_id, now_ms)?;
-            }
-            Ok(Outcome::Handled(h))
-        })
+    let _span = info_span!("handle", saga_id = %event.saga_id(), kind = %event.kind()).entered();
+    let event_id = event.id();
+    // Requests are deduplicated by KRW's per-saga record, not by event id: a user's retry with
+    // a different body must reach the handler to be refused as a conflict.
+    let use_inbox = event.kind() != EventKind::ExchangeRequested;
+    if use_inbox && tx.seen(&event_id)? {
+        return Ok(Outcome::Duplicate);
     }
-    .instrument(span)
-    .await
+    let h = participant.handle(tx, event, prepared, u.now_ms)?;
+    if use_inbox && matches!(h, Handled::Applied | Handled::Ignored) {
+        tx.mark_seen(&event_id, u.now_ms)?;
+    }
+    Ok(Outcome::Handled(h))
 }
 
 /// Publishes flushed outbox entries in order, pipelined, removing each only after its PubAck.
@@ -595,13 +642,18 @@ async fn relay_loop(
             }
             continue;
         }
-        let (done, failure) = publish_window(&js, &entries).await;
+        let (mut done, failure) = publish_window(&js, &entries).await;
+        // A record goes only once every entry of it is acknowledged; the acknowledged part of
+        // a record cut short is published again with it (the broker drops the duplicates).
+        if let Some((cut, _)) = entries.get(done.len()) {
+            done.retain(|k| k != cut);
+        }
         if !done.is_empty() {
             if faults(FaultPoint::AfterPublishBeforeRemove) == FaultAction::Crash {
                 return Err(RuntimeError::Crashed(FaultPoint::AfterPublishBeforeRemove));
             }
-            store.outbox_remove(&done)?;
             metrics::counter!(names::PUBLISHED, "service" => service).increment(done.len() as u64);
+            store.outbox_remove(&done)?;
         }
         match failure {
             None => retry_ms = 0,

@@ -5,7 +5,7 @@
 //! count, the events on the stream, and the dead letters.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream;
 use events::{Event, EventKind, Krw, KrwHeld, SagaId, TradeFailReason, TradeFailed, UserId};
@@ -18,7 +18,11 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// Counts applications per saga in its own records and emits one trade.failed per krw.held.
-struct Probe;
+/// Its `prepare` notes the count it read (what a venue call would be decided on).
+#[derive(Default)]
+struct Probe {
+    prepared: Arc<Mutex<Vec<(SagaId, u64)>>>,
+}
 
 impl Participant for Probe {
     type Prepared = ();
@@ -33,10 +37,13 @@ impl Participant for Probe {
 
     fn prepare<V: ReadRecords>(
         &self,
-        _: &V,
-        _: &Event,
+        records: &V,
+        event: &Event,
         _: u64,
     ) -> impl std::future::Future<Output = ()> + Send {
+        let saga = event.saga_id();
+        let n: u64 = records.read(&format!("count:{saga}")).unwrap().unwrap_or(0);
+        self.prepared.lock().unwrap().push((saga, n));
         std::future::ready(())
     }
 
@@ -83,10 +90,13 @@ struct Running {
     task: JoinHandle<runtime::Result<()>>,
     stop: oneshot::Sender<()>,
     store: Arc<Store>,
+    prepared: Arc<Mutex<Vec<(SagaId, u64)>>>,
 }
 
 async fn start(url: &str, dir: &std::path::Path, faults: FaultHook) -> Running {
-    let rt = runtime::Runtime::start(Probe, RuntimeConfig::for_test(url, dir))
+    let probe = Probe::default();
+    let prepared = probe.prepared.clone();
+    let rt = runtime::Runtime::start(probe, RuntimeConfig::for_test(url, dir))
         .await
         .expect("runtime starts")
         .with_faults(faults);
@@ -95,7 +105,12 @@ async fn start(url: &str, dir: &std::path::Path, faults: FaultHook) -> Running {
     let task = tokio::spawn(rt.run(async {
         let _ = stopped.await;
     }));
-    Running { task, stop, store }
+    Running {
+        task,
+        stop,
+        store,
+        prepared,
+    }
 }
 
 impl Running {
@@ -172,6 +187,36 @@ async fn the_same_event_delivered_twice_is_applied_once() {
     assert_eq!(run.count(saga), 1, "the duplicate was applied");
     wait_trade_failed(&js, saga).await;
     assert_eq!(trade_failed_count(&js, saga).await, 1);
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_message_of_a_saga_is_prepared_after_the_first_is_committed() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let js = client(&server).await;
+    runtime::provision(&js, &runtime::StreamSettings::default())
+        .await
+        .unwrap();
+    // On the stream before the consumer exists, so that they arrive together in one batch,
+    // which is handled in one transaction: the second copy's prepare must still see the
+    // first's write (fx-trade decides on it whether to call the venue).
+    let (saga, other) = (SagaId::new_v7(), SagaId::new_v7());
+    publish(&js, &held(saga), None).await;
+    publish(&js, &held(saga), None).await;
+    publish(&js, &held(other), None).await;
+    let run = start(&server.url(), dir.path(), runtime::no_faults()).await;
+    run.wait_count(other, 1).await;
+    assert_eq!(run.count(saga), 1, "the duplicate was applied");
+    let seen: Vec<u64> = run
+        .prepared
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(s, _)| *s == saga)
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(seen, [0, 1], "what each delivery's prepare read");
     run.stop().await;
 }
 

@@ -227,7 +227,13 @@ impl Store {
                 .expect("write lock is never poisoned");
             self.outbox_tail()?
         };
-        self.db.flush_async().await?;
+        // On tokio's blocking pool rather than sled's `flush_async`: sled's pool wakes every
+        // idle IO thread for each task it is handed, and a flush already hands it one (the
+        // buffer write); per flush that was most of the CPU at moderate load.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| RuntimeError::Handler(format!("flush task: {e}")))??;
         self.watermark.send_if_modified(|w| {
             if tail > *w {
                 *w = tail;

@@ -51,8 +51,11 @@ pub trait Participant: Send + Sync + 'static {
     ///
     /// `records` is the service's committed state, so a side effect can be skipped when the
     /// records already settle the event (fx-trade never calls the venue for a saga it has
-    /// answered). Read it synchronously, before the first `.await`: the returned future must
-    /// be `Send` and must not hold `records` (which is not required to be `Sync`).
+    /// answered). It holds everything earlier messages *of the same saga* wrote; messages of
+    /// other sagas in the same batch may still be uncommitted (they share the batch's
+    /// transaction), so decide only on the event's own saga's records. Read it synchronously,
+    /// before the first `.await`: the returned future must be `Send` and must not hold
+    /// `records` (which is not required to be `Sync`).
     fn prepare<V: ReadRecords>(
         &self,
         records: &V,

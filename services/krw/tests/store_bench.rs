@@ -1,0 +1,166 @@
+//! The store's share of a saga: fx-krw's real decisions and records in a real sled store on
+//! disk, no broker, with the runtime's group-commit shape (a batch, one flush, the relay's
+//! outbox read and removal). It measures CPU per event two ways:
+//!
+//! - `per_event`: one sled transaction per event (what the runtime did before),
+//! - `batched`: one transaction per batch, each event rolling back alone (what it does now).
+//!
+//! Ignored by default; run it with a release build:
+//!
+//! ```text
+//! cargo test --release -p krw --test store_bench -- --ignored --nocapture --test-threads=1
+//! ```
+//!
+//! `FX_BENCH_SAGAS` changes the saga count (default 20,000; 3 events each at fx-krw).
+
+use std::time::Instant;
+
+use events::{
+    Event, EventKind, ExchangeRequested, Krw, SagaId, TradeFilled, Usd, UsdCredited, UserId,
+};
+use krw::{deposit, KrwConfig, KrwService};
+use runtime::{Handled, Participant, Store};
+
+const T0: u64 = 1_800_000_000_000;
+/// Sagas per pipeline stage in one batch: every stage at once, as at saturation (60 events).
+const SAGAS_PER_STAGE: usize = 20;
+const USERS: usize = 1_000;
+
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes into the struct we own; RUSAGE_SELF counts every thread
+    // (sled's IO threads included).
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) }, 0);
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(u.ru_utime) + s(u.ru_stime)
+}
+
+fn user(i: usize) -> UserId {
+    UserId::parse(&format!("bench-{}", i % USERS)).unwrap()
+}
+
+/// Stage 0: the request; 1: the fill (pins the hold); 2: the credit (commits it).
+fn event(stage: usize, saga: SagaId, i: usize) -> Event {
+    let (krw, usd) = (
+        Krw::parse("1500000").unwrap(),
+        Usd::parse("1071.42").unwrap(),
+    );
+    match stage {
+        0 => Event::ExchangeRequested(ExchangeRequested {
+            saga_id: saga,
+            user_id: user(i),
+            krw_amount: krw,
+            min_usd_amount: None,
+        }),
+        1 => Event::TradeFilled(TradeFilled {
+            saga_id: saga,
+            user_id: user(i),
+            krw_amount: krw,
+            usd_amount: usd,
+            rate: serde_json::from_str("\"1400\"").unwrap(),
+        }),
+        _ => Event::UsdCredited(UsdCredited {
+            saga_id: saga,
+            user_id: user(i),
+            usd_amount: usd,
+        }),
+    }
+}
+
+/// What the runtime does per event inside the transaction: the inbox, then the service.
+fn handle(svc: &KrwService, tx: &runtime::Tx<'_>, e: &Event) -> runtime::TxResult<Handled> {
+    let use_inbox = e.kind() != EventKind::ExchangeRequested;
+    if use_inbox && tx.seen(&e.id())? {
+        return Ok(Handled::Ignored);
+    }
+    let h = svc.handle(tx, e, &(), T0)?;
+    if use_inbox {
+        tx.mark_seen(&e.id(), T0)?;
+    }
+    Ok(h)
+}
+
+async fn run(batched: bool) {
+    let sagas: usize = std::env::var("FX_BENCH_SAGAS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let svc = KrwService::new(KrwConfig::default());
+    let amount = Krw::parse("100000000").unwrap();
+    for i in 0..USERS {
+        let id = SagaId::new_v7();
+        store
+            .transact(|tx| deposit(tx, id, &user(i), amount, "bench", T0))
+            .unwrap();
+    }
+    store.flush().await.unwrap();
+    let ids: Vec<SagaId> = (0..sagas).map(|_| SagaId::new_v7()).collect();
+
+    let (cpu0, wall0) = (cpu_seconds(), Instant::now());
+    let (mut events, mut applied) = (0, 0);
+    // Batch k holds the requests of group k, the fills of group k-1, the credits of group k-2.
+    let groups = sagas.div_ceil(SAGAS_PER_STAGE);
+    for k in 0..groups + 2 {
+        let mut batch = Vec::new();
+        for stage in 0..3 {
+            let Some(g) = k.checked_sub(stage).filter(|g| *g < groups) else {
+                continue;
+            };
+            for (i, id) in ids
+                .iter()
+                .enumerate()
+                .skip(g * SAGAS_PER_STAGE)
+                .take(SAGAS_PER_STAGE)
+            {
+                batch.push(event(stage, *id, i));
+            }
+        }
+        let outcomes: Vec<Handled> = if batched {
+            store
+                .transact_each(&batch, |tx, e| handle(&svc, tx, e))
+                .unwrap()
+                .into_iter()
+                .map(Result::unwrap)
+                .collect()
+        } else {
+            batch
+                .iter()
+                .map(|e| store.transact(|tx| handle(&svc, tx, e)).unwrap())
+                .collect()
+        };
+        events += batch.len();
+        applied += outcomes.iter().filter(|h| **h == Handled::Applied).count();
+        // Group commit, then the relay's read and removal of what it published.
+        let wm = store.flush().await.unwrap();
+        let published = store.outbox_batch(wm, usize::MAX).unwrap();
+        let keys: Vec<u64> = published.iter().map(|(k, _)| *k).collect();
+        store.outbox_remove(&keys).unwrap();
+    }
+    let (cpu, wall) = (cpu_seconds() - cpu0, wall0.elapsed().as_secs_f64());
+
+    // Every saga held and committed: two journal entries each, beside the deposits.
+    assert_eq!(applied, events, "every event applied");
+    assert_eq!(store.journal_entries().unwrap().len(), USERS + 2 * sagas);
+    println!(
+        "{}: {sagas} sagas, {events} events: {:.1} µs CPU per event, {:.0} events/s ({:.2} s wall, {:.2} s CPU)",
+        if batched { "batched" } else { "per_event" },
+        cpu * 1e6 / events as f64,
+        events as f64 / wall,
+        wall,
+        cpu,
+    );
+}
+
+#[tokio::test]
+#[ignore = "benchmark: run with --release -- --ignored --nocapture --test-threads=1"]
+async fn per_event() {
+    run(false).await;
+}
+
+#[tokio::test]
+#[ignore = "benchmark: run with --release -- --ignored --nocapture --test-threads=1"]
+async fn batched() {
+    run(true).await;
+}

@@ -2,22 +2,23 @@
 # The documented benchmark (docs/benchmarks.md): a fresh broker and the three services from a
 # release build on this machine, then
 #   1. saturation: fxctl bench --sagas N --concurrency C --baseline (the null saga beside it),
-#   2. fixed offered load at 250, 500, 750, 1000, 1250, 1500 sagas/s for D seconds each,
+#   2. fixed offered load at 250, 500, 750, 1000, 1500, 2000, 2500, 3000 and 3500 sagas/s for
+#      D seconds each (up to and past saturation on the 2-core dev machine),
 #   3. each service's resident memory (with the defaults: after 100,000 sagas in all, each
 #      run followed by fxctl audit, which reads every store whole),
 # writing docs/bench/results.jsonl and plotting docs/bench/latency.png (scripts/plot_latency.py).
 #
-#   scripts/bench.sh [--sagas 47500] [--concurrency 256] [--duration 10]
+#   scripts/bench.sh [--sagas 25000] [--concurrency 256] [--duration 5]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-sagas=47500; concurrency=256; duration=10
+sagas=25000; concurrency=256; duration=5
 while (($#)); do
   case "$1" in
     --sagas) sagas="$2"; shift 2 ;;
     --concurrency) concurrency="$2"; shift 2 ;;
     --duration) duration="$2"; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -43,7 +44,7 @@ out="docs/bench/results.jsonl"
 : >"$out"
 echo "== saturation: $sagas sagas, concurrency $concurrency, with the null-saga baseline"
 "$bin/fxctl" --json bench --sagas "$sagas" --concurrency "$concurrency" --baseline | tail -1 | tee -a "$out"
-for rate in 250 500 750 1000 1250 1500; do
+for rate in 250 500 750 1000 1500 2000 2500 3000 3500; do
   echo "== offered load $rate sagas/s for ${duration}s"
   "$bin/fxctl" --json bench --rate "$rate" --duration "$duration" | tail -1 | tee -a "$out" || true
 done

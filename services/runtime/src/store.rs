@@ -78,6 +78,11 @@ pub struct OutboxEntry {
     pub created_at_ms: u64,
 }
 
+/// Most events in one outbox record (about 12 KiB). sled writes a log message over a quarter
+/// of its 512 KiB segment as a file of its own, and a full 256-message batch would make a
+/// record of about 190 KiB; at 16 the outbox still costs one write per 16 events.
+const OUTBOX_RECORD_MAX_ENTRIES: usize = 16;
+
 /// The store of one service.
 pub struct Store {
     db: sled::Db,
@@ -90,6 +95,92 @@ pub struct Store {
     write_lock: Mutex<()>,
     /// Highest outbox key known to be flushed; the relay publishes up to it and no further.
     watermark: watch::Sender<u64>,
+    flusher: Flusher,
+}
+
+/// Allocations at or above this many bytes get their own mapping from glibc's malloc, returned
+/// to the system when freed.
+const MMAP_THRESHOLD_BYTES: i32 = 256 * 1024;
+
+/// Fixes glibc's mmap threshold (process-wide, once). By default glibc raises the threshold
+/// each time a mapped chunk is freed, after which large short-lived buffers (sled's 512 KiB IO
+/// buffers, one per log segment) come from a heap that does not shrink: fx-trade's resident
+/// memory after 100,000 sagas was 74 MiB with the default and 45 MiB with 256 KiB, at the same
+/// throughput (docs/benchmarks.md). Nothing to do with other allocators.
+fn fixed_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: mallopt only changes allocator parameters; M_MMAP_THRESHOLD takes a byte
+            // count up to 32 MiB on 64-bit glibc, which this is.
+            unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) };
+        });
+    }
+}
+
+/// A request for a flush: where to send its outcome.
+type FlushRequest = tokio::sync::oneshot::Sender<sled::Result<usize>>;
+
+/// The store's own flushing thread. Neither of the obvious ways to wait for a flush without
+/// blocking the runtime is cheap here: sled's `flush_async` hands the flush to sled's thread
+/// pool, which wakes every idle pool thread for each task it is given (and the flush gives it
+/// a second one, the buffer write), and tokio's `spawn_blocking` starts threads that each grow
+/// a malloc arena of their own (fx-trade's resident memory after 100,000 sagas: 45 MiB with
+/// `flush_async`, 123 MiB with `spawn_blocking`). One long-lived thread, woken directly,
+/// costs neither, and serves every request that queued during a flush with the next one.
+struct Flusher {
+    requests: Option<std::sync::mpsc::Sender<FlushRequest>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    fn start(db: sled::Db) -> Result<Flusher> {
+        let (requests, queue) = std::sync::mpsc::channel::<FlushRequest>();
+        let thread = std::thread::Builder::new()
+            .name("fx-store-flush".into())
+            .spawn(move || {
+                // Every request queued before a flush starts is served by it; one that arrives
+                // during it waits for the next, since its writes may not be in this one.
+                while let Ok(first) = queue.recv() {
+                    let waiting: Vec<FlushRequest> =
+                        std::iter::once(first).chain(queue.try_iter()).collect();
+                    let outcome = db.flush();
+                    for w in waiting {
+                        let _ = w.send(outcome.clone());
+                    }
+                }
+            })
+            .map_err(|e| RuntimeError::Handler(format!("cannot start the flush thread: {e}")))?;
+        Ok(Flusher {
+            requests: Some(requests),
+            thread: Some(thread),
+        })
+    }
+
+    async fn flush(&self) -> Result<usize> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.requests
+            .as_ref()
+            .expect("requests live until drop")
+            .send(done)
+            .map_err(|_| RuntimeError::Handler("the flush thread is gone".into()))?;
+        let flushed = outcome
+            .await
+            .map_err(|_| RuntimeError::Handler("the flush thread is gone".into()))??;
+        Ok(flushed)
+    }
+}
+
+impl Drop for Flusher {
+    /// Ends the thread and waits for it, so that its handle on the database is gone when the
+    /// store is (a restart in the same process reopens the same path).
+    fn drop(&mut self) {
+        self.requests.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Store {
@@ -107,6 +198,7 @@ impl Store {
     /// Opens (or creates) the store in `dir` with `cache_mib` MiB of sled cache, and flushes once
     /// so that whatever survived a crash is publishable.
     pub fn open_with_cache(dir: &Path, cache_mib: u64) -> Result<Store> {
+        fixed_mmap_threshold();
         std::fs::create_dir_all(dir).map_err(|e| RuntimeError::Config {
             var: "FX_DATA_DIR",
             message: format!("cannot create {}: {e}", dir.display()),
@@ -137,6 +229,7 @@ impl Store {
             journal: db.open_tree("journal")?,
             outbox: db.open_tree("outbox")?,
             inbox: db.open_tree("inbox")?,
+            flusher: Flusher::start(db.clone())?,
             db,
             write_lock: Mutex::new(()),
             watermark: watch::Sender::new(0),
@@ -200,12 +293,12 @@ impl Store {
                         Err(other) => return Err(other),
                     }
                 }
-                if !appended.is_empty() {
+                for record in appended.chunks(OUTBOX_RECORD_MAX_ENTRIES) {
                     // generate_id starts at 0; shift by one so that watermark 0 means "nothing
                     // flushed".
                     let id = outbox.generate_id()? + 1;
-                    let bytes = serde_json::to_vec(&appended).expect("outbox entries serialize");
-                    outbox.insert(&outbox_key(id, appended.len())[..], bytes)?;
+                    let bytes = serde_json::to_vec(record).expect("outbox entries serialize");
+                    outbox.insert(&outbox_key(id, record.len())[..], bytes)?;
                 }
                 Ok(results)
             },
@@ -227,13 +320,7 @@ impl Store {
                 .expect("write lock is never poisoned");
             self.outbox_tail()?
         };
-        // On tokio's blocking pool rather than sled's `flush_async`: sled's pool wakes every
-        // idle IO thread for each task it is handed, and a flush already hands it one (the
-        // buffer write); per flush that was most of the CPU at moderate load.
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| RuntimeError::Handler(format!("flush task: {e}")))??;
+        self.flusher.flush().await?;
         self.watermark.send_if_modified(|w| {
             if tail > *w {
                 *w = tail;
@@ -839,6 +926,7 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> 
 mod tests {
     use super::*;
     use events::{EventKind, Krw, KrwCommitted, UserId};
+    use std::sync::Arc;
 
     fn committed(saga: SagaId) -> Event {
         Event::KrwCommitted(KrwCommitted {
@@ -931,6 +1019,66 @@ mod tests {
         assert_eq!(store.outbox_stats(1).unwrap(), (2, 0));
         store.outbox_remove(&[batch[0].0]).unwrap();
         assert_eq!(store.outbox_stats(1).unwrap(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn concurrent_flushes_all_return_and_a_dropped_store_reopens_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let saga = SagaId::new_v7();
+        let flushes: Vec<_> = (0..8)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store.transact(|tx| tx.put(&format!("k{i}"), &i)).unwrap();
+                    store.flush().await.unwrap()
+                })
+            })
+            .collect();
+        for f in flushes {
+            f.await.unwrap();
+        }
+        store
+            .transact(|tx| tx.emit(&committed(saga), "c", 1))
+            .unwrap();
+        let wm = store.flush().await.unwrap();
+        assert_eq!(store.outbox_batch(wm, 10).unwrap().len(), 1);
+        // The flush thread holds the database too; dropping the store ends it, so the same
+        // path opens again straight away (as a restart in one process does).
+        drop(store);
+        let again = Store::open(dir.path()).unwrap();
+        assert_eq!(again.get::<i32>("k7").unwrap(), Some(7));
+        assert_eq!(again.outbox_stats(1).unwrap().0, 1);
+    }
+
+    #[tokio::test]
+    async fn a_large_batch_is_split_into_outbox_records_in_order() {
+        let store = Store::temporary().unwrap();
+        let n = OUTBOX_RECORD_MAX_ENTRIES + 4;
+        let items: Vec<usize> = (0..n).collect();
+        store
+            .transact_each(&items, |tx, i| {
+                tx.emit(&committed(SagaId::new_v7()), &i.to_string(), 1)
+            })
+            .unwrap();
+        let wm = store.flush().await.unwrap();
+        let all = store.outbox_batch(wm, usize::MAX).unwrap();
+        let causes: Vec<String> = all.iter().map(|(_, e)| e.causation_id.clone()).collect();
+        let want: Vec<String> = items.iter().map(|i| i.to_string()).collect();
+        assert_eq!(causes, want);
+        let mut keys: Vec<u64> = all.iter().map(|(k, _)| *k).collect();
+        keys.dedup();
+        assert_eq!(
+            keys.len(),
+            2,
+            "{OUTBOX_RECORD_MAX_ENTRIES} entries, then the rest"
+        );
+        // A window stops after the record that reaches `max`.
+        assert_eq!(
+            store.outbox_batch(wm, 1).unwrap().len(),
+            OUTBOX_RECORD_MAX_ENTRIES
+        );
+        assert_eq!(store.outbox_stats(1).unwrap().0, n);
     }
 
     #[test]

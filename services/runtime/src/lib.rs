@@ -27,7 +27,8 @@ pub use error::{Result, RuntimeError};
 pub use fault::{no_faults, FaultAction, FaultHook, FaultPoint};
 pub use participant::{Handled, Participant};
 pub use runtime::{
-    consumer_config, durable_name, publish_message, system_clock, traceparent, Clock, Runtime,
+    consumer_config, durable_name, handle_once, publish_message, system_clock, traceparent, Clock,
+    Runtime,
 };
 pub use store::{
     abort, outbox_entry, JournalEntry, OutboxEntry, ReadRecords, Records, SagaGroup, SagaKey,

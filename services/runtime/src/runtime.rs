@@ -592,18 +592,36 @@ fn handle_in_tx<P: Participant>(
         }
     };
     let _span = info_span!("handle", saga_id = %event.saga_id(), kind = %event.kind()).entered();
+    Ok(
+        match handle_once(participant, tx, event, prepared, u.now_ms)? {
+            Some(h) => Outcome::Handled(h),
+            None => Outcome::Duplicate,
+        },
+    )
+}
+
+/// Handles one decoded event inside `tx`, with the inbox around it: `None` when the event id
+/// was already handled (a duplicate, nothing done), else what the participant made of it.
+/// What the consumer loop runs per event; public so that benchmarks measure the same path.
+pub fn handle_once<P: Participant>(
+    participant: &P,
+    tx: &crate::Tx<'_>,
+    event: &Event,
+    prepared: &P::Prepared,
+    now_ms: u64,
+) -> crate::TxResult<Option<Handled>> {
     let event_id = event.id();
     // Requests are deduplicated by KRW's per-saga record, not by event id: a user's retry with
     // a different body must reach the handler to be refused as a conflict.
     let use_inbox = event.kind() != EventKind::ExchangeRequested;
     if use_inbox && tx.seen(&event_id)? {
-        return Ok(Outcome::Duplicate);
+        return Ok(None);
     }
-    let h = participant.handle(tx, event, prepared, u.now_ms)?;
+    let h = participant.handle(tx, event, prepared, now_ms)?;
     if use_inbox && matches!(h, Handled::Applied | Handled::Ignored) {
-        tx.mark_seen(&event_id, u.now_ms)?;
+        tx.mark_seen(&event_id, now_ms)?;
     }
-    Ok(Outcome::Handled(h))
+    Ok(Some(h))
 }
 
 /// Publishes flushed outbox entries in order, pipelined, removing each only after its PubAck.

@@ -686,6 +686,16 @@ struct TxTrees<'a> {
     inbox: &'a TransactionalTree,
 }
 
+impl<'a> TxTrees<'a> {
+    fn tree(&self, space: Space) -> &'a TransactionalTree {
+        match space {
+            Space::State => self.state,
+            Space::Journal => self.journal,
+            Space::Inbox => self.inbox,
+        }
+    }
+}
+
 /// Which tree a pending write goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Space {
@@ -713,12 +723,7 @@ impl Tx<'_> {
         if let Some(v) = self.pending.borrow().writes.get(&(space, key.to_vec())) {
             return Ok(v.clone());
         }
-        let tree = match space {
-            Space::State => self.trees.state,
-            Space::Journal => self.trees.journal,
-            Space::Inbox => self.trees.inbox,
-        };
-        Ok(tree.get(key)?.map(|v| v.to_vec()))
+        Ok(self.trees.tree(space).get(key)?.map(|v| v.to_vec()))
     }
 
     fn write(&self, space: Space, key: &[u8], value: Option<Vec<u8>>) {
@@ -733,11 +738,7 @@ impl Tx<'_> {
     fn apply(self, appended: &mut Vec<OutboxEntry>) -> TxResult<()> {
         let pending = self.pending.into_inner();
         for ((space, key), value) in pending.writes {
-            let tree = match space {
-                Space::State => self.trees.state,
-                Space::Journal => self.trees.journal,
-                Space::Inbox => self.trees.inbox,
-            };
+            let tree = self.trees.tree(space);
             match value {
                 Some(v) => tree.insert(key, v)?,
                 None => tree.remove(key)?,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command (the README's, and CI's through .ci/run).
 #
-# Installs what the tests need (a nats-server >= 2.10 into .tools/), then checks formatting,
+# Installs what the tests need (a nats-server >= 2.10 into .tools/; chromium and fuse3 from
+# Debian where it can), then checks formatting,
 # lints, and runs every test against real parts: a real nats-server per test, sled in temp dirs.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -23,6 +24,19 @@ elif [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
 else
   echo "chromium not installed and apt-get not usable here; the browser test will be skipped"
 fi
+
+step "fuse3 (for the power-cut tests' LazyFs)"
+if command -v fusermount3 >/dev/null 2>&1; then
+  fusermount3 --version 2>&1 || true
+elif [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  # Debian's package brings fusermount3; without it (or /dev/fuse) the power-cut tests are
+  # skipped, and say so.
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 >/dev/null) \
+    || echo "could not install fuse3; the power-cut tests will be skipped"
+else
+  echo "fusermount3 not installed and apt-get not usable here; the power-cut tests will be skipped"
+fi
+[[ -e /dev/fuse ]] || echo "/dev/fuse is missing; the power-cut tests will be skipped"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

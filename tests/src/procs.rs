@@ -1,9 +1,12 @@
 //! Service binaries as processes, for the tests that kill them for real (SIGKILL, SIGSTOP):
 //! the chaos test and the partitioned cluster test.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
 use serde_json::Value;
 
 /// The built binaries' directory: the profile directory this test runs from. Builds them
@@ -27,6 +30,43 @@ pub fn binaries() -> PathBuf {
     profile_dir
 }
 
+/// The environment of a service process in a whole-system test: its broker (and identity, as
+/// `(user, password)`), a store under `data_root`, its HTTP port, and timings short enough for a
+/// test: redelivery after 2 s, holds of 8 s swept every 200 ms.
+pub fn service_env(
+    name: &str,
+    url: &str,
+    identity: Option<(&str, &str)>,
+    data_root: &Path,
+    http_port: u16,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("NATS_URL".into(), url.into()),
+        (
+            "FX_DATA_DIR".into(),
+            data_root.join(name).display().to_string(),
+        ),
+        ("FX_HTTP_ADDR".into(), format!("127.0.0.1:{http_port}")),
+        ("FX_ACK_WAIT_MS".into(), ACK_WAIT_MS.to_string()),
+        // Short holds so sagas stalled by a fault end quickly after it heals.
+        ("FX_HOLD_TTL_MS".into(), "8000".into()),
+        ("FX_HOLD_GRACE_MS".into(), "1000".into()),
+        ("FX_EXPIRY_SWEEP_MS".into(), "200".into()),
+        ("FX_STUCK_AFTER_MS".into(), "600000".into()),
+        // A process restarted while the broker is down waits for it instead of exiting.
+        ("FX_CONNECT_TIMEOUT_MS".into(), "600000".into()),
+        ("RUST_LOG".into(), "warn".into()),
+    ];
+    if let Some((user, password)) = identity {
+        env.push(("NATS_USER".into(), user.into()));
+        env.push(("NATS_PASSWORD".into(), password.into()));
+    }
+    env
+}
+
+/// The broker redelivers an unacked message after this (`FX_ACK_WAIT_MS` of [`service_env`]).
+pub const ACK_WAIT_MS: u64 = 2_000;
+
 /// One service binary run as a process; killed (after a SIGCONT) when dropped.
 pub struct Service {
     pub name: &'static str,
@@ -38,6 +78,24 @@ pub struct Service {
 }
 
 impl Service {
+    /// `fx-<name>` from `bins` with `env`, logging to `<logs>/<name>.log`; not started yet.
+    pub fn new(
+        bins: &Path,
+        name: &'static str,
+        env: Vec<(String, String)>,
+        logs: &Path,
+        http_port: u16,
+    ) -> Service {
+        Service {
+            name,
+            bin: bins.join(format!("fx-{name}")),
+            env,
+            log: logs.join(format!("{name}.log")),
+            child: None,
+            http_port,
+        }
+    }
+
     /// Starts the process, appending its output to `log`.
     pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
@@ -101,4 +159,30 @@ pub fn is_ready(port: u16) -> bool {
         .call()
         .map(|r| r.status() == 200)
         .unwrap_or(false)
+}
+
+/// Every saga the tracker on `port` knows, by id; `None` while it does not answer (it may be
+/// restarting after a kill).
+pub fn all_sagas(port: u16) -> Option<BTreeMap<String, Value>> {
+    let mut out = BTreeMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/sagas?limit=500&cursor={c}"),
+            None => "/api/sagas?limit=500".into(),
+        };
+        let page = http_get(port, &path)?;
+        for s in page["sagas"].as_array()? {
+            out.insert(s["saga_id"].as_str().unwrap().to_owned(), s.clone());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return Some(out),
+        }
+    }
+}
+
+/// A decimal field of a tracker record (`"0"` when absent).
+pub fn dec(v: &Value) -> Decimal {
+    v.as_str().and_then(|s| s.parse().ok()).unwrap_or_default()
 }

@@ -1,28 +1,31 @@
-//! Process-level chaos: the four real binaries and a real nats-server as processes, driven at
-//! a set rate from an outside client while a seeded schedule SIGKILLs and restarts services,
-//! SIGKILLs and restarts the broker, and SIGSTOPs a service past its ack wait. Then, once the
-//! faults stop: every saga terminal in the tracker, every balance what the outcomes imply, the
-//! audits clean, FX_DLQ empty, and a tracker rebuilt from the stream equal to the live one.
+//! Process-level chaos: the four real binaries and a real nats-server (with the project's
+//! `config/nats.conf` and one identity per process) as processes, driven at a set rate from an
+//! outside client while a seeded schedule SIGKILLs and restarts services, SIGKILLs and restarts
+//! the broker, SIGSTOPs a service past its ack wait, and cuts the power: every process SIGKILLed
+//! at once and every write not fsynced lost (the stores live on `testkit::LazyFs`; where FUSE is
+//! missing the power cuts are skipped, and the summary says so). Then, once the faults stop:
+//! every saga terminal in the tracker, every balance what the outcomes imply, the audits clean,
+//! FX_DLQ empty, and a tracker rebuilt from the stream equal to the live one.
 //!
 //! CI runs the short version; `scripts/chaos.sh` runs long ones. `CHAOS_SEED`, `CHAOS_SAGAS`,
-//! `CHAOS_RATE`, `CHAOS_KILLS`, `CHAOS_BROKER_KILLS`, `CHAOS_STOPS` override the plan.
+//! `CHAOS_RATE`, `CHAOS_KILLS`, `CHAOS_BROKER_KILLS`, `CHAOS_STOPS`, `CHAOS_POWER_CUTS`
+//! override the plan.
+
+mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use common::Identities;
 use events::{Krw, SagaId, Usd, UserId};
-use fx_tests::procs::{binaries, http_get, Service};
+use fx_tests::procs::{all_sagas, binaries, dec, http_get, service_env, Service, ACK_WAIT_MS};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rust_decimal::Decimal;
 use serde_json::Value;
-use testkit::{free_port, wait_for, NatsServer};
+use testkit::{free_port, wait_for, LazyFs};
 
 const SERVICES: [&str; 4] = ["krw", "trade", "usd", "tracker"];
-/// The broker redelivers after this; a SIGSTOP lasts longer to force redelivery.
-const ACK_WAIT_MS: u64 = 2_000;
-/// Short holds so sagas stalled by a fault end quickly after it heals.
-const HOLD_TTL_MS: u64 = 8_000;
 const QUIESCE_DEADLINE_MS: u64 = 180_000;
 
 fn env_or<T: std::str::FromStr>(var: &str, default: T) -> T {
@@ -32,36 +35,12 @@ fn env_or<T: std::str::FromStr>(var: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// Every saga the tracker on `port` knows, by id; `None` while it does not answer (it may be
-/// restarting after a kill).
-fn all_sagas(port: u16) -> Option<BTreeMap<String, Value>> {
-    let mut out = BTreeMap::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(c) => format!("/api/sagas?limit=500&cursor={c}"),
-            None => "/api/sagas?limit=500".into(),
-        };
-        let page = http_get(port, &path)?;
-        for s in page["sagas"].as_array()? {
-            out.insert(s["saga_id"].as_str().unwrap().to_owned(), s.clone());
-        }
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => return Some(out),
-        }
-    }
-}
-
-fn dec(v: &Value) -> Decimal {
-    v.as_str().and_then(|s| s.parse().ok()).unwrap_or_default()
-}
-
 #[derive(Default, Debug)]
 struct Counts {
     kills: BTreeMap<&'static str, u32>,
     stops: u32,
     broker_restarts: u32,
+    power_cuts: u32,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,48 +51,47 @@ async fn chaos_loses_nothing() {
     let kills: usize = env_or("CHAOS_KILLS", 10);
     let broker_kills: usize = env_or("CHAOS_BROKER_KILLS", 1);
     let stops: usize = env_or("CHAOS_STOPS", 2);
+    let mut power_cuts: usize = env_or("CHAOS_POWER_CUTS", 1);
     println!("chaos seed {seed} (replay: CHAOS_SEED={seed} cargo test -p fx-tests --test chaos)");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
 
     let bins = binaries();
-    let mut broker = NatsServer::start();
-    let url = broker.url();
     let dir = tempfile::tempdir().unwrap();
+    // The stores (the broker's and the services') live on a filesystem that can lose power.
+    let backing = tempfile::tempdir().unwrap();
+    let mountpoint = tempfile::tempdir().unwrap();
+    let mut fs = match LazyFs::available() {
+        Ok(()) => Some(LazyFs::mount(backing.path(), mountpoint.path()).expect("mount LazyFs")),
+        Err(why) => {
+            println!("power cuts skipped: {why}");
+            power_cuts = 0;
+            None
+        }
+    };
+    let root = match &fs {
+        Some(fs) => fs.mountpoint().to_path_buf(),
+        None => backing.path().to_path_buf(),
+    };
+    let ids = Identities::random();
+    let mut broker = ids.broker_builder().store_dir(root.join("nats")).start();
+    let url = broker.url();
     let mut services: HashMap<&'static str, Service> = HashMap::new();
     for name in SERVICES {
         let http_port = free_port();
-        let mut env: Vec<(String, String)> = vec![
-            ("NATS_URL".into(), url.clone()),
-            (
-                "FX_DATA_DIR".into(),
-                dir.path().join(name).display().to_string(),
-            ),
-            ("FX_HTTP_ADDR".into(), format!("127.0.0.1:{http_port}")),
-            ("FX_ACK_WAIT_MS".into(), ACK_WAIT_MS.to_string()),
-            ("FX_HOLD_TTL_MS".into(), HOLD_TTL_MS.to_string()),
-            ("FX_HOLD_GRACE_MS".into(), "1000".into()),
-            ("FX_EXPIRY_SWEEP_MS".into(), "200".into()),
+        let identity = Some((name, ids.password(name)));
+        let mut env = service_env(name, &url, identity, &root, http_port);
+        env.extend([
             ("FX_VENUE_FAILURE_RATE".into(), "0.03".into()),
             ("FX_VENUE_VOLATILITY_BPS".into(), "20".into()),
             ("FX_VENUE_SEED".into(), seed.to_string()),
             ("FX_BREAKER_OPEN_MS".into(), "500".into()),
             ("FX_VENUE_RETRY_MS".into(), "100".into()),
-            ("FX_STUCK_AFTER_MS".into(), "600000".into()),
-            ("RUST_LOG".into(), "warn".into()),
-        ];
-        env.push(("FX_CONNECT_TIMEOUT_MS".into(), "600000".into()));
-        let mut s = Service {
-            name,
-            bin: bins.join(format!("fx-{name}")),
-            env,
-            log: dir.path().join(format!("{name}.log")),
-            child: None,
-            http_port,
-        };
+        ]);
+        let mut s = Service::new(&bins, name, env, dir.path(), http_port);
         s.spawn();
         services.insert(name, s);
     }
-    let client = async_nats::connect(&url).await.unwrap();
+    let client = ids.connect(&url, "admin").await;
     let tracker_port = services["tracker"].http_port;
     wait_for("fx-krw and fx-usd admin", 60_000, || async {
         fxctl::audit(&client, "chaos").await.ok().map(|_| ())
@@ -158,6 +136,9 @@ async fn chaos_loses_nothing() {
     for _ in 0..stops {
         plan.push((rng.gen_range(0..drive_ms), "stop"));
     }
+    for _ in 0..power_cuts {
+        plan.push((rng.gen_range(drive_ms / 4..drive_ms * 3 / 4), "power"));
+    }
     plan.sort();
     let picks: Vec<&'static str> = (0..plan.len())
         .map(|_| SERVICES[rng.gen_range(0..4)])
@@ -178,7 +159,7 @@ async fn chaos_loses_nothing() {
 
     // The driver publishes at the set rate, retrying a request (same saga id) while the broker
     // is down. It runs beside the fault schedule.
-    let driver_client = client.clone();
+    let driver_client = ids.connect(&url, "client").await;
     let driver_users = users.clone();
     let driver = tokio::spawn(async move {
         let js = runtime::broker::jetstream(driver_client);
@@ -233,6 +214,21 @@ async fn chaos_loses_nothing() {
                 tokio::time::sleep(Duration::from_millis(ACK_WAIT_MS + 500)).await;
                 s.signal("-CONT");
                 counts.stops += 1;
+            }
+            "power" => {
+                for s in services.values_mut() {
+                    s.kill9();
+                }
+                broker.kill();
+                fs.as_mut()
+                    .expect("power cuts are planned only on LazyFs")
+                    .power_cut()
+                    .expect("power cut");
+                broker.restart();
+                for s in services.values_mut() {
+                    s.spawn();
+                }
+                counts.power_cuts += 1;
             }
             _ => {
                 broker.restart();
@@ -301,18 +297,11 @@ async fn chaos_loses_nothing() {
 
     // A tracker rebuilt from the stream equals the live one.
     let rebuilt_port = free_port();
+    let identity = Some(("tracker", ids.password("tracker")));
     let mut rebuilt = Service {
         name: "tracker-rebuilt",
         bin: bins.join("fx-tracker"),
-        env: vec![
-            ("NATS_URL".into(), url.clone()),
-            (
-                "FX_DATA_DIR".into(),
-                dir.path().join("tracker-rebuilt").display().to_string(),
-            ),
-            ("FX_HTTP_ADDR".into(), format!("127.0.0.1:{rebuilt_port}")),
-            ("FX_STUCK_AFTER_MS".into(), "600000".into()),
-        ],
+        env: service_env("tracker-rebuilt", &url, identity, dir.path(), rebuilt_port),
         log: dir.path().join("tracker-rebuilt.log"),
         child: None,
         http_port: rebuilt_port,
@@ -358,6 +347,7 @@ async fn chaos_loses_nothing() {
     println!("service kills    {:?}", counts.kills);
     println!("SIGSTOPs         {}", counts.stops);
     println!("broker restarts  {}", counts.broker_restarts);
+    println!("power cuts       {}", counts.power_cuts);
     println!("time to quiesce  {quiesce_ms} ms");
     println!(
         "1 conservation / 2 no negative / 4 once   {}",

@@ -18,6 +18,10 @@ pub enum RuntimeError {
     /// The local store failed; transient for a message (nak and retry), fatal at start-up.
     #[error("store: {0}")]
     Store(#[from] sled::Error),
+    /// A flushed write could not be made durable (fsync failed): the store stops accepting
+    /// flushes; check the disk and restart.
+    #[error(transparent)]
+    Sync(#[from] crate::durable::SyncError),
     /// Stored bytes did not decode: a bug or a corrupted store. Do not retry blindly.
     #[error("stored record {key:?} does not decode: {message}")]
     Corrupt { key: String, message: String },

@@ -9,11 +9,14 @@
 //! - [`Participant`]: what a service implements; [`Runtime`] runs it: a durable pull consumer
 //!   with group commit, the relay (outbox to JetStream, pipelined), inbox pruning, and the
 //!   `/healthz` `/readyz` `/metrics` server.
+//! - [`durable`]: the fsyncs that make a sled store survive a power cut, which sled's own flush
+//!   does not.
 //! - [`broker`]: connecting with retry, provisioning `FX` and `FX_DLQ`, dead letters.
 
 pub mod admin;
 pub mod broker;
 mod config;
+pub mod durable;
 mod error;
 mod fault;
 mod participant;

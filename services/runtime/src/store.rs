@@ -2,10 +2,11 @@
 //! inbox, written together: one sled transaction per run of a batch, in which each handled
 //! event commits or rolls back as a whole.
 //!
-//! Durability rule (DESIGN.md, "publish only what is durable"): nothing leaves the process until
-//! the sled write that produced it is flushed. `Store::flush` is the group-commit point: it reads
-//! the outbox tail under the write lock, flushes, and only then raises the watermark up to which
-//! the relay may publish. The caller acks consumed messages after the same flush.
+//! Durability rule ("publish only what is durable"): nothing leaves the process until the sled
+//! write that produced it is flushed and fsynced (sled's flush alone does not survive a power
+//! cut: see [`crate::durable`]). `Store::flush` is the group-commit point: it reads the outbox
+//! tail under the write lock, flushes, and only then raises the watermark up to which the relay
+//! may publish. The caller acks consumed messages after the same flush.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::Transactional;
 use tokio::sync::watch;
 
+use crate::durable::{self, DataFiles, SyncError};
 use crate::{Result, RuntimeError};
 
 /// Result inside a store transaction; `?` works on sled errors and on `abort(..)`.
@@ -85,7 +87,6 @@ const OUTBOX_RECORD_MAX_ENTRIES: usize = 16;
 
 /// The store of one service.
 pub struct Store {
-    db: sled::Db,
     state: sled::Tree,
     journal: sled::Tree,
     outbox: sled::Tree,
@@ -120,7 +121,25 @@ fn fixed_mmap_threshold() {
 }
 
 /// A request for a flush: where to send its outcome.
-type FlushRequest = tokio::sync::oneshot::Sender<sled::Result<usize>>;
+type FlushRequest = tokio::sync::oneshot::Sender<FlushOutcome>;
+
+/// How a flush ended. Cloned to every request that one flush served.
+type FlushOutcome = std::result::Result<(), FlushFailure>;
+
+#[derive(Clone, Debug)]
+enum FlushFailure {
+    Store(sled::Error),
+    Sync(SyncError),
+}
+
+impl From<FlushFailure> for RuntimeError {
+    fn from(f: FlushFailure) -> RuntimeError {
+        match f {
+            FlushFailure::Store(e) => RuntimeError::Store(e),
+            FlushFailure::Sync(e) => RuntimeError::Sync(e),
+        }
+    }
+}
 
 /// The store's own flushing thread. Neither of the obvious ways to wait for a flush without
 /// blocking the runtime is cheap here: sled's `flush_async` hands the flush to sled's thread
@@ -129,23 +148,38 @@ type FlushRequest = tokio::sync::oneshot::Sender<sled::Result<usize>>;
 /// a malloc arena of their own (fx-trade's resident memory after 100,000 sagas: 45 MiB with
 /// `flush_async`, 123 MiB with `spawn_blocking`). One long-lived thread, woken directly,
 /// costs neither, and serves every request that queued during a flush with the next one.
+///
+/// A flush is sled's flush, then an fdatasync of its files ([`DataFiles::sync`]): sled's flush
+/// alone does not survive a power cut. Once an fsync fails, every later flush fails too: after
+/// a failed fsync the kernel may have dropped the pages it could not write, so a later success
+/// would prove nothing.
 struct Flusher {
     requests: Option<std::sync::mpsc::Sender<FlushRequest>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Flusher {
-    fn start(db: sled::Db) -> Result<Flusher> {
+    /// `files`: the store's files on disk; `None` for a temporary store, which no crash
+    /// outlives anyway.
+    fn start(db: sled::Db, mut files: Option<DataFiles>) -> Result<Flusher> {
         let (requests, queue) = std::sync::mpsc::channel::<FlushRequest>();
         let thread = std::thread::Builder::new()
             .name("fx-store-flush".into())
             .spawn(move || {
+                let mut failed: Option<FlushFailure> = None;
                 // Every request queued before a flush starts is served by it; one that arrives
                 // during it waits for the next, since its writes may not be in this one.
                 while let Ok(first) = queue.recv() {
                     let waiting: Vec<FlushRequest> =
                         std::iter::once(first).chain(queue.try_iter()).collect();
-                    let outcome = db.flush();
+                    let outcome = match &failed {
+                        Some(f) => Err(f.clone()),
+                        None => flush_durably(&db, files.as_mut()),
+                    };
+                    if let Err(FlushFailure::Sync(e)) = &outcome {
+                        tracing::error!(error = %e, "the store cannot make writes durable");
+                        failed = Some(FlushFailure::Sync(e.clone()));
+                    }
                     for w in waiting {
                         let _ = w.send(outcome.clone());
                     }
@@ -158,18 +192,27 @@ impl Flusher {
         })
     }
 
-    async fn flush(&self) -> Result<usize> {
+    async fn flush(&self) -> Result<()> {
         let (done, outcome) = tokio::sync::oneshot::channel();
         self.requests
             .as_ref()
             .expect("requests live until drop")
             .send(done)
             .map_err(|_| RuntimeError::Handler("the flush thread is gone".into()))?;
-        let flushed = outcome
+        outcome
             .await
             .map_err(|_| RuntimeError::Handler("the flush thread is gone".into()))??;
-        Ok(flushed)
+        Ok(())
     }
+}
+
+/// sled's flush, then the fsyncs that make it durable.
+fn flush_durably(db: &sled::Db, files: Option<&mut DataFiles>) -> FlushOutcome {
+    db.flush().map_err(FlushFailure::Store)?;
+    if let Some(files) = files {
+        files.sync().map_err(FlushFailure::Sync)?;
+    }
+    Ok(())
 }
 
 impl Drop for Flusher {
@@ -195,46 +238,50 @@ impl Store {
         Store::open_with_cache(dir, Store::DEFAULT_CACHE_MIB)
     }
 
-    /// Opens (or creates) the store in `dir` with `cache_mib` MiB of sled cache, and flushes once
-    /// so that whatever survived a crash is publishable.
+    /// Opens (or creates) the store in `dir` with `cache_mib` MiB of sled cache, fsyncs what sled
+    /// created, and flushes once so that whatever survived a crash is publishable.
     pub fn open_with_cache(dir: &Path, cache_mib: u64) -> Result<Store> {
         fixed_mmap_threshold();
-        std::fs::create_dir_all(dir).map_err(|e| RuntimeError::Config {
+        durable::create_dir_all(dir).map_err(|e| RuntimeError::Config {
             var: "FX_DATA_DIR",
             message: format!("cannot create {}: {e}", dir.display()),
         })?;
-        let db = sled::Config::new()
-            .path(dir.join("sled"))
-            // Durability comes from our explicit flushes; the background flusher only bounds
-            // how much unflushed work a crash can discard.
+        let config = sled::Config::new()
+            // Durability comes from our explicit flushes, each followed by an fdatasync. sled's
+            // periodic flusher stays on because it is also the only thing that reclaims log
+            // segments (sled's GC); what it flushes on its own (outbox removals, inbox
+            // pruning) is safe to lose.
             .flush_every_ms(Some(1000))
             // sled's resident memory settles near twice this (its accounting counts on-disk
             // sizes); the working set is the recent sagas, so a small cache costs no throughput
             // (see DEFAULT_CACHE_MIB).
             .cache_capacity(cache_mib.saturating_mul(1024 * 1024))
             // Kept for intent only: sled 0.34.7 reads `mode` nowhere, so it changes nothing.
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
-        Store::from_db(db)
+            .mode(sled::Mode::HighThroughput);
+        let (db, files) = durable::open(config, &dir.join("sled")).map_err(|e| match e {
+            durable::OpenError::Store(e) => RuntimeError::Store(e),
+            durable::OpenError::Sync(e) => RuntimeError::Sync(e),
+        })?;
+        Store::from_db(db, Some(files))
     }
 
     /// A store in a temporary directory that sled deletes on drop (tests).
     pub fn temporary() -> Result<Store> {
-        Store::from_db(sled::Config::new().temporary(true).open()?)
+        Store::from_db(sled::Config::new().temporary(true).open()?, None)
     }
 
-    fn from_db(db: sled::Db) -> Result<Store> {
+    fn from_db(db: sled::Db, mut files: Option<DataFiles>) -> Result<Store> {
+        // Whatever survived a crash becomes durable before the relay may publish any of it.
+        flush_durably(&db, files.as_mut()).map_err(RuntimeError::from)?;
         let store = Store {
             state: db.open_tree("state")?,
             journal: db.open_tree("journal")?,
             outbox: db.open_tree("outbox")?,
             inbox: db.open_tree("inbox")?,
-            flusher: Flusher::start(db.clone())?,
-            db,
+            flusher: Flusher::start(db, files)?,
             write_lock: Mutex::new(()),
             watermark: watch::Sender::new(0),
         };
-        store.db.flush()?;
         let tail = store.outbox_tail()?;
         store.watermark.send_replace(tail);
         Ok(store)
@@ -1088,7 +1135,11 @@ mod tests {
         let saga = SagaId::new_v7();
         let old = outbox_entry(&committed(saga), "old", 7);
         // Before records held several entries: an 8-byte key and one JSON object.
-        let id = store.db.generate_id().unwrap() + 1;
+        let id = store
+            .outbox
+            .transaction(|t| Ok::<_, ConflictableTransactionError<()>>(t.generate_id()?))
+            .unwrap()
+            + 1;
         store
             .outbox
             .insert(id.to_be_bytes(), serde_json::to_vec(&old).unwrap())

@@ -15,8 +15,10 @@
 //! command-line flags override the config file, so a config's listen settings never apply.
 
 pub mod cluster;
+pub mod lazyfs;
 pub mod wait;
 pub use cluster::NatsCluster;
+pub use lazyfs::{LazyFs, Loss};
 pub use wait::{messages_on, stream_messages, try_wait_for, wait_for};
 
 use std::io::{BufRead, BufReader};
@@ -155,7 +157,10 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     monitor_port: u16,
-    store: tempfile::TempDir,
+    /// The JetStream store directory (`-sd`).
+    store: PathBuf,
+    /// The temp dir holding `store` when the builder named none; removed with the server.
+    _temp_store: Option<tempfile::TempDir>,
     extra_args: Vec<String>,
     env: Vec<(String, Option<String>)>,
     log: Arc<Mutex<Vec<String>>>,
@@ -167,6 +172,7 @@ pub struct NatsServer {
 pub struct NatsServerBuilder {
     args: Vec<String>,
     env: Vec<(String, Option<String>)>,
+    store_dir: Option<PathBuf>,
 }
 
 impl NatsServerBuilder {
@@ -199,13 +205,31 @@ impl NatsServerBuilder {
         self
     }
 
+    /// Keeps the JetStream store in `dir` (created if missing, never removed) instead of a new
+    /// temp dir: e.g. on a filesystem that can lose power.
+    pub fn store_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.store_dir = Some(dir.into());
+        self
+    }
+
     /// Starts the server; panics with its log if it exits before it is ready.
     pub fn start(self) -> NatsServer {
+        let (store, temp) = match self.store_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir).expect("the JetStream store dir");
+                (dir, None)
+            }
+            None => {
+                let temp = tempfile::tempdir().expect("temp dir for the JetStream store");
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
         let mut server = NatsServer {
             child: None,
             port: free_port(),
             monitor_port: free_port(),
-            store: tempfile::tempdir().expect("temp dir for the JetStream store"),
+            store,
+            _temp_store: temp,
             extra_args: self.args,
             env: self.env,
             log: Arc::default(),
@@ -256,7 +280,7 @@ impl NatsServer {
 
     /// The JetStream store directory.
     pub fn store_dir(&self) -> &Path {
-        self.store.path()
+        &self.store
     }
 
     /// SIGKILLs the server: no shutdown, no flush beyond what the OS page cache holds.
@@ -281,7 +305,7 @@ impl NatsServer {
             .args(["-p", &self.port.to_string()])
             .args(["-m", &self.monitor_port.to_string()])
             .arg("-sd")
-            .arg(self.store.path())
+            .arg(&self.store)
             .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -4,7 +4,8 @@
 //! their index entries, the aggregates and the last stream sequence are written by one atomic
 //! `apply_batch`: after a crash the store is exactly as of some processed sequence, and the
 //! tracker resumes from the message after it. Nothing here needs a flush for correctness:
-//! losing the tail of the writes only means re-reading it from the stream.
+//! losing the tail of the writes only means re-reading it from the stream. What a power cut
+//! must not break is the store itself, so it is opened through `runtime::durable::open`.
 //!
 //! | key | value |
 //! |---|---|
@@ -162,15 +163,18 @@ impl WriteBatch {
 impl Store {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store, TrackerError> {
-        std::fs::create_dir_all(dir).map_err(|e| TrackerError::DataDir {
-            path: dir.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let db = sled::Config::new()
-            .path(dir)
+        // Opened durably (conf and directories fsynced) so that a power cut leaves a store
+        // sled can reopen; its writes need no fsync (see the module comment).
+        let config = sled::Config::new()
             .cache_capacity(SLED_CACHE_BYTES)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+            .mode(sled::Mode::HighThroughput);
+        let (db, _files) = runtime::durable::open(config, dir).map_err(|e| match e {
+            runtime::durable::OpenError::Store(e) => TrackerError::Store(e),
+            runtime::durable::OpenError::Sync(e) => TrackerError::DataDir {
+                path: e.path,
+                message: e.message,
+            },
+        })?;
         Ok(Store { db })
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use events::{Event, Krw, Rate, SagaId, Usd, UserId};
 use runtime::{Clock, JournalEntry, NatsConfig, Runtime, RuntimeConfig, Store};
-use testkit::{wait_for, NatsCluster, NatsServer};
+use testkit::{wait_for, NatsCluster, NatsServer, NatsServerBuilder};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -58,12 +58,17 @@ impl Identities {
 
     /// A nats-server with the project's `config/nats.conf` and these passwords.
     pub fn broker(&self) -> NatsServer {
+        self.broker_builder().start()
+    }
+
+    /// How to start that broker, to set more (e.g. where its store lives).
+    pub fn broker_builder(&self) -> NatsServerBuilder {
         let mut builder =
             NatsServer::builder().config(testkit::workspace_root().join("config/nats.conf"));
         for who in IDENTITIES {
             builder = builder.env(Identities::env_var(who), self.password(who));
         }
-        builder.start()
+        builder
     }
 
     /// Connects as `who`.

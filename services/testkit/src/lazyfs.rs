@@ -591,7 +591,9 @@ impl State {
             let (Some(rel), Some(o)) = (&node.path, &node.overlay) else {
                 continue;
             };
-            let file = OpenOptions::new().write(true).open(self.backing.join(rel))?;
+            let file = OpenOptions::new()
+                .write(true)
+                .open(self.backing.join(rel))?;
             if o.floor < o.base_len {
                 file.set_len(o.floor)?;
             }

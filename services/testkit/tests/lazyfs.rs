@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use tempfile::TempDir;
-use testkit::LazyFs;
+use testkit::{LazyFs, Loss};
 
 /// A backing dir, a mountpoint and the mount. Field order matters: the mount is dropped
 /// (unmounted) before the dirs are removed.
@@ -82,6 +82,30 @@ fn synced_write_survives_and_later_append_does_not() {
     for name in ["all", "data"] {
         assert_eq!(fs::read(fx.path(name)).unwrap(), b"durable ", "{name}");
     }
+}
+
+#[test]
+fn a_zeroing_cut_keeps_the_new_lengths_with_zeros_past_what_was_synced() {
+    let Some(mut fx) = mount() else { return };
+    // A log: a synced prefix, then an overwrite inside it and an append, neither synced.
+    let log = fx.path("log");
+    let mut f = File::create(&log).unwrap();
+    f.write_all(b"synced!!").unwrap();
+    f.sync_data().unwrap();
+    f.write_all_at(b"XX", 0).unwrap();
+    f.write_all(b"appended").unwrap();
+    drop(f);
+    // A config written once and never fsynced, as sled writes its `conf`.
+    let conf = fx.path("conf");
+    fs::write(&conf, b"segment size + crc").unwrap();
+
+    fx.fs.power_cut_losing(Loss::Zeroed).unwrap();
+    // The synced bytes are kept (the overwrite is lost); what the file grew by is zeros.
+    let mut want = b"synced!!".to_vec();
+    want.extend([0u8; 8]);
+    assert_eq!(fs::read(&log).unwrap(), want);
+    assert_eq!(fs::read(&conf).unwrap(), vec![0u8; 18], "a config of zeros");
+    assert_eq!(fx.fs.unsynced_bytes(), 0);
 }
 
 #[test]

@@ -8,17 +8,27 @@
 #      service's resident memory and the sagas run so far (140,000 in all with the defaults),
 # writing docs/bench/results.jsonl and plotting docs/bench/latency.png (scripts/plot_latency.py).
 #
-#   scripts/bench.sh [--sagas 25000] [--concurrency 256] [--duration 10]
+# The broker fsyncs every message before its ack (`sync_interval: always`, as config/nats.conf
+# sets it); --sync 2m runs it with nats-server's default instead (an fsync every 2 minutes).
+#
+# --compare-sync runs a short comparison instead, both broker settings one after the other on
+# fresh stores, writing docs/bench/durability.jsonl: for each, saturation with the null saga
+# (--sagas, default 4000 here) and --rate 500 for --duration seconds.
+#
+#   scripts/bench.sh [--sagas 25000] [--concurrency 256] [--duration 10] [--sync always|2m]
+#   scripts/bench.sh --compare-sync [--sagas 4000] [--concurrency 256] [--duration 10]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-sagas=25000; concurrency=256; duration=10
+sagas=""; concurrency=256; duration=10; sync=always; compare=0
 while (($#)); do
   case "$1" in
     --sagas) sagas="$2"; shift 2 ;;
     --concurrency) concurrency="$2"; shift 2 ;;
     --duration) duration="$2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --sync) sync="$2"; shift 2 ;;
+    --compare-sync) compare=1; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -30,18 +40,31 @@ pids=()
 cleanup() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-port=$((20000 + RANDOM % 20000))
-export NATS_URL="nats://127.0.0.1:$port"
-"$(scripts/ensure-nats.sh)" -js -a 127.0.0.1 -p "$port" -sd "$work/js" >"$work/nats.log" 2>&1 &
-pids+=($!)
-for s in krw trade usd; do
-  FX_DATA_DIR="$work/$s" FX_HTTP_ADDR=off RUST_LOG=warn "$bin/fx-$s" >"$work/$s.log" 2>&1 &
-  pids+=($!)
-done
-for _ in $(seq 100); do "$bin/fxctl" audit >/dev/null 2>&1 && break; sleep 0.2; done
+nats_bin="$(scripts/ensure-nats.sh)"
 
-out="docs/bench/results.jsonl"
-: >"$out"
+# Starts a fresh broker (fsync setting $1) and fx-krw, fx-trade, fx-usd on new stores under
+# $work/$1, and waits until they answer.
+start_system() {
+  local dir="$work/$1" port
+  mkdir -p "$dir"
+  printf 'jetstream {\n  sync_interval: %s\n}\n' "$1" >"$dir/nats.conf"
+  port=$((20000 + RANDOM % 20000))
+  export NATS_URL="nats://127.0.0.1:$port"
+  "$nats_bin" -c "$dir/nats.conf" -js -a 127.0.0.1 -p "$port" -sd "$dir/js" >"$dir/nats.log" 2>&1 &
+  pids+=($!)
+  for s in krw trade usd; do
+    FX_DATA_DIR="$dir/$s" FX_HTTP_ADDR=off RUST_LOG=warn "$bin/fx-$s" >"$dir/$s.log" 2>&1 &
+    pids+=($!)
+  done
+  for _ in $(seq 100); do "$bin/fxctl" audit >/dev/null 2>&1 && break; sleep 0.2; done
+}
+
+stop_system() {
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  pids=()
+}
+
 total=0
 # Each service's resident memory, with the number of sagas run so far.
 rss() {
@@ -50,18 +73,37 @@ rss() {
     echo "{\"rss_kib\":{\"service\":\"$s\",\"kib\":$(awk '/VmRSS/ {print $2}' /proc/"$pid"/status),\"after_sagas\":$total}}" | tee -a "$out"
   done
 }
-# Runs `fxctl bench "$@"`, records its JSON line and counts its sagas (no pipe into a
-# function: that would run it in a subshell and lose the count).
+# Runs `fxctl bench "$@"`, records its JSON line (tagged with the broker's fsync setting) and
+# counts its sagas (no pipe into a function: that would run it in a subshell and lose the count).
 run() {
   local line n
   line="$("$bin/fxctl" --json bench "$@" | tail -1)" || true
+  [[ "$line" == "{"* ]] && line="{\"broker_sync\":\"$sync\",${line#\{}"
   echo "$line" | tee -a "$out"
   n="$(echo "$line" | sed -n 's/.*"sagas":\([0-9]*\).*/\1/p')"
   total=$((total + ${n:-0}))
   rss
 }
-echo "== saturation: $sagas sagas, concurrency $concurrency, with the null-saga baseline"
-run --sagas "$sagas" --concurrency "$concurrency" --baseline
+
+if ((compare)); then
+  out="docs/bench/durability.jsonl"
+  : >"$out"
+  for sync in always 2m; do
+    start_system "$sync"
+    echo "== broker sync_interval $sync: saturation, ${sagas:-4000} sagas, with the null saga"
+    run --sagas "${sagas:-4000}" --concurrency "$concurrency" --baseline
+    echo "== broker sync_interval $sync: offered load 500 sagas/s for ${duration}s"
+    run --rate 500 --duration "$duration"
+    stop_system
+  done
+  exit 0
+fi
+
+out="docs/bench/results.jsonl"
+: >"$out"
+start_system "$sync"
+echo "== broker sync_interval $sync: saturation: ${sagas:-25000} sagas, concurrency $concurrency, with the null-saga baseline"
+run --sagas "${sagas:-25000}" --concurrency "$concurrency" --baseline
 for rate in 250 500 750 1000 1500 2000 2500 3000; do
   echo "== offered load $rate sagas/s for ${duration}s"
   run --rate "$rate" --duration "$duration"

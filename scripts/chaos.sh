@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Long chaos runs: the four real binaries and a real nats-server as processes, with services
-# and the broker SIGKILLed and restarted, and services SIGSTOPped, under load. Release build.
+# and the broker SIGKILLed and restarted, services SIGSTOPped, and power cuts (every store on a
+# filesystem that loses what was not fsynced; skipped where FUSE is missing), under load.
+# Release build.
 #
 #   scripts/chaos.sh --sagas 10000 --minutes 10 [--seed N]
 #
@@ -16,7 +18,7 @@ while (($#)); do
     --sagas) sagas="$2"; shift 2 ;;
     --minutes) minutes="$2"; shift 2 ;;
     --seed) seed="$2"; shift 2 ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "chaos.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -28,6 +30,7 @@ export CHAOS_RATE=$(( sagas / (minutes * 60) > 0 ? sagas / (minutes * 60) : 1 ))
 export CHAOS_KILLS=$(( minutes * 12 ))
 export CHAOS_BROKER_KILLS=$(( minutes > 1 ? minutes : 1 ))
 export CHAOS_STOPS=$(( minutes * 3 ))
+export CHAOS_POWER_CUTS=$(( minutes > 1 ? minutes : 1 ))
 [[ -n "$seed" ]] && export CHAOS_SEED="$seed"
-echo "chaos: $CHAOS_SAGAS sagas at $CHAOS_RATE/s, $CHAOS_KILLS service kills, $CHAOS_BROKER_KILLS broker kills, $CHAOS_STOPS SIGSTOPs"
+echo "chaos: $CHAOS_SAGAS sagas at $CHAOS_RATE/s, $CHAOS_KILLS service kills, $CHAOS_BROKER_KILLS broker kills, $CHAOS_STOPS SIGSTOPs, $CHAOS_POWER_CUTS power cuts"
 exec cargo test --release -p fx-tests --test chaos -- --nocapture

@@ -940,6 +940,26 @@ impl Server {
         st.alive()?;
         f(&mut st)
     }
+
+    /// unlink and rmdir: removes `name` from the backing directory with `remove`, then forgets
+    /// its path (an open file keeps its inode and overlay).
+    fn remove(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        remove: fn(&Path) -> io::Result<()>,
+        reply: ReplyEmpty,
+    ) {
+        match self.with(|st| {
+            let rel = st.child(parent, name)?;
+            remove(&st.full(&rel)).map_err(Errno::from)?;
+            st.detach(&rel);
+            Ok(())
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
 }
 
 impl Filesystem for Server {
@@ -1121,27 +1141,11 @@ impl Filesystem for Server {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.with(|st| {
-            let rel = st.child(parent, name)?;
-            fs::remove_file(st.full(&rel)).map_err(Errno::from)?;
-            st.detach(&rel);
-            Ok(())
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, |p| fs::remove_file(p), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.with(|st| {
-            let rel = st.child(parent, name)?;
-            fs::remove_dir(st.full(&rel)).map_err(Errno::from)?;
-            st.detach(&rel);
-            Ok(())
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, |p| fs::remove_dir(p), reply);
     }
 
     fn rename(

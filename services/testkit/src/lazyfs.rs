@@ -247,6 +247,7 @@ impl LazyFs {
                     MOUNT_DEADLINE,
                 ));
             }
+            // A poll with a deadline: the kernel has no notification for "mount is live".
             std::thread::sleep(Duration::from_millis(2));
         }
     }

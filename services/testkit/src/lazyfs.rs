@@ -201,6 +201,12 @@ impl LazyFs {
         self.mount_now()
     }
 
+    /// A failing disk: while `fail` holds, every fsync and fdatasync answers EIO and persists
+    /// nothing (until the next power cut, which mounts a healthy disk again).
+    pub fn fail_fsyncs(&self, fail: bool) {
+        lock(&self.state).fail_fsync = fail;
+    }
+
     /// A power cut that loses the unsynced writes as `loss` says ([`LazyFs::power_cut`] is
     /// `Loss::Dropped`).
     pub fn power_cut_losing(&mut self, loss: Loss) -> Result<(), LazyFsError> {
@@ -550,6 +556,9 @@ struct State {
     dirs: HashMap<u64, Vec<(u64, FileType, OsString)>>,
     /// Set by the power cut: every request fails with EIO.
     dead: bool,
+    /// Set by [`LazyFs::fail_fsyncs`]: every fsync answers EIO and persists nothing (a failing
+    /// disk).
+    fail_fsync: bool,
 }
 
 type Res<T> = Result<T, Errno>;
@@ -579,6 +588,7 @@ impl State {
             next_fh: 1,
             dirs: HashMap::new(),
             dead: false,
+            fail_fsync: false,
         }
     }
 
@@ -804,6 +814,9 @@ impl State {
     }
 
     fn fsync(&mut self, ino: INodeNo, datasync: bool) -> Res<()> {
+        if self.fail_fsync {
+            return Err(Errno::EIO);
+        }
         let n = self.node(ino)?;
         let reopened;
         let file = match (&n.file, n.writable, &n.path) {

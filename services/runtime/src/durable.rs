@@ -84,8 +84,9 @@ pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Opens sled at `path` (created durably if missing), then fsyncs what sled wrote outside its
-/// log: `conf`, the data file, `blobs/` and the directory itself.
-pub fn open(config: sled::Config, path: &Path) -> Result<(sled::Db, DataFiles), OpenError> {
+/// log: `conf`, the data file, `blobs/` and the directory itself. A store whose flushes must be
+/// durable opens [`DataFiles`] next.
+pub fn open(config: sled::Config, path: &Path) -> Result<sled::Db, OpenError> {
     if let Some(parent) = path.parent() {
         create_dir_all(parent).map_err(|e| OpenError::Sync(SyncError::new(parent, e)))?;
     }
@@ -101,8 +102,7 @@ pub fn open(config: sled::Config, path: &Path) -> Result<(sled::Db, DataFiles), 
     if let Some(parent) = path.parent() {
         sync_path(parent)?;
     }
-    let files = DataFiles::open(path)?;
-    Ok((db, files))
+    Ok(db)
 }
 
 /// Why [`open`] failed.
@@ -128,8 +128,7 @@ pub struct DataFiles {
 }
 
 impl DataFiles {
-    /// Opens the data file of the sled store at `path`; its blobs present now count as synced
-    /// ([`open`] has just fsynced the store).
+    /// Opens the data file of the sled store at `path`, and fsyncs the blob files present now.
     pub fn open(path: &Path) -> Result<DataFiles, SyncError> {
         let db_path = path.join("db");
         let db = File::open(&db_path).map_err(|e| SyncError::new(&db_path, e))?;
@@ -207,7 +206,8 @@ mod tests {
     fn open_creates_the_store_and_sync_covers_a_blob() {
         let root = tempfile::tempdir().unwrap();
         let path = root.path().join("svc/sled");
-        let (db, mut files) = open(sled::Config::new(), &path).unwrap();
+        let db = open(sled::Config::new(), &path).unwrap();
+        let mut files = DataFiles::open(&path).unwrap();
         assert!(
             path.join("conf").metadata().unwrap().len() > 8,
             "conf written"

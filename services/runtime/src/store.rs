@@ -258,11 +258,12 @@ impl Store {
             .cache_capacity(cache_mib.saturating_mul(1024 * 1024))
             // Kept for intent only: sled 0.34.7 reads `mode` nowhere, so it changes nothing.
             .mode(sled::Mode::HighThroughput);
-        let (db, files) = durable::open(config, &dir.join("sled")).map_err(|e| match e {
+        let path = dir.join("sled");
+        let db = durable::open(config, &path).map_err(|e| match e {
             durable::OpenError::Store(e) => RuntimeError::Store(e),
             durable::OpenError::Sync(e) => RuntimeError::Sync(e),
         })?;
-        Store::from_db(db, Some(files))
+        Store::from_db(db, Some(DataFiles::open(&path)?))
     }
 
     /// A store in a temporary directory that sled deletes on drop (tests).

@@ -955,6 +955,30 @@ impl Server {
         f(&mut st)
     }
 
+    /// mknod and mkdir: creates `name` in the backing directory with `create` (which says what
+    /// it made), gives it to the caller, and answers with its new entry.
+    fn make(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEntry,
+        create: impl FnOnce(&Path) -> Res<FileType>,
+    ) {
+        let res = self.with(|st| {
+            let rel = st.child(parent, name)?;
+            let full = st.full(&rel);
+            let kind = create(&full)?;
+            chown_to_caller(&full, req);
+            let ino = st.remember(rel, kind);
+            st.attr(ino)
+        });
+        match res {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
     /// unlink and rmdir: removes `name` from the backing directory with `remove`, then forgets
     /// its path (an open file keeps its inode and overlay).
     fn remove(
@@ -1097,19 +1121,17 @@ impl Filesystem for Server {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let res = self.with(|st| {
-            let rel = st.child(parent, name)?;
-            let full = st.full(&rel);
-            let perm = mode & !umask & 0o7777;
+        let perm = mode & !umask & 0o7777;
+        self.make(req, parent, name, reply, |full| {
             if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
                 OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(perm)
-                    .open(&full)
+                    .open(full)
                     .map_err(Errno::from)?;
             } else {
-                let c = cstring(&full).map_err(Errno::from)?;
+                let c = cstring(full).map_err(Errno::from)?;
                 // SAFETY: a valid path.
                 if unsafe { libc::mknod(c.as_ptr(), (mode & libc::S_IFMT) | perm, rdev.into()) }
                     != 0
@@ -1117,15 +1139,9 @@ impl Filesystem for Server {
                     return Err(last_err());
                 }
             }
-            chown_to_caller(&full, req);
-            let md = fs::symlink_metadata(&full).map_err(Errno::from)?;
-            let ino = st.remember(rel, kind_of(md.mode()));
-            st.attr(ino)
+            let md = fs::symlink_metadata(full).map_err(Errno::from)?;
+            Ok(kind_of(md.mode()))
         });
-        match res {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
     }
 
     fn mkdir(
@@ -1137,21 +1153,13 @@ impl Filesystem for Server {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let res = self.with(|st| {
-            let rel = st.child(parent, name)?;
-            let full = st.full(&rel);
+        self.make(req, parent, name, reply, |full| {
             fs::DirBuilder::new()
                 .mode(mode & !umask & 0o7777)
-                .create(&full)
+                .create(full)
                 .map_err(Errno::from)?;
-            chown_to_caller(&full, req);
-            let ino = st.remember(rel, FileType::Directory);
-            st.attr(ino)
+            Ok(FileType::Directory)
         });
-        match res {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {

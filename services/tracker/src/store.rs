@@ -168,7 +168,7 @@ impl Store {
         let config = sled::Config::new()
             .cache_capacity(SLED_CACHE_BYTES)
             .mode(sled::Mode::HighThroughput);
-        let (db, _files) = runtime::durable::open(config, dir).map_err(|e| match e {
+        let db = runtime::durable::open(config, dir).map_err(|e| match e {
             runtime::durable::OpenError::Store(e) => TrackerError::Store(e),
             runtime::durable::OpenError::Sync(e) => TrackerError::DataDir {
                 path: e.path,

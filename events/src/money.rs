@@ -256,6 +256,17 @@ impl Rate {
             .round_dp_with_strategy(Usd::SCALE, RoundingStrategy::ToZero);
         Usd::from_decimal(usd)
     }
+
+    /// The KRW that selling `usd` at this rate brings: `round_down(usd * rate, 0)`, whole won.
+    /// A reversal sells a fill's USD back; rounding toward zero books no won the house did not
+    /// receive.
+    pub fn krw_for(self, usd: Usd) -> Option<Krw> {
+        let krw = usd
+            .amount()
+            .checked_mul(self.0)?
+            .round_dp_with_strategy(Krw::SCALE, RoundingStrategy::ToZero);
+        Krw::from_decimal(krw)
+    }
 }
 
 impl fmt::Display for Rate {
@@ -365,6 +376,20 @@ mod tests {
             "1071.42"
         );
         assert_eq!(rate.usd_for(Krw::parse("1").unwrap()).unwrap(), Usd::ZERO);
+    }
+
+    #[test]
+    fn a_sale_rounds_toward_zero_to_whole_won() {
+        // Selling the 1071.42 USD of a fill back at 1401.5: 1,501,595.13 -> 1,501,595 KRW.
+        let rate = Rate::new(Decimal::new(14015, 1)).unwrap();
+        let usd = Usd::parse("1071.42").unwrap();
+        assert_eq!(rate.krw_for(usd).unwrap().to_string(), "1501595");
+        assert_eq!(
+            rate.krw_for(Usd::parse("0.01").unwrap())
+                .unwrap()
+                .to_string(),
+            "14"
+        );
     }
 
     #[test]

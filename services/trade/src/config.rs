@@ -1,8 +1,6 @@
 //! fx-trade's settings, read from the environment (`FX_*`) with the defaults of DESIGN.md.
 
-use events::Rate;
 use runtime::{env_parse, RuntimeError};
-use rust_decimal::Decimal;
 
 use crate::breaker::BreakerConfig;
 use crate::venue::VenueConfig;
@@ -41,11 +39,6 @@ impl TradeConfig {
     /// Reads every `FX_*` setting of fx-trade; a malformed or out-of-range value is an error
     /// naming the variable.
     pub fn from_env() -> runtime::Result<TradeConfig> {
-        let rate: Decimal = env_parse("FX_VENUE_RATE", Decimal::from(1400))?;
-        let rate = Rate::new(rate).ok_or_else(|| RuntimeError::Config {
-            var: "FX_VENUE_RATE",
-            message: format!("{rate} is not a positive rate (KRW per USD, e.g. 1400)"),
-        })?;
         let config = TradeConfig {
             hold_safety_margin_ms: env_parse(
                 "FX_HOLD_SAFETY_MARGIN_MS",
@@ -56,13 +49,7 @@ impl TradeConfig {
                 failures: env_parse("FX_BREAKER_FAILURES", BreakerConfig::DEFAULT_FAILURES)?,
                 open_ms: env_parse("FX_BREAKER_OPEN_MS", BreakerConfig::DEFAULT_OPEN_MS)?,
             },
-            venue: VenueConfig {
-                rate,
-                volatility_bps: env_parse("FX_VENUE_VOLATILITY_BPS", 0)?,
-                seed: env_parse("FX_VENUE_SEED", 0)?,
-                latency_ms: env_parse("FX_VENUE_LATENCY_MS", 0)?,
-                failure_rate: env_parse("FX_VENUE_FAILURE_RATE", 0.0)?,
-            },
+            venue: VenueConfig::from_env()?,
         };
         config.validate()?;
         Ok(config)

@@ -41,7 +41,8 @@ pub use order::{
     HOUSE_ACCOUNT, ORDER_PREFIX, VENUE_ACCOUNT,
 };
 pub use venue::{
-    limit_fill, OrderOutcome, SimulatedVenue, Venue, VenueConfig, VenueError, VenueOrder,
+    limit_fill, limit_sale, Book, ClientOrderId, Execution, Market, MemoryBook, OrderOutcome,
+    OrderSide, Side, SimulatedVenue, Venue, VenueConfig, VenueError, VenueOrder,
 };
 
 /// The event kinds fx-trade consumes.
@@ -129,19 +130,19 @@ impl TradeService {
             // must still be booked, so ask rather than assume there is none.
             return self.lookup(held.saga_id, now_ms).await;
         }
-        let order = VenueOrder {
-            client_order_id: held.saga_id,
-            user_id: held.user_id.clone(),
-            krw_amount: held.krw_amount,
-            // A limit order: the venue itself refuses to execute below the slippage guard, so a
-            // refusal never leaves an execution for fx-trade to turn down.
-            min_usd_amount: held.min_usd_amount,
-        };
+        // A limit order: the venue itself refuses to execute below the slippage guard, so a
+        // refusal never leaves an execution for fx-trade to turn down.
+        let order = VenueOrder::buy(
+            held.saga_id,
+            held.user_id.clone(),
+            held.krw_amount,
+            held.min_usd_amount,
+        );
         match self
             .call(held.saga_id, now_ms, "order", || self.venue.order(&order))
             .await
         {
-            Ok(OrderOutcome::Executed(rate)) => Quote::Rate(rate),
+            Ok(OrderOutcome::Executed(e)) => Quote::Rate(e.rate),
             Ok(OrderOutcome::LimitNotMet { rate }) => Quote::LimitNotMet { rate },
             Err(unavailable) => unavailable,
         }
@@ -150,11 +151,12 @@ impl TradeService {
     /// Asks the venue, through the breaker, whether an order for `saga_id` executed. Places
     /// nothing: [`Quote::Rate`] if one did, [`Quote::NoExecution`] if none did.
     pub async fn lookup(&self, saga_id: SagaId, now_ms: u64) -> Quote {
+        let id = ClientOrderId::buy(saga_id);
         match self
-            .call(saga_id, now_ms, "lookup", || self.venue.execution(saga_id))
+            .call(saga_id, now_ms, "lookup", || self.venue.execution(&id))
             .await
         {
-            Ok(Some(rate)) => Quote::Rate(rate),
+            Ok(Some(e)) => Quote::Rate(e.rate),
             Ok(None) => Quote::NoExecution,
             Err(unavailable) => unavailable,
         }

@@ -1,18 +1,25 @@
-//! The market venue fx-trade buys USD from, and a simulated one.
+//! The market venue fx-trade trades with, and a simulated one.
 //!
 //! An order is a side effect outside our store, so it is made idempotent the way real venues
-//! allow: the saga id is the client order id. If fx-trade crashes after the venue executed but
-//! before the fill was durable, the redelivered krw.held asks again with the same id and gets
-//! the same execution back instead of a second order.
+//! allow: every order carries a client order id derived from the saga ([`ClientOrderId::buy`],
+//! [`ClientOrderId::reversal`]). If fx-trade crashes after the venue executed but before the
+//! fill was durable, the redelivered event asks again with the same id and gets the same
+//! execution back instead of a second order.
 //!
-//! Two more properties keep every execution booked (DESIGN.md, "a real venue order is a side
-//! effect"): an order is a *limit* order, so the venue itself refuses to execute below the
-//! request's `min_usd_amount` (fx-trade never has to turn down an execution that already
-//! happened); and [`Venue::execution`] looks an earlier order up without placing one, so a
-//! redelivery that may no longer order (the hold runs short) can still find, and book, what a
-//! lost delivery executed.
+//! Three more properties keep every execution booked: an order is a *limit* order, so the
+//! venue itself refuses to execute below the request's `min_usd_amount` (fx-trade never has to
+//! turn down an execution that already happened); [`Venue::execution`] looks an earlier order
+//! up without placing one, so a redelivery that may no longer order (the hold runs short) can
+//! still find, and book, what a lost delivery executed; and [`Venue::executions`] lists every
+//! execution in the venue's own order, so reconciliation can check that each one is booked.
+//!
+//! The market itself (a seeded random walk, failure draws and the limit rule) is
+//! [`Market`]; its executions are kept by a [`Book`]. [`SimulatedVenue`] keeps its book in
+//! memory for tests and the simulation; the `fx-venue` process keeps the same market's book
+//! in its own store, behind HTTP.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -22,25 +29,174 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use runtime::RuntimeError;
 use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 
-/// One limit order: sell `krw_amount` KRW for USD, but only for at least `min_usd_amount`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The id a client gives an order so that the venue recognises a repeat: text of 1 to
+/// [`ClientOrderId::MAX_LEN`] characters from `[A-Za-z0-9._:-]`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ClientOrderId(String);
+
+impl ClientOrderId {
+    /// Longest id accepted (real venues allow 32 to 64 characters).
+    pub const MAX_LEN: usize = 64;
+
+    /// The buy of a saga: the saga id itself.
+    pub fn buy(saga_id: SagaId) -> ClientOrderId {
+        ClientOrderId(saga_id.to_string())
+    }
+
+    /// The reversal of a saga's buy: `<saga_id>.reversal`.
+    pub fn reversal(saga_id: SagaId) -> ClientOrderId {
+        ClientOrderId(format!("{saga_id}.reversal"))
+    }
+
+    /// Checks an id from outside (the HTTP API).
+    pub fn parse(text: &str) -> Result<ClientOrderId, String> {
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
+        if text.is_empty() || text.len() > Self::MAX_LEN || !text.chars().all(ok_char) {
+            return Err(format!(
+                "client order id {text:?} must be 1 to {} characters of A-Z a-z 0-9 . _ : -",
+                Self::MAX_LEN
+            ));
+        }
+        Ok(ClientOrderId(text.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ClientOrderId {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        ClientOrderId::parse(&text)
+    }
+}
+
+impl From<ClientOrderId> for String {
+    fn from(id: ClientOrderId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for ClientOrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which way an order trades, with its amount and its limit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "side", rename_all = "snake_case")]
+pub enum OrderSide {
+    /// Spend `krw_amount` KRW on USD, but only for at least `min_usd_amount` (the request's
+    /// slippage guard). With or without a minimum, an order that would buy nothing (rounds to
+    /// 0.00 USD) never executes.
+    Buy {
+        /// KRW sold.
+        krw_amount: Krw,
+        /// The limit: the least USD the order may execute for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min_usd_amount: Option<Usd>,
+    },
+    /// Sell `usd_amount` USD for KRW: a reversal of a buy. Executes at the market unless
+    /// `min_krw_amount` is set; one that would bring nothing (rounds to 0 KRW) never executes.
+    Sell {
+        /// USD sold.
+        usd_amount: Usd,
+        /// The limit: the least KRW the order may execute for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min_krw_amount: Option<Krw>,
+    },
+}
+
+impl OrderSide {
+    /// The KRW and USD of an execution at `rate`, if the limit allows it there.
+    pub fn fill_at(&self, rate: Rate) -> Option<(Krw, Usd)> {
+        match self {
+            OrderSide::Buy {
+                krw_amount,
+                min_usd_amount,
+            } => limit_fill(rate, *krw_amount, *min_usd_amount).map(|usd| (*krw_amount, usd)),
+            OrderSide::Sell {
+                usd_amount,
+                min_krw_amount,
+            } => limit_sale(rate, *usd_amount, *min_krw_amount).map(|krw| (krw, *usd_amount)),
+        }
+    }
+
+    /// `buy` or `sell`.
+    pub fn side(&self) -> Side {
+        match self {
+            OrderSide::Buy { .. } => Side::Buy,
+            OrderSide::Sell { .. } => Side::Sell,
+        }
+    }
+}
+
+/// `buy` (USD for KRW) or `sell` (USD back for KRW).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// The house bought USD.
+    Buy,
+    /// The house sold USD.
+    Sell,
+}
+
+impl Side {
+    /// `buy` or `sell`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Buy => "buy",
+            Side::Sell => "sell",
+        }
+    }
+}
+
+/// One limit order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VenueOrder {
-    /// The client order id: the saga id, so a repeated order is recognised by the venue.
-    pub client_order_id: SagaId,
+    /// Derived from the saga, so a repeated order is recognised by the venue.
+    pub client_order_id: ClientOrderId,
     /// Whose exchange this is (for the venue's own records).
     pub user_id: UserId,
-    /// KRW sold.
-    pub krw_amount: Krw,
-    /// The limit: the least USD the order may execute for (the request's slippage guard). With
-    /// or without it, an order that would buy nothing (rounds to 0.00 USD) never executes.
-    pub min_usd_amount: Option<Usd>,
+    /// Which way, how much, and the limit.
+    #[serde(flatten)]
+    pub side: OrderSide,
 }
 
 impl VenueOrder {
-    /// The USD this order buys at `rate`, if that meets its limit (see [`limit_fill`]).
-    pub fn fill_at(&self, rate: Rate) -> Option<Usd> {
-        limit_fill(rate, self.krw_amount, self.min_usd_amount)
+    /// The buy of a saga: spend `krw_amount`, for at least `min_usd_amount`.
+    pub fn buy(
+        saga_id: SagaId,
+        user_id: UserId,
+        krw_amount: Krw,
+        min_usd_amount: Option<Usd>,
+    ) -> VenueOrder {
+        VenueOrder {
+            client_order_id: ClientOrderId::buy(saga_id),
+            user_id,
+            side: OrderSide::Buy {
+                krw_amount,
+                min_usd_amount,
+            },
+        }
+    }
+
+    /// The reversal of a saga's fill: sell its `usd_amount` back at the market.
+    pub fn reversal(saga_id: SagaId, user_id: UserId, usd_amount: Usd) -> VenueOrder {
+        VenueOrder {
+            client_order_id: ClientOrderId::reversal(saga_id),
+            user_id,
+            side: OrderSide::Sell {
+                usd_amount,
+                min_krw_amount: None,
+            },
+        }
     }
 }
 
@@ -52,12 +208,41 @@ pub fn limit_fill(rate: Rate, krw: Krw, min: Option<Usd>) -> Option<Usd> {
         .filter(|usd| usd.is_positive() && min.is_none_or(|m| *usd >= m))
 }
 
+/// The KRW selling `usd` brings at `rate` (`Rate::krw_for`, rounded down to the won) if it is
+/// more than zero and at least `min`.
+pub fn limit_sale(rate: Rate, usd: Usd, min: Option<Krw>) -> Option<Krw> {
+    rate.krw_for(usd)
+        .filter(|krw| krw.is_positive() && min.is_none_or(|m| *krw >= m))
+}
+
+/// An order the venue executed: what a client books.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Execution {
+    /// The venue's sequence number of the execution, from 1, gapless: the cursor of
+    /// [`Venue::executions`].
+    pub seq: u64,
+    /// The order's client order id.
+    pub client_order_id: ClientOrderId,
+    /// Whose exchange (as the order said).
+    pub user_id: UserId,
+    /// `buy` or `sell`.
+    pub side: Side,
+    /// KRW per USD.
+    pub rate: Rate,
+    /// KRW paid (buy) or received (sell).
+    pub krw_amount: Krw,
+    /// USD received (buy) or paid (sell).
+    pub usd_amount: Usd,
+    /// When the venue executed it, ms since the Unix epoch (0 from a venue without a clock).
+    pub executed_at_ms: u64,
+}
+
 /// What the venue did with an order it received and answered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OrderOutcome {
-    /// Executed at this rate, KRW per USD (or executed earlier under the same client order id).
-    /// The house now holds the USD: fx-trade must book it as the saga's fill.
-    Executed(Rate),
+    /// Executed (now, or earlier under the same client order id). For a buy the house now
+    /// holds the USD: fx-trade must book it as the saga's fill.
+    Executed(Execution),
     /// Not executed: at `rate` the order's limit was not met. Nothing happened at the venue,
     /// and the venue answered, so this is not a failure for the breaker.
     LimitNotMet {
@@ -69,31 +254,52 @@ pub enum OrderOutcome {
 /// Why the venue did not answer. Every variant counts as a failure for the breaker.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VenueError {
-    /// The venue cannot be reached or is in maintenance.
+    /// The venue cannot be reached or is in maintenance: nothing was executed by this call.
     #[error("venue is down")]
     Down,
     /// The venue answered but did not execute (a transient error on its side, not a limit).
     #[error("venue refused the order: {0}")]
     Failed(String),
+    /// No answer within the deadline. The order may or may not have executed: only a later
+    /// order with the same client order id, or a lookup, can tell.
+    #[error("no answer from the venue within {after_ms} ms; the outcome is unknown")]
+    Timeout {
+        /// The deadline that passed.
+        after_ms: u64,
+    },
+    /// The venue answered something this client does not understand (a contract breach).
+    #[error("unexpected answer from the venue: {0}")]
+    Protocol(String),
 }
 
 /// A market venue. Implementations must be idempotent by `client_order_id`: once an order
 /// executed, the same id always yields that execution, and never a second one.
 pub trait Venue: Send + Sync {
     /// Places the limit order, or returns the execution an earlier order with the same client
-    /// order id already made. An error means nothing executed for this call.
+    /// order id already made. An error other than [`VenueError::Timeout`] means nothing
+    /// executed for this call.
     fn order<'a>(
         &'a self,
         order: &'a VenueOrder,
     ) -> BoxFuture<'a, Result<OrderOutcome, VenueError>>;
 
-    /// The rate an earlier order with this client order id executed at, or `None` if none did.
-    /// Places nothing, so fx-trade may ask when it is too late to order.
-    fn execution(&self, client_order_id: SagaId)
-        -> BoxFuture<'_, Result<Option<Rate>, VenueError>>;
+    /// The execution of an earlier order with this client order id, or `None` if none
+    /// executed. Places nothing, so fx-trade may ask when it is too late to order.
+    fn execution<'a>(
+        &'a self,
+        client_order_id: &'a ClientOrderId,
+    ) -> BoxFuture<'a, Result<Option<Execution>, VenueError>>;
+
+    /// Up to `limit` executions with a sequence number above `after_seq`, in sequence order
+    /// (reconciliation pages through them all).
+    fn executions(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Execution>, VenueError>>;
 }
 
-/// Settings of [`SimulatedVenue`] (`FX_VENUE_*`).
+/// Settings of the simulated market (`FX_VENUE_*`), in fx-trade's embedded venue and fx-venue.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VenueConfig {
     /// `FX_VENUE_RATE` (default 1400): the starting rate, KRW per USD.
@@ -103,7 +309,7 @@ pub struct VenueConfig {
     pub volatility_bps: u32,
     /// `FX_VENUE_SEED` (default 0): seed of the random walk and of failure draws.
     pub seed: u64,
-    /// `FX_VENUE_LATENCY_MS` (default 0): simulated round trip of every order.
+    /// `FX_VENUE_LATENCY_MS` (default 0): simulated round trip of every call.
     pub latency_ms: u64,
     /// `FX_VENUE_FAILURE_RATE` (0..=1, default 0): probability that a new order fails (a
     /// transient refusal by the matching engine; lookups of executions are not affected, only
@@ -135,6 +341,24 @@ impl VenueConfig {
         }
         Ok(())
     }
+
+    /// Reads `FX_VENUE_RATE`, `_VOLATILITY_BPS`, `_SEED`, `_LATENCY_MS` and `_FAILURE_RATE`.
+    pub fn from_env() -> runtime::Result<VenueConfig> {
+        let rate: Decimal = runtime::env_parse("FX_VENUE_RATE", Decimal::from(1400))?;
+        let rate = Rate::new(rate).ok_or_else(|| RuntimeError::Config {
+            var: "FX_VENUE_RATE",
+            message: format!("{rate} is not a positive rate (KRW per USD, e.g. 1400)"),
+        })?;
+        let config = VenueConfig {
+            rate,
+            volatility_bps: runtime::env_parse("FX_VENUE_VOLATILITY_BPS", 0)?,
+            seed: runtime::env_parse("FX_VENUE_SEED", 0)?,
+            latency_ms: runtime::env_parse("FX_VENUE_LATENCY_MS", 0)?,
+            failure_rate: runtime::env_parse("FX_VENUE_FAILURE_RATE", 0.0)?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 impl Default for VenueConfig {
@@ -149,21 +373,157 @@ impl Default for VenueConfig {
     }
 }
 
-/// A deterministic simulated market: a seeded random walk, optional latency and failures, and
-/// an order book keyed by client order id. Tests and the simulation steer it at run time.
+/// Where a venue keeps its executions: in memory ([`SimulatedVenue`]) or in a store (fx-venue).
+pub trait Book {
+    /// Why the book could not be read or written.
+    type Error;
+    /// The execution of an earlier order with this id.
+    fn get(&self, client_order_id: &ClientOrderId) -> Result<Option<Execution>, Self::Error>;
+    /// The sequence number of the last execution (0 when there is none).
+    fn last_seq(&self) -> Result<u64, Self::Error>;
+    /// Keeps a new execution (its `seq` is `last_seq() + 1`).
+    fn insert(&mut self, execution: &Execution) -> Result<(), Self::Error>;
+}
+
+/// The simulated market: a seeded random walk, failure draws and the limit rule. Deterministic
+/// in its seed and the order of the new orders it sees.
+pub struct Market {
+    rate: Rate,
+    volatility_bps: u32,
+    failure_rate: f64,
+    rng: ChaCha8Rng,
+}
+
+impl Market {
+    /// A market as configured (validate the config first).
+    pub fn new(config: &VenueConfig) -> Market {
+        Market {
+            rate: config.rate,
+            volatility_bps: config.volatility_bps,
+            failure_rate: config.failure_rate,
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+        }
+    }
+
+    /// The current rate (what the next new order starts its step from).
+    pub fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    /// Moves the market to `rate`; the walk continues from there.
+    pub fn set_rate(&mut self, rate: Rate) {
+        self.rate = rate;
+    }
+
+    /// Changes the probability that a new order fails. Panics outside 0..=1.
+    pub fn set_failure_rate(&mut self, failure_rate: f64) {
+        assert!(
+            (0.0..=1.0).contains(&failure_rate),
+            "failure rate is a probability"
+        );
+        self.failure_rate = failure_rate;
+    }
+
+    /// Executes `order` against `book`: a repeated client order id gets its execution back
+    /// (no new draw, so the walk stays the same whatever the retries); a new order may fail
+    /// (a draw), moves the market one step, and executes if its limit allows at the new rate.
+    pub fn execute<B: Book>(
+        &mut self,
+        book: &mut B,
+        order: &VenueOrder,
+        now_ms: u64,
+    ) -> Result<Result<OrderOutcome, VenueError>, B::Error> {
+        if let Some(done) = book.get(&order.client_order_id)? {
+            return Ok(Ok(OrderOutcome::Executed(done)));
+        }
+        if self.failure_rate > 0.0 && self.rng.gen_bool(self.failure_rate) {
+            return Ok(Err(VenueError::Failed("simulated failure".into())));
+        }
+        if self.volatility_bps > 0 {
+            let bps = i64::from(self.volatility_bps);
+            let step = self.rng.gen_range(-bps..=bps);
+            // The step is bounded by MAX_VOLATILITY_BPS, so the product stays positive; if
+            // rounding to the rate's scale ever reached zero, keep the previous rate.
+            let next = Decimal::from(10_000 + step)
+                .checked_div(Decimal::from(10_000))
+                .and_then(|factor| self.rate.krw_per_usd().checked_mul(factor))
+                .and_then(Rate::new);
+            if let Some(next) = next {
+                self.rate = next;
+            }
+        }
+        // The market moved for this order whether or not it executes; a refused order leaves
+        // no execution behind, so a later order with the same id is a new order.
+        let rate = self.rate;
+        let Some((krw_amount, usd_amount)) = order.side.fill_at(rate) else {
+            return Ok(Ok(OrderOutcome::LimitNotMet { rate }));
+        };
+        let execution = Execution {
+            seq: book.last_seq()? + 1,
+            client_order_id: order.client_order_id.clone(),
+            user_id: order.user_id.clone(),
+            side: order.side.side(),
+            rate,
+            krw_amount,
+            usd_amount,
+            executed_at_ms: now_ms,
+        };
+        book.insert(&execution)?;
+        Ok(Ok(OrderOutcome::Executed(execution)))
+    }
+}
+
+/// A [`Book`] in memory.
+#[derive(Default)]
+pub struct MemoryBook {
+    by_id: HashMap<ClientOrderId, usize>,
+    executions: Vec<Execution>,
+}
+
+impl Book for MemoryBook {
+    type Error = std::convert::Infallible;
+
+    fn get(&self, id: &ClientOrderId) -> Result<Option<Execution>, Self::Error> {
+        Ok(self.by_id.get(id).map(|&i| self.executions[i].clone()))
+    }
+
+    fn last_seq(&self) -> Result<u64, Self::Error> {
+        Ok(self.executions.len() as u64)
+    }
+
+    fn insert(&mut self, execution: &Execution) -> Result<(), Self::Error> {
+        self.by_id
+            .insert(execution.client_order_id.clone(), self.executions.len());
+        self.executions.push(execution.clone());
+        Ok(())
+    }
+}
+
+impl MemoryBook {
+    fn since(&self, after_seq: u64, limit: usize) -> Vec<Execution> {
+        let from = usize::try_from(after_seq).unwrap_or(usize::MAX);
+        self.executions
+            .iter()
+            .skip(from)
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+}
+
+/// A deterministic simulated venue in memory: a [`Market`], a [`MemoryBook`], optional latency
+/// and failures. Tests and the simulation steer it at run time.
 pub struct SimulatedVenue {
     state: Mutex<SimState>,
 }
 
 struct SimState {
-    rate: Rate,
-    volatility_bps: u32,
+    market: Market,
+    book: MemoryBook,
     latency_ms: u64,
-    failure_rate: f64,
     down: bool,
-    rng: ChaCha8Rng,
-    /// Executed orders by client order id: the venue's idempotency.
-    orders: HashMap<SagaId, Rate>,
+    /// Orders execute, but the answer never arrives in time (a hung call, seen as a timeout).
+    answers_late: bool,
     /// Every order call that reached the venue, executed or not (for breaker tests).
     attempts: u64,
     /// Every execution lookup that reached the venue.
@@ -177,13 +537,11 @@ impl SimulatedVenue {
         config.validate().expect("valid venue config");
         SimulatedVenue {
             state: Mutex::new(SimState {
-                rate: config.rate,
-                volatility_bps: config.volatility_bps,
+                market: Market::new(config),
+                book: MemoryBook::default(),
                 latency_ms: config.latency_ms,
-                failure_rate: config.failure_rate,
                 down: false,
-                rng: ChaCha8Rng::seed_from_u64(config.seed),
-                orders: HashMap::new(),
+                answers_late: false,
                 attempts: 0,
                 lookups: 0,
             }),
@@ -204,43 +562,66 @@ impl SimulatedVenue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes the venue down (every order fails with [`VenueError::Down`]) or brings it back.
+    /// Takes the venue down (every call fails with [`VenueError::Down`]) or brings it back.
     pub fn set_down(&self, down: bool) {
         self.lock().down = down;
     }
 
+    /// Makes every call do its work at the venue but answer after the caller's deadline
+    /// ([`VenueError::Timeout`]): an order executes, and the caller does not learn it.
+    pub fn set_answers_late(&self, late: bool) {
+        self.lock().answers_late = late;
+    }
+
     /// Changes the probability that a new order fails. Panics outside 0..=1.
     pub fn set_failure_rate(&self, failure_rate: f64) {
-        assert!(
-            (0.0..=1.0).contains(&failure_rate),
-            "failure rate is a probability"
-        );
-        self.lock().failure_rate = failure_rate;
+        self.lock().market.set_failure_rate(failure_rate);
     }
 
     /// Moves the market to `rate` (the walk continues from there).
     pub fn set_rate(&self, rate: Rate) {
-        self.lock().rate = rate;
+        self.lock().market.set_rate(rate);
     }
 
-    /// Changes the simulated latency of later orders.
+    /// Changes the simulated latency of later calls.
     pub fn set_latency_ms(&self, latency_ms: u64) {
         self.lock().latency_ms = latency_ms;
     }
 
     /// The current market rate (what the next new order would start its step from).
     pub fn rate(&self) -> Rate {
-        self.lock().rate
+        self.lock().market.rate()
     }
 
-    /// How many distinct orders executed.
+    /// How many distinct buy orders executed.
     pub fn orders_executed(&self) -> usize {
-        self.lock().orders.len()
+        self.count(Side::Buy)
     }
 
-    /// The rate an order executed at, if it did.
-    pub fn executed_rate(&self, client_order_id: SagaId) -> Option<Rate> {
-        self.lock().orders.get(&client_order_id).copied()
+    /// How many distinct reversals (sell orders) executed.
+    pub fn reversals_executed(&self) -> usize {
+        self.count(Side::Sell)
+    }
+
+    fn count(&self, side: Side) -> usize {
+        let s = self.lock();
+        s.book.executions.iter().filter(|e| e.side == side).count()
+    }
+
+    /// The rate a saga's buy executed at, if it did.
+    pub fn executed_rate(&self, saga_id: SagaId) -> Option<Rate> {
+        self.executed(&ClientOrderId::buy(saga_id)).map(|e| e.rate)
+    }
+
+    /// The execution of an order, if it executed.
+    pub fn executed(&self, client_order_id: &ClientOrderId) -> Option<Execution> {
+        let Ok(found) = self.lock().book.get(client_order_id);
+        found
+    }
+
+    /// Every execution, in sequence order.
+    pub fn all_executions(&self) -> Vec<Execution> {
+        self.lock().book.executions.clone()
     }
 
     /// How many order calls reached the venue (executed, repeated, refused or failed).
@@ -254,60 +635,38 @@ impl SimulatedVenue {
     }
 
     /// The synchronous core of an order, after the simulated latency.
-    fn execute(&self, order: &VenueOrder) -> Result<OrderOutcome, VenueError> {
+    fn place(&self, order: &VenueOrder) -> Result<OrderOutcome, VenueError> {
         let mut s = self.lock();
         s.attempts += 1;
         if s.down {
             return Err(VenueError::Down);
         }
-        // A repeated client order id is a lookup, not a new order: same execution, no new
-        // random draw (so the walk stays the same whatever the redeliveries).
-        if let Some(rate) = s.orders.get(&order.client_order_id) {
-            return Ok(OrderOutcome::Executed(*rate));
+        let SimState { market, book, .. } = &mut *s;
+        let Ok(outcome) = market.execute(book, order, 0);
+        if s.answers_late {
+            return Err(VenueError::Timeout { after_ms: 0 });
         }
-        if s.failure_rate > 0.0 {
-            let p = s.failure_rate;
-            if s.rng.gen_bool(p) {
-                return Err(VenueError::Failed("simulated failure".into()));
-            }
-        }
-        if s.volatility_bps > 0 {
-            let bps = i64::from(s.volatility_bps);
-            let step = s.rng.gen_range(-bps..=bps);
-            // The step is bounded by MAX_VOLATILITY_BPS, so the product stays positive; if
-            // rounding to the rate's scale ever reached zero, keep the previous rate.
-            let next = Decimal::from(10_000 + step)
-                .checked_div(Decimal::from(10_000))
-                .and_then(|factor| s.rate.krw_per_usd().checked_mul(factor))
-                .and_then(Rate::new);
-            if let Some(next) = next {
-                s.rate = next;
-            }
-        }
-        // The market moved for this order whether or not it executes; a refused order leaves
-        // no execution behind, so a later order with the same id is a new order.
-        let rate = s.rate;
-        if order.fill_at(rate).is_none() {
-            return Ok(OrderOutcome::LimitNotMet { rate });
-        }
-        s.orders.insert(order.client_order_id, rate);
-        Ok(OrderOutcome::Executed(rate))
+        outcome
     }
 
     /// The synchronous core of a lookup, after the simulated latency.
-    fn lookup(&self, client_order_id: SagaId) -> Result<Option<Rate>, VenueError> {
+    fn lookup(&self, client_order_id: &ClientOrderId) -> Result<Option<Execution>, VenueError> {
         let mut s = self.lock();
         s.lookups += 1;
         if s.down {
             return Err(VenueError::Down);
         }
-        Ok(s.orders.get(&client_order_id).copied())
+        if s.answers_late {
+            return Err(VenueError::Timeout { after_ms: 0 });
+        }
+        let Ok(found) = s.book.get(client_order_id);
+        Ok(found)
     }
 
     async fn round_trip(&self) {
         let latency_ms = self.lock().latency_ms;
-        // The only real delay in fx-trade: it stands for the venue's round trip. Zero
-        // latency needs no timer, so the simulation can run without a tokio runtime.
+        // The only real delay in fx-trade's embedded venue: it stands for the venue's round
+        // trip. Zero latency needs no timer, so the simulation can run without a tokio runtime.
         if latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(latency_ms)).await;
         }
@@ -321,17 +680,32 @@ impl Venue for SimulatedVenue {
     ) -> BoxFuture<'a, Result<OrderOutcome, VenueError>> {
         Box::pin(async move {
             self.round_trip().await;
-            self.execute(order)
+            self.place(order)
         })
     }
 
-    fn execution(
-        &self,
-        client_order_id: SagaId,
-    ) -> BoxFuture<'_, Result<Option<Rate>, VenueError>> {
+    fn execution<'a>(
+        &'a self,
+        client_order_id: &'a ClientOrderId,
+    ) -> BoxFuture<'a, Result<Option<Execution>, VenueError>> {
         Box::pin(async move {
             self.round_trip().await;
             self.lookup(client_order_id)
+        })
+    }
+
+    fn executions(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Execution>, VenueError>> {
+        Box::pin(async move {
+            self.round_trip().await;
+            let s = self.lock();
+            if s.down {
+                return Err(VenueError::Down);
+            }
+            Ok(s.book.since(after_seq, limit))
         })
     }
 }
@@ -349,26 +723,31 @@ mod tests {
         SagaId::from(uuid::Uuid::from_u128(n))
     }
 
+    fn alice() -> UserId {
+        UserId::parse("alice").unwrap()
+    }
+
     fn order(n: u128) -> VenueOrder {
-        VenueOrder {
-            client_order_id: id(n),
-            user_id: UserId::parse("alice").unwrap(),
-            krw_amount: Krw::parse("1500000").unwrap(),
-            min_usd_amount: None,
-        }
+        VenueOrder::buy(id(n), alice(), Krw::parse("1500000").unwrap(), None)
     }
 
     fn limit(n: u128, min: &str) -> VenueOrder {
-        VenueOrder {
-            min_usd_amount: Some(Usd::parse(min).unwrap()),
-            ..order(n)
-        }
+        VenueOrder::buy(
+            id(n),
+            alice(),
+            Krw::parse("1500000").unwrap(),
+            Some(Usd::parse(min).unwrap()),
+        )
+    }
+
+    fn lookup(v: &SimulatedVenue, n: u128) -> Result<Option<Rate>, VenueError> {
+        block_on(v.execution(&ClientOrderId::buy(id(n)))).map(|e| e.map(|e| e.rate))
     }
 
     /// The rate of an order that must execute.
     fn executed(v: &SimulatedVenue, o: &VenueOrder) -> Rate {
         match block_on(v.order(o)) {
-            Ok(OrderOutcome::Executed(rate)) => rate,
+            Ok(OrderOutcome::Executed(e)) => e.rate,
             other => panic!("expected an execution, got {other:?}"),
         }
     }
@@ -473,26 +852,26 @@ mod tests {
         let v = SimulatedVenue::new(&VenueConfig::default());
         assert_eq!(executed(&v, &order(1)), rate(1400));
         v.set_rate(rate(1500));
-        assert_eq!(
+        assert!(matches!(
             block_on(v.order(&limit(1, "9999.00"))),
-            Ok(OrderOutcome::Executed(rate(1400)))
-        );
+            Ok(OrderOutcome::Executed(e)) if e.rate == rate(1400) && e.seq == 1
+        ));
         assert_eq!(v.orders_executed(), 1);
     }
 
     #[test]
     fn a_lookup_finds_an_execution_and_never_places_one() {
         let v = SimulatedVenue::new(&VenueConfig::default());
-        assert_eq!(block_on(v.execution(id(1))), Ok(None));
+        assert_eq!(lookup(&v, 1), Ok(None));
         assert_eq!(v.orders_executed(), 0, "a lookup placed an order");
         executed(&v, &order(1));
         v.set_rate(rate(1500));
-        assert_eq!(block_on(v.execution(id(1))), Ok(Some(rate(1400))));
+        assert_eq!(lookup(&v, 1), Ok(Some(rate(1400))));
         // Transient order failures do not touch lookups; a venue that is down answers nothing.
         v.set_failure_rate(1.0);
-        assert_eq!(block_on(v.execution(id(1))), Ok(Some(rate(1400))));
+        assert_eq!(lookup(&v, 1), Ok(Some(rate(1400))));
         v.set_down(true);
-        assert_eq!(block_on(v.execution(id(1))), Err(VenueError::Down));
+        assert_eq!(lookup(&v, 1), Err(VenueError::Down));
         assert_eq!((v.lookups(), v.attempts()), (4, 1));
     }
 
@@ -503,5 +882,56 @@ mod tests {
             ..VenueConfig::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn a_reversal_sells_the_usd_back_under_its_own_id_and_both_are_listed_in_order() {
+        let v = SimulatedVenue::new(&VenueConfig::default());
+        executed(&v, &order(1));
+        v.set_rate(rate(1450));
+        let usd = Usd::parse("1071.42").unwrap();
+        let back = match block_on(v.order(&VenueOrder::reversal(id(1), alice(), usd))) {
+            Ok(OrderOutcome::Executed(e)) => e,
+            other => panic!("expected the reversal to execute, got {other:?}"),
+        };
+        // 1071.42 USD at 1450 = 1,553,559 KRW: the house gained 53,559 KRW on the move.
+        assert_eq!(back.krw_amount.to_string(), "1553559");
+        assert_eq!((back.side, back.seq), (Side::Sell, 2));
+        assert_eq!(back.client_order_id.as_str(), format!("{}.reversal", id(1)));
+        // Repeating the reversal gets the same execution, however the market moved since.
+        v.set_rate(rate(1300));
+        assert!(matches!(
+            block_on(v.order(&VenueOrder::reversal(id(1), alice(), usd))),
+            Ok(OrderOutcome::Executed(e)) if e == back
+        ));
+        assert_eq!((v.orders_executed(), v.reversals_executed()), (1, 1));
+        let all = block_on(v.executions(0, 10)).unwrap();
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(block_on(v.executions(1, 10)).unwrap(), [back]);
+        assert!(block_on(v.executions(2, 10)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_late_answer_leaves_the_execution_behind_for_a_lookup() {
+        let v = SimulatedVenue::new(&VenueConfig::default());
+        v.set_answers_late(true);
+        assert!(matches!(
+            block_on(v.order(&order(1))),
+            Err(VenueError::Timeout { .. })
+        ));
+        v.set_answers_late(false);
+        assert_eq!(lookup(&v, 1), Ok(Some(rate(1400))));
+    }
+
+    #[test]
+    fn client_order_ids_from_outside_are_checked() {
+        assert!(ClientOrderId::parse("abc-1.reversal").is_ok());
+        assert!(ClientOrderId::parse("").is_err());
+        assert!(ClientOrderId::parse("has space").is_err());
+        assert!(ClientOrderId::parse(&"x".repeat(65)).is_err());
+        let json = serde_json::to_string(&order(1)).unwrap();
+        assert!(json.contains(r#""side":"buy""#), "{json}");
+        let back: VenueOrder = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, order(1));
     }
 }

@@ -38,7 +38,7 @@ pub enum Handled {
 /// simulation runs the same code.
 pub trait Participant: Send + Sync + 'static {
     /// What `prepare` hands to `handle` (e.g. a venue quote); `()` for most services.
-    type Prepared: Send + Sync;
+    type Prepared: Send + Sync + 'static;
 
     /// Short name: the durable consumer (`fx-<name>`), the DLQ subject token, the metric label.
     fn name(&self) -> &'static str;
@@ -62,6 +62,13 @@ pub trait Participant: Send + Sync + 'static {
         event: &Event,
         now_ms: u64,
     ) -> impl Future<Output = Self::Prepared> + Send;
+
+    /// Most `prepare`s the runtime runs at once. A prepare that finishes at its first poll (no
+    /// IO) is not counted; one that waits (a venue call) runs as its own task, so that a slow
+    /// or hung call holds back only its own saga. The default, 1, runs them one at a time.
+    fn prepare_concurrency(&self) -> usize {
+        1
+    }
 
     /// Handles one decoded event: reads and writes records, journals, emits.
     fn handle<R: Records>(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, ReplayPolicy};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, AckKind};
-use events::{Event, EventKind};
+use events::{Event, EventKind, SagaId};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tracing::{debug, error, info, info_span, warn, Instrument};
@@ -343,6 +343,13 @@ async fn consume_loop<P: Participant>(
     )
     .await?;
     let batch_max = config.batch_max.max(1);
+    let mut pipe = Pipeline::new(
+        participant.clone(),
+        store.clone(),
+        clock.clone(),
+        batch_max,
+        participant.prepare_concurrency().max(1),
+    );
     'connect: loop {
         let mut messages = consumer
             .stream()
@@ -355,171 +362,386 @@ async fn consume_loop<P: Participant>(
         health.set_ready(true);
         info!(service, "consuming");
         loop {
-            let first = tokio::select! {
-                biased;
-                _ = stop.changed() => return Ok(()),
-                m = messages.next() => m,
-            };
-            let mut batch = Vec::with_capacity(batch_max);
-            match first {
-                Some(Ok(m)) => batch.push(m),
-                Some(Err(e))
-                    if e.kind()
-                        == jetstream::consumer::pull::MessagesErrorKind::MissingHeartbeat =>
-                {
-                    // The pull request is gone (on a cluster: the consumer's leader moved or
-                    // its node died, or the request was routed before the new leader's
-                    // interest arrived). The client would only re-pull once it expires, so
-                    // pull again now.
-                    warn!(service, error = %e, "pull stream: missed heartbeats; pulling again");
-                    continue 'connect;
-                }
-                Some(Err(e)) => {
-                    // Other pull errors arrive as items; the stream goes on.
-                    warn!(service, error = %e, "pull stream");
-                    continue;
-                }
-                None => {
-                    warn!(service, "pull stream ended; starting a new one");
-                    continue 'connect;
-                }
-            }
-            // Group commit sized by what is ready: take what has already arrived, no waiting.
-            while batch.len() < batch_max {
+            pipe.admit_deferred();
+            // Group commit sized by what is ready: admit what has already arrived, no waiting.
+            while pipe.can_admit() {
                 match messages.next().now_or_never() {
-                    Some(Some(Ok(m))) => batch.push(m),
-                    _ => break,
+                    Some(item) => {
+                        if let Pulled::Reconnect = pipe.pulled(service, item) {
+                            continue 'connect;
+                        }
+                    }
+                    None => break,
                 }
             }
-            handle_batch(&*participant, &store, &js, &clock, &faults, batch).await?;
+            if pipe.has_ready() {
+                let group = pipe.take_ready();
+                commit_group(&*participant, &store, &js, &faults, group).await?;
+                continue;
+            }
+            // Nothing to commit yet: wait for a message, a prepare to finish, or the stop.
+            let can_admit = pipe.can_admit();
+            let running = pipe.running();
+            let woke = tokio::select! {
+                biased;
+                _ = stop.changed() => Woke::Stop,
+                done = pipe.tasks.join_next_with_id(), if running > 0 => Woke::Prepared(done),
+                m = messages.next(), if can_admit => Woke::Message(m),
+            };
+            match woke {
+                Woke::Stop => {
+                    // Finish what was started: every running prepare, then its commit. What
+                    // was deferred stays unacked and is redelivered to the next instance.
+                    while pipe.running() > 0 || pipe.has_ready() {
+                        if let Some(done) = pipe.tasks.join_next_with_id().await {
+                            pipe.finished(done);
+                        }
+                        if pipe.has_ready() {
+                            let group = pipe.take_ready();
+                            commit_group(&*participant, &store, &js, &faults, group).await?;
+                        }
+                    }
+                    return Ok(());
+                }
+                Woke::Prepared(Some(done)) => pipe.finished(done),
+                Woke::Prepared(None) => {}
+                Woke::Message(item) => {
+                    if let Pulled::Reconnect = pipe.pulled(service, item) {
+                        continue 'connect;
+                    }
+                }
+            }
         }
     }
 }
 
-/// One message of a batch on its way through the transaction: decoded (and prepared) or not.
-struct Unit<Pr> {
-    /// Index in the batch.
-    index: usize,
-    input: std::result::Result<(Event, Pr), events::DecodeError>,
-    now_ms: u64,
-    started: Instant,
+type PrepareResult<Pr> =
+    std::result::Result<(tokio::task::Id, (Event, Pr)), tokio::task::JoinError>;
+
+enum Woke<Pr> {
+    Stop,
+    Prepared(Option<PrepareResult<Pr>>),
+    Message(Option<std::result::Result<jetstream::Message, pull::MessagesError>>),
 }
 
-async fn handle_batch<P: Participant>(
+enum Pulled {
+    Continue,
+    /// The pull stream is gone or lost its heartbeats: pull again (in-flight messages stay
+    /// valid; their acks go to their own reply subjects).
+    Reconnect,
+}
+
+/// Where one admitted message stands.
+enum Stage<Pr> {
+    /// Decoded and prepared, or undecodable: ready to commit.
+    Ready(std::result::Result<(Event, Pr), events::DecodeError>),
+    /// Its prepare is still running as this task (a venue call).
+    Running(tokio::task::Id),
+    /// Its prepare task panicked: the message is nak'ed, loudly.
+    Panicked(String),
+}
+
+struct Slot<Pr> {
+    msg: jetstream::Message,
+    saga: Option<SagaId>,
+    now_ms: u64,
+    started: Instant,
+    stage: Stage<Pr>,
+}
+
+/// The consumer's pipeline: messages are admitted in delivery order and their `prepare`s start
+/// at once, concurrently (at most `max_running` at a time); whatever has finished preparing is
+/// committed as one group, in delivery order, while slower prepares keep running. A call that
+/// hangs until its deadline therefore holds back its own saga only.
+///
+/// Two messages of one saga are never in the pipeline together: the second waits (deferred)
+/// until the first has committed, so its `prepare` reads what the first wrote (fx-trade never
+/// asks the venue twice for one saga).
+struct Pipeline<P: Participant> {
+    participant: Arc<P>,
+    store: Arc<Store>,
+    clock: Clock,
+    batch_max: usize,
+    max_running: usize,
+    /// Admitted messages in delivery order.
+    slots: std::collections::VecDeque<Slot<P::Prepared>>,
+    /// Messages waiting for an earlier message of their saga to commit, in delivery order.
+    deferred: std::collections::VecDeque<(SagaId, jetstream::Message)>,
+    /// Sagas with a message in `slots`.
+    sagas: std::collections::HashMap<SagaId, usize>,
+    tasks: tokio::task::JoinSet<(Event, P::Prepared)>,
+}
+
+impl<P: Participant> Pipeline<P> {
+    fn new(
+        participant: Arc<P>,
+        store: Arc<Store>,
+        clock: Clock,
+        batch_max: usize,
+        max_running: usize,
+    ) -> Self {
+        Pipeline {
+            participant,
+            store,
+            clock,
+            batch_max,
+            max_running,
+            slots: Default::default(),
+            deferred: Default::default(),
+            sagas: Default::default(),
+            tasks: tokio::task::JoinSet::new(),
+        }
+    }
+
+    fn running(&self) -> usize {
+        self.tasks.len()
+    }
+
+    fn ready(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| !matches!(s.stage, Stage::Running(_)))
+            .count()
+    }
+
+    fn has_ready(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| !matches!(s.stage, Stage::Running(_)))
+    }
+
+    /// Room for one more message: a free prepare slot, a group not yet full, and a bounded
+    /// number of deferred messages.
+    fn can_admit(&self) -> bool {
+        self.running() < self.max_running
+            && self.ready() < self.batch_max
+            && self.deferred.len() < self.batch_max
+    }
+
+    /// Takes one item of the pull stream.
+    fn pulled(
+        &mut self,
+        service: &'static str,
+        item: Option<std::result::Result<jetstream::Message, pull::MessagesError>>,
+    ) -> Pulled {
+        match item {
+            Some(Ok(m)) => {
+                self.admit(m);
+                Pulled::Continue
+            }
+            Some(Err(e)) if e.kind() == pull::MessagesErrorKind::MissingHeartbeat => {
+                // The pull request is gone (on a cluster: the consumer's leader moved or its
+                // node died, or the request was routed before the new leader's interest
+                // arrived). The client would only re-pull once it expires, so pull again now.
+                warn!(service, error = %e, "pull stream: missed heartbeats; pulling again");
+                Pulled::Reconnect
+            }
+            Some(Err(e)) => {
+                // Other pull errors arrive as items; the stream goes on.
+                warn!(service, error = %e, "pull stream");
+                Pulled::Continue
+            }
+            None => {
+                warn!(service, "pull stream ended; starting a new one");
+                Pulled::Reconnect
+            }
+        }
+    }
+
+    /// Admits a message: decodes it and starts its prepare, or defers it behind its saga.
+    fn admit(&mut self, msg: jetstream::Message) {
+        let started = Instant::now();
+        let event = match Event::decode(msg.subject.as_str(), &msg.payload) {
+            Ok(event) => event,
+            Err(err) => {
+                let now_ms = (self.clock)();
+                self.slots.push_back(Slot {
+                    msg,
+                    saga: None,
+                    now_ms,
+                    started,
+                    stage: Stage::Ready(Err(err)),
+                });
+                return;
+            }
+        };
+        let saga = event.saga_id();
+        if self.sagas.contains_key(&saga) || self.deferred.iter().any(|(s, _)| *s == saga) {
+            self.deferred.push_back((saga, msg));
+            return;
+        }
+        self.start(msg, event, started);
+    }
+
+    fn start(&mut self, msg: jetstream::Message, event: Event, started: Instant) {
+        let saga = event.saga_id();
+        let now_ms = (self.clock)();
+        let participant = self.participant.clone();
+        let store = self.store.clone();
+        let span = info_span!("prepare", saga_id = %saga, kind = %event.kind());
+        let mut prepare: std::pin::Pin<Box<dyn Future<Output = (Event, P::Prepared)> + Send>> =
+            Box::pin(
+                async move {
+                    let prepared = participant.prepare(&*store, &event, now_ms).await;
+                    (event, prepared)
+                }
+                .instrument(span),
+            );
+        // Most prepares finish at once (no IO, or the record settles the event): poll once
+        // here and spawn only what has to wait. The task's first poll registers its own waker.
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        let stage = match prepare.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(done) => Stage::Ready(Ok(done)),
+            std::task::Poll::Pending => Stage::Running(self.tasks.spawn(prepare).id()),
+        };
+        *self.sagas.entry(saga).or_default() += 1;
+        self.slots.push_back(Slot {
+            msg,
+            saga: Some(saga),
+            now_ms,
+            started,
+            stage,
+        });
+    }
+
+    /// Starts the deferred messages whose saga has left the pipeline, in delivery order.
+    fn admit_deferred(&mut self) {
+        let mut i = 0;
+        while i < self.deferred.len() && self.running() < self.max_running {
+            let saga = self.deferred[i].0;
+            let blocked = self.sagas.contains_key(&saga)
+                || self.deferred.iter().take(i).any(|(s, _)| *s == saga);
+            if blocked {
+                i += 1;
+                continue;
+            }
+            let (_, msg) = self.deferred.remove(i).expect("index in range");
+            // Decoded once already; a message that decoded then decodes again.
+            match Event::decode(msg.subject.as_str(), &msg.payload) {
+                Ok(event) => self.start(msg, event, Instant::now()),
+                Err(_) => unreachable!("a deferred message decoded when it was admitted"),
+            }
+        }
+    }
+
+    /// Books a finished prepare task on its slot.
+    fn finished(&mut self, done: PrepareResult<P::Prepared>) {
+        let (id, stage) = match done {
+            Ok((id, prepared)) => (id, Stage::Ready(Ok(prepared))),
+            Err(e) => (e.id(), Stage::Panicked(e.to_string())),
+        };
+        if let Some(slot) = self
+            .slots
+            .iter_mut()
+            .find(|s| matches!(s.stage, Stage::Running(t) if t == id))
+        {
+            slot.stage = stage;
+        }
+    }
+
+    /// Removes the slots that are ready, in delivery order, up to a group's size.
+    fn take_ready(&mut self) -> Vec<Slot<P::Prepared>> {
+        let mut group = Vec::new();
+        let mut kept = std::collections::VecDeque::with_capacity(self.slots.len());
+        for slot in self.slots.drain(..) {
+            if group.len() < self.batch_max && !matches!(slot.stage, Stage::Running(_)) {
+                group.push(slot);
+            } else {
+                kept.push_back(slot);
+            }
+        }
+        self.slots = kept;
+        for slot in &group {
+            if let Some(saga) = slot.saga {
+                if let Some(n) = self.sagas.get_mut(&saga) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.sagas.remove(&saga);
+                    }
+                }
+            }
+        }
+        group
+    }
+}
+
+/// Commits one group: every ready message in one transaction (each rolls back alone), one
+/// flush, then dead letters and acks.
+async fn commit_group<P: Participant>(
     participant: &P,
     store: &Store,
     js: &jetstream::Context,
-    clock: &Clock,
     faults: &FaultHook,
-    batch: Vec<jetstream::Message>,
+    group: Vec<Slot<P::Prepared>>,
 ) -> Result<()> {
     let service = participant.name();
-    metrics::histogram!(names::BATCH_SIZE, "service" => service).record(batch.len() as f64);
-    let mut kinds: Vec<AckKind> = Vec::with_capacity(batch.len());
-    // (index in the batch, reason, message, stream sequence) of messages to dead-letter.
+    metrics::histogram!(names::BATCH_SIZE, "service" => service).record(group.len() as f64);
+    let mut kinds: Vec<AckKind> = Vec::with_capacity(group.len());
+    // (index in the group, reason, message, stream sequence) of messages to dead-letter.
     let mut dead: Vec<(usize, &'static str, String, u64)> = Vec::new();
-    let mut next = 0;
-    while next < batch.len() {
-        // A run of messages of distinct sagas, each prepared against what is committed, then
-        // handled in one transaction. A second message of a saga starts the next run, so that
-        // its `prepare` sees what the first one wrote (fx-trade never asks the venue twice).
-        let mut units: Vec<Unit<P::Prepared>> = Vec::new();
-        let mut sagas = std::collections::HashSet::new();
-        while next < batch.len() {
-            let msg = &batch[next];
-            let started = Instant::now();
-            let now_ms = clock();
-            let input = match Event::decode(msg.subject.as_str(), &msg.payload) {
-                Ok(event) => {
-                    if !sagas.insert(event.saga_id()) {
-                        break;
-                    }
-                    let span =
-                        info_span!("prepare", saga_id = %event.saga_id(), kind = %event.kind());
-                    let prepared = participant
-                        .prepare(store, &event, now_ms)
-                        .instrument(span)
-                        .await;
-                    Ok((event, prepared))
-                }
-                Err(err) => Err(err),
-            };
-            units.push(Unit {
-                index: next,
-                input,
-                now_ms,
-                started,
-            });
-            next += 1;
-        }
-        let outcomes = store.transact_each(&units, |tx, u| {
-            let msg = &batch[u.index];
-            handle_in_tx(participant, tx, msg, u)
-        });
-        let outcomes: Vec<Result<Outcome>> = match outcomes {
-            Ok(v) => v,
-            // A storage failure fails the whole run: every message of it is retried.
-            Err(RuntimeError::Store(e)) => units
-                .iter()
-                .map(|_| Err(RuntimeError::Store(e.clone())))
-                .collect(),
-            Err(e) => return Err(e),
+    let outcomes = store.transact_each(&group, |tx, slot| handle_in_tx(participant, tx, slot));
+    let outcomes: Vec<Result<Outcome>> = match outcomes {
+        Ok(v) => v,
+        // A storage failure fails the whole group: every message of it is retried.
+        Err(RuntimeError::Store(e)) => group
+            .iter()
+            .map(|_| Err(RuntimeError::Store(e.clone())))
+            .collect(),
+        Err(e) => return Err(e),
+    };
+    for (i, (slot, outcome)) in group.iter().zip(outcomes).enumerate() {
+        let (stream_seq, delivered) = match slot.msg.info() {
+            Ok(info) => (info.stream_sequence, info.delivered),
+            Err(_) => (0, 1),
         };
-        for (u, outcome) in units.iter().zip(outcomes) {
-            let msg = &batch[u.index];
-            let (stream_seq, delivered) = match msg.info() {
-                Ok(i) => (i.stream_sequence, i.delivered),
-                Err(_) => (0, 1),
-            };
-            if delivered > 1 {
-                metrics::counter!(names::REDELIVERIES, "service" => service).increment(1);
-            }
-            let kind = match outcome {
-                Ok(Outcome::Handled(Handled::Applied)) => {
-                    count(service, "applied");
-                    AckKind::Ack
-                }
-                Ok(Outcome::Handled(Handled::Ignored)) => {
-                    count(service, "ignored");
-                    AckKind::Ack
-                }
-                Ok(Outcome::Duplicate) => {
-                    count(service, "duplicate");
-                    metrics::counter!(names::DUPLICATES, "service" => service).increment(1);
-                    AckKind::Ack
-                }
-                Ok(Outcome::Handled(Handled::RetryAfter { delay_ms })) => {
-                    count(service, "retry");
-                    AckKind::Nak(Some(Duration::from_millis(delay_ms)))
-                }
-                Ok(Outcome::Handled(Handled::DeadLetter { reason, message })) => {
-                    // Stored only after the flush below: the verdict may rest on state this
-                    // batch wrote (a conflicting request beside the accepted one), and if a
-                    // crash undid that state, the redelivery must be able to decide again.
-                    dead.push((u.index, reason, message, stream_seq));
-                    AckKind::Term
-                }
-                Err(e) => {
-                    // A store failure is transient; anything else is a bug. Either way the
-                    // event must not be lost: nak it and try again later, loudly.
-                    count(service, "error");
-                    match e {
-                        RuntimeError::Store(_) => {
-                            warn!(service, error = %e, stream_seq, "transient failure")
-                        }
-                        _ => {
-                            error!(service, error = %e, stream_seq, "handler failed; the event will be retried")
-                        }
-                    }
-                    AckKind::Nak(Some(transient_delay(delivered)))
-                }
-            };
-            metrics::histogram!(names::HANDLER_SECONDS, "service" => service)
-                .record(u.started.elapsed().as_secs_f64());
-            kinds.push(kind);
+        if delivered > 1 {
+            metrics::counter!(names::REDELIVERIES, "service" => service).increment(1);
         }
+        let kind = match outcome {
+            Ok(Outcome::Handled(Handled::Applied)) => {
+                count(service, "applied");
+                AckKind::Ack
+            }
+            Ok(Outcome::Handled(Handled::Ignored)) => {
+                count(service, "ignored");
+                AckKind::Ack
+            }
+            Ok(Outcome::Duplicate) => {
+                count(service, "duplicate");
+                metrics::counter!(names::DUPLICATES, "service" => service).increment(1);
+                AckKind::Ack
+            }
+            Ok(Outcome::Handled(Handled::RetryAfter { delay_ms })) => {
+                count(service, "retry");
+                AckKind::Nak(Some(Duration::from_millis(delay_ms)))
+            }
+            Ok(Outcome::Handled(Handled::DeadLetter { reason, message })) => {
+                // Stored only after the flush below: the verdict may rest on state this
+                // group wrote (a conflicting request beside the accepted one), and if a
+                // crash undid that state, the redelivery must be able to decide again.
+                dead.push((i, reason, message, stream_seq));
+                AckKind::Term
+            }
+            Err(e) => {
+                // A store failure is transient; anything else is a bug. Either way the
+                // event must not be lost: nak it and try again later, loudly.
+                count(service, "error");
+                match e {
+                    RuntimeError::Store(_) => {
+                        warn!(service, error = %e, stream_seq, "transient failure")
+                    }
+                    _ => {
+                        error!(service, error = %e, stream_seq, "handler failed; the event will be retried")
+                    }
+                }
+                AckKind::Nak(Some(transient_delay(delivered)))
+            }
+        };
+        metrics::histogram!(names::HANDLER_SECONDS, "service" => service)
+            .record(slot.started.elapsed().as_secs_f64());
+        kinds.push(kind);
     }
-    // Group commit: one flush makes every transaction of the batch durable and releases their
+    // Group commit: one flush makes every transaction of the group durable and releases their
     // outbox entries to the relay; only then may the broker forget the messages.
     let flush_started = Instant::now();
     store.flush().await?;
@@ -529,7 +751,7 @@ async fn handle_batch<P: Participant>(
         return Err(RuntimeError::Crashed(FaultPoint::AfterCommitBeforeAck));
     }
     for (i, reason, message, stream_seq) in dead {
-        let msg = &batch[i];
+        let msg = &group[i].msg;
         warn!(service, reason, %message, subject = %msg.subject, stream_seq, "dead-lettering");
         let letter = DeadLetter {
             service,
@@ -553,9 +775,9 @@ async fn handle_batch<P: Participant>(
             }
         }
     }
-    for (msg, kind) in batch.into_iter().zip(kinds) {
+    for (slot, kind) in group.into_iter().zip(kinds) {
         // A lost ack only means a redelivery, which the inbox and per-saga state absorb.
-        if let Err(e) = msg.ack_with(kind).await {
+        if let Err(e) = slot.msg.ack_with(kind).await {
             debug!(service, error = %e, "ack not sent");
         }
     }
@@ -576,20 +798,25 @@ enum Outcome {
     Duplicate,
 }
 
-/// Handles one message inside the batch's transaction: the inbox check, then the participant.
+/// Handles one message inside the group's transaction: the inbox check, then the participant.
 fn handle_in_tx<P: Participant>(
     participant: &P,
     tx: &mut crate::Tx<'_>,
-    msg: &jetstream::Message,
-    u: &Unit<P::Prepared>,
+    u: &Slot<P::Prepared>,
 ) -> crate::TxResult<Outcome> {
-    let (event, prepared) = match &u.input {
-        Ok(ok) => ok,
-        Err(err) => {
+    let msg = &u.msg;
+    let (event, prepared) = match &u.stage {
+        Stage::Ready(Ok(ok)) => ok,
+        Stage::Ready(Err(err)) => {
             let h =
                 participant.undecodable(tx, msg.subject.as_str(), &msg.payload, err, u.now_ms)?;
             return Ok(Outcome::Handled(h));
         }
+        // A panicking prepare is a bug: the message is retried later, as for a failing handler.
+        Stage::Panicked(e) => {
+            return crate::store::abort(RuntimeError::Handler(format!("prepare panicked: {e}")))
+        }
+        Stage::Running(_) => unreachable!("only ready slots are committed"),
     };
     let _span = info_span!("handle", saga_id = %event.saga_id(), kind = %event.kind()).entered();
     Ok(

@@ -182,7 +182,7 @@ impl TradeService {
                 retry_in_ms,
             });
         }
-        let result = call().await;
+        let result = self.with_deadline(call()).await;
         // The outcome is booked at the time the call was admitted: the breaker takes no clock,
         // and the venue's latency is small against the open period.
         let outcome = match result {
@@ -199,7 +199,11 @@ impl TradeService {
                     breaker.record_failure(now_ms);
                     breaker.retry_in_ms(now_ms)
                 };
-                metrics::counter!("fx_trade_venue_calls_total", "call" => what, "outcome" => "failed")
+                let outcome = match e {
+                    VenueError::Timeout { .. } => "timeout",
+                    _ => "failed",
+                };
+                metrics::counter!("fx_trade_venue_calls_total", "call" => what, "outcome" => outcome)
                     .increment(1);
                 tracing::warn!(%saga_id, call = what, error = %e, probe = admission == Admission::Probe, "venue call failed");
                 Err(Quote::Unavailable {
@@ -210,6 +214,24 @@ impl TradeService {
         };
         self.report_breaker(now_ms);
         outcome
+    }
+
+    /// Bounds a venue call by `venue_timeout_ms`: past it the call is dropped and its outcome
+    /// is unknown ([`VenueError::Timeout`]). Without a tokio runtime (the deterministic
+    /// simulation drives prepare with a plain executor and a venue without latency) there is
+    /// no timer, and the call runs to its answer.
+    async fn with_deadline<T>(
+        &self,
+        call: BoxFuture<'_, Result<T, VenueError>>,
+    ) -> Result<T, VenueError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return call.await;
+        }
+        let after_ms = self.config.venue_timeout_ms;
+        match tokio::time::timeout(std::time::Duration::from_millis(after_ms), call).await {
+            Ok(answer) => answer,
+            Err(_) => Err(VenueError::Timeout { after_ms }),
+        }
     }
 
     fn report_breaker(&self, now_ms: u64) {
@@ -227,6 +249,10 @@ impl Participant for TradeService {
 
     fn consumes(&self) -> &'static [EventKind] {
         CONSUMES
+    }
+
+    fn prepare_concurrency(&self) -> usize {
+        self.config.venue_max_inflight
     }
 
     /// The venue is asked only when the saga's record does not answer the event already: a

@@ -165,6 +165,22 @@ pub struct TradeCancelled {
     pub reason: CancelReason,
 }
 
+/// fx-trade's reversal of a cancelled fill executed at the venue: the house sold the fill's
+/// USD back. The house's FX gain or loss on the saga is `krw_amount - fill_krw_amount`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TradeReversed {
+    pub saga_id: SagaId,
+    pub user_id: UserId,
+    /// USD sold back (the fill's USD).
+    pub usd_amount: Usd,
+    /// KRW the sale brought.
+    pub krw_amount: Krw,
+    /// The reversal's rate, KRW per USD.
+    pub rate: Rate,
+    /// KRW the original fill cost.
+    pub fill_krw_amount: Krw,
+}
+
 /// fx-usd credited the user's USD account from the house float.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsdCredited {
@@ -243,6 +259,7 @@ pub enum Event {
     TradeFilled(TradeFilled),
     TradeFailed(TradeFailed),
     TradeCancelled(TradeCancelled),
+    TradeReversed(TradeReversed),
     UsdCredited(UsdCredited),
     UsdCreditFailed(UsdCreditFailed),
     UsdDebited(UsdDebited),
@@ -264,6 +281,7 @@ macro_rules! each {
             Event::TradeFilled($e) => $body,
             Event::TradeFailed($e) => $body,
             Event::TradeCancelled($e) => $body,
+            Event::TradeReversed($e) => $body,
             Event::UsdCredited($e) => $body,
             Event::UsdCreditFailed($e) => $body,
             Event::UsdDebited($e) => $body,
@@ -287,6 +305,7 @@ impl Event {
             Event::TradeFilled(_) => EventKind::TradeFilled,
             Event::TradeFailed(_) => EventKind::TradeFailed,
             Event::TradeCancelled(_) => EventKind::TradeCancelled,
+            Event::TradeReversed(_) => EventKind::TradeReversed,
             Event::UsdCredited(_) => EventKind::UsdCredited,
             Event::UsdCreditFailed(_) => EventKind::UsdCreditFailed,
             Event::UsdDebited(_) => EventKind::UsdDebited,
@@ -352,6 +371,7 @@ impl Event {
             EventKind::TradeFilled => Event::TradeFilled(body(kind, payload)?),
             EventKind::TradeFailed => Event::TradeFailed(body(kind, payload)?),
             EventKind::TradeCancelled => Event::TradeCancelled(body(kind, payload)?),
+            EventKind::TradeReversed => Event::TradeReversed(body(kind, payload)?),
             EventKind::UsdCredited => Event::UsdCredited(body(kind, payload)?),
             EventKind::UsdCreditFailed => Event::UsdCreditFailed(body(kind, payload)?),
             EventKind::UsdDebited => Event::UsdDebited(body(kind, payload)?),
@@ -422,6 +442,11 @@ impl Event {
             }
             Event::TradeCancelled(e) => {
                 positive_krw("krw_amount", e.krw_amount)?;
+                positive_usd("usd_amount", e.usd_amount)
+            }
+            Event::TradeReversed(e) => {
+                positive_krw("krw_amount", e.krw_amount)?;
+                positive_krw("fill_krw_amount", e.fill_krw_amount)?;
                 positive_usd("usd_amount", e.usd_amount)
             }
             Event::UsdCredited(e) => positive_usd("usd_amount", e.usd_amount),

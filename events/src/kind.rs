@@ -26,8 +26,10 @@ pub enum EventKind {
     TradeFilled,
     /// fx-trade did not fill (and never will for this saga).
     TradeFailed,
-    /// fx-trade reversed a filled order.
+    /// fx-trade cancelled a filled order: the user is made whole, the house keeps the USD.
     TradeCancelled,
+    /// fx-trade's reversal of a cancelled fill executed at the venue.
+    TradeReversed,
     /// fx-usd credited the user's USD account.
     UsdCredited,
     /// fx-usd did not credit (and never will for this saga).
@@ -43,8 +45,8 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// Every kind, in flow order.
-    pub const ALL: [EventKind; 15] = [
+    /// Every kind: in flow order, then the kinds added later.
+    pub const ALL: [EventKind; 16] = [
         EventKind::ExchangeRequested,
         EventKind::KrwHeld,
         EventKind::KrwRejected,
@@ -60,6 +62,9 @@ impl EventKind {
         EventKind::UsdDeposited,
         EventKind::UsdFrozen,
         EventKind::UsdUnfrozen,
+        // Last, not in flow order: positions are stored codes (fx-tracker's timelines), so a
+        // new kind takes the next one.
+        EventKind::TradeReversed,
     ];
 
     /// The subject's domain token: `exchange`, `krw`, `trade` or `usd`.
@@ -71,7 +76,10 @@ impl EventKind {
             | EventKind::KrwCommitted
             | EventKind::KrwReleased
             | EventKind::KrwDeposited => "krw",
-            EventKind::TradeFilled | EventKind::TradeFailed | EventKind::TradeCancelled => "trade",
+            EventKind::TradeFilled
+            | EventKind::TradeFailed
+            | EventKind::TradeCancelled
+            | EventKind::TradeReversed => "trade",
             EventKind::UsdCredited
             | EventKind::UsdCreditFailed
             | EventKind::UsdDebited
@@ -93,6 +101,7 @@ impl EventKind {
             EventKind::TradeFilled => "filled",
             EventKind::TradeFailed => "failed",
             EventKind::TradeCancelled => "cancelled",
+            EventKind::TradeReversed => "reversed",
             EventKind::UsdCredited => "credited",
             EventKind::UsdCreditFailed => "credit_failed",
             EventKind::UsdDebited => "debited",

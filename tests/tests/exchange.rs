@@ -110,8 +110,15 @@ async fn a_frozen_usd_account_runs_the_whole_reverse_chain() {
     let saga = SagaId::new_v7();
     let out = sys.exchange_saga("dave", "1400000", None, saga).await;
     assert_eq!(out.state, "COMPENSATED");
+    // The house's reversal at the venue runs beside the user's compensation, so it may be on
+    // the stream already, anywhere after trade.cancelled.
+    let user_steps: Vec<&String> = out
+        .events
+        .iter()
+        .filter(|e| *e != "trade.reversed")
+        .collect();
     assert_eq!(
-        out.events,
+        user_steps,
         [
             "exchange.requested",
             "krw.held",
@@ -133,7 +140,14 @@ async fn a_frozen_usd_account_runs_the_whole_reverse_chain() {
     b.usd_frozen = true;
     assert_eq!(sys.balance("dave").await, b);
     assert_eq!(sys.journal_ops("krw", saga), ["hold", "release"]);
-    assert_eq!(sys.journal_ops("trade", saga), ["cancel", "fill"]);
+    // The fill's USD is sold back at the venue: 1,400,000 KRW bought 1000.00 USD at the flat
+    // 1400, which sells back for exactly what it cost, so there is no gain or loss to book.
+    sys.wait_for_event(saga, events::EventKind::TradeReversed)
+        .await;
+    assert_eq!(
+        sys.journal_ops("trade", saga),
+        ["cancel", "fill", "reverse"]
+    );
     assert!(sys.journal_ops("usd", saga).is_empty());
     sys.assert_audit_ok().await;
 }
@@ -263,7 +277,30 @@ async fn a_fill_racing_the_hold_expiry_is_reversed_and_the_user_ends_whole() {
         balance("gus", "2000000", "0", "0.00")
     );
     assert_eq!(sys.journal_ops("usd", saga), ["credit", "debit"]);
-    assert_eq!(sys.journal_ops("trade", saga), ["cancel", "fill"]);
+    // Sold back at the venue: 714.28 USD at 1400 brings 999,992 KRW for the 1,000,000 paid,
+    // rounding's 8 KRW loss, booked as fx_pnl.
+    sys.wait_for_event(saga, events::EventKind::TradeReversed)
+        .await;
+    let reversed = sys
+        .saga_events(saga)
+        .await
+        .into_iter()
+        .find_map(|e| match e {
+            events::Event::TradeReversed(r) => Some(r),
+            _ => None,
+        })
+        .expect("trade.reversed is on the stream");
+    assert_eq!(
+        (
+            reversed.krw_amount.to_string(),
+            reversed.fill_krw_amount.to_string()
+        ),
+        ("999992".to_string(), "1000000".to_string())
+    );
+    assert_eq!(
+        sys.journal_ops("trade", saga),
+        ["cancel", "fill", "fx_pnl", "reverse"]
+    );
     sys.assert_audit_ok().await;
 }
 

@@ -807,7 +807,8 @@ fn a_fill_lost_in_a_crash_while_the_venue_is_unreachable_until_the_hold_runs_out
         .iter()
         .map(|e| e.op.clone())
         .collect();
-    assert_eq!(ops, ["fill", "cancel"], "booked and reversed");
+    assert_eq!(ops, ["fill", "cancel", "reverse"], "booked and reversed");
+    assert_eq!(w.venue.reversals_executed(), 1);
     assert_eq!(w.venue.orders_executed(), 1);
     assert_balances(&w, 2_000_000, "0.00");
     assert_eq!(w.usd_house(), usd("10000000.00"));

@@ -564,6 +564,10 @@ pub fn describe(seq: u64, e: &Event) -> String {
         }
         Event::TradeFailed(f) => reason(&f.reason, &f.message),
         Event::TradeCancelled(c) => format!("usd={} {}", c.usd_amount, reason(&c.reason, "")),
+        Event::TradeReversed(r) => format!(
+            "usd={} krw={} rate={} fill_krw={}",
+            r.usd_amount, r.krw_amount, r.rate, r.fill_krw_amount
+        ),
         Event::UsdCredited(c) => format!("usd={}", c.usd_amount),
         Event::UsdCreditFailed(f) => reason(&f.reason, &f.message),
         Event::UsdDebited(d) => format!("usd={}", d.usd_amount),

@@ -418,6 +418,9 @@ async fn consume_loop<P: Participant>(
 type PrepareResult<Pr> =
     std::result::Result<(tokio::task::Id, (Event, Pr)), tokio::task::JoinError>;
 
+/// What woke the waiting consumer. Lives on the stack for one turn of the loop, so the size of
+/// a message inside it costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 enum Woke<Pr> {
     Stop,
     Prepared(Option<PrepareResult<Pr>>),

@@ -59,9 +59,10 @@ fn step_class(kind: EventKind) -> Option<&'static str> {
         EventKind::KrwRejected | EventKind::TradeFailed | EventKind::UsdCreditFailed => {
             Some(names::STEP_FAILURE)
         }
-        EventKind::KrwReleased | EventKind::TradeCancelled | EventKind::UsdDebited => {
-            Some(names::COMPENSATION_STEPS)
-        }
+        EventKind::KrwReleased
+        | EventKind::TradeCancelled
+        | EventKind::TradeReversed
+        | EventKind::UsdDebited => Some(names::COMPENSATION_STEPS),
         EventKind::KrwDeposited
         | EventKind::UsdDeposited
         | EventKind::UsdFrozen

@@ -109,7 +109,8 @@ impl Serialize for SagaState {
     }
 }
 
-/// A set of event kinds, one bit per position in `EventKind::ALL` (13 kinds fit in 16 bits).
+/// A set of event kinds, one bit per position in `EventKind::ALL` (16 kinds: every bit of a
+/// `u16` is taken; a test fails when a 17th kind is added).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct KindSet(pub u16);
 
@@ -152,6 +153,7 @@ pub fn kind_index(kind: EventKind) -> usize {
         EventKind::UsdDeposited => 12,
         EventKind::UsdFrozen => 13,
         EventKind::UsdUnfrozen => 14,
+        EventKind::TradeReversed => 15,
     }
 }
 
@@ -769,6 +771,12 @@ pub fn apply(rec: &mut SagaRecord, event: &Event, seq: u64, at_ms: u64) -> Appli
             rec.witness_usd(kind, e.usd_amount);
             fail(rec, cancel_code(e.reason));
         }
+        // The house's own business with the venue after the user was made whole: the amounts
+        // must match the fill it reverses; the P&L is the stream's to tell, not a failure.
+        Event::TradeReversed(e) => {
+            rec.witness_krw(K::TradeFilled, e.fill_krw_amount);
+            rec.witness_usd(kind, e.usd_amount);
+        }
         Event::UsdCredited(e) => rec.witness_usd(kind, e.usd_amount),
         Event::UsdCreditFailed(e) => fail(rec, credit_fail_code(e.reason)),
         Event::UsdDebited(e) => rec.witness_usd(kind, e.usd_amount),
@@ -925,6 +933,14 @@ mod tests {
             states.push(apply(&mut rec, e, i as u64 + 1, 1000 + 100 * i as u64).state);
         }
         (rec, states)
+    }
+
+    #[test]
+    fn every_kind_has_its_position_in_all_as_its_code_and_fits_the_set() {
+        for (i, kind) in EventKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind_index(kind), i, "{kind}");
+        }
+        assert!(EventKind::ALL.len() <= 16, "KindSet holds 16 kinds");
     }
 
     #[test]

@@ -3,7 +3,10 @@
 use runtime::{JournalEntry, Store};
 use serde::Serialize;
 
-use crate::order::{OrderRecord, OrderState, ORDER_PREFIX};
+use events::Usd;
+use rust_decimal::Decimal;
+
+use crate::order::{Fill, OrderRecord, OrderState, ORDER_PREFIX, PNL_ACCOUNT};
 
 /// The result of [`audit`]: counts, and every disagreement in words.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -17,19 +20,58 @@ pub struct TradeAudit {
     /// Orders that never filled for the user (an execution found after a venue_unavailable,
     /// booked and reversed at once, counts here and in the fill and cancel entries).
     pub failed: usize,
-    /// Fills that were reversed.
+    /// Fills that were cancelled for the user.
     pub cancelled: usize,
+    /// Cancelled fills whose reversal the venue has not confirmed yet: the house holds their
+    /// USD (`position_usd`).
+    pub reversals_pending: usize,
+    /// Reversals booked (sales of a cancelled fill's USD back at the venue).
+    pub reversed: usize,
     /// `fill` journal entries.
     pub fill_entries: usize,
     /// `cancel` journal entries.
     pub cancel_entries: usize,
+    /// `reverse` journal entries.
+    pub reverse_entries: usize,
+    /// The house's open USD position: cancelled fills not yet sold back.
+    pub position_usd: Decimal,
+    /// The house's FX gain (positive) or loss (negative) on booked reversals, in KRW, as the
+    /// records say; the `fx_pnl` entries sum to the same.
+    pub pnl_krw: Decimal,
     /// What is wrong, one sentence each.
     pub failures: Vec<String>,
 }
 
-/// Checks that every fill and cancel in the order records is journaled exactly as recorded,
-/// and that the journal holds nothing the records do not explain. Records that do not decode
-/// are reported as failures, not errors, so one bad record does not hide the rest.
+/// One saga's journal entries, by operation.
+#[derive(Default)]
+struct SagaEntries {
+    fill: Option<JournalEntry>,
+    cancel: Option<JournalEntry>,
+    reverse: Option<JournalEntry>,
+    pnl: Option<JournalEntry>,
+}
+
+impl SagaEntries {
+    fn count(&self) -> usize {
+        [&self.fill, &self.cancel, &self.reverse, &self.pnl]
+            .iter()
+            .filter(|e| e.is_some())
+            .count()
+    }
+
+    /// The signed P&L the `fx_pnl` entry books: a gain is credited to fx_pnl.
+    fn pnl(&self) -> Decimal {
+        match &self.pnl {
+            Some(e) if e.credit == PNL_ACCOUNT => e.amount,
+            Some(e) => -e.amount,
+            None => Decimal::ZERO,
+        }
+    }
+}
+
+/// Checks that every fill, cancel and reversal in the order records is journaled exactly as
+/// recorded, and that the journal holds nothing the records do not explain. Records that do
+/// not decode are reported as failures, not errors, so one bad record does not hide the rest.
 pub fn audit(store: &Store) -> runtime::Result<TradeAudit> {
     let mut a = TradeAudit::default();
     // One walk (`Store::by_saga`) over two streams sorted by saga id: the journal, in the order
@@ -39,35 +81,44 @@ pub fn audit(store: &Store) -> runtime::Result<TradeAudit> {
     let mut entry_failures = Vec::new();
     let mut record_failures = Vec::new();
     let mut unexplained = 0;
+    let mut journal_pnl = Decimal::ZERO;
     for group in store.by_saga::<String, serde_json::Value, 1>([ORDER_PREFIX])? {
         let group = group?;
         // Compared as text, as the record's key names it: every key names a saga.
         let saga = group.saga.expect("every key names a saga as text");
         let [record] = group.records;
 
-        // This saga's fill and cancel entries; of two claiming one op, the last one counts.
-        let mut fill_entry: Option<JournalEntry> = None;
-        let mut cancel_entry: Option<JournalEntry> = None;
+        // This saga's entries by operation; of two claiming one op, the last one counts.
+        let mut entries = SagaEntries::default();
         for e in group.entries {
-            match e.op.as_str() {
+            let slot = match e.op.as_str() {
                 "fill" => {
                     a.fill_entries += 1;
-                    fill_entry = Some(e);
+                    &mut entries.fill
                 }
                 "cancel" => {
                     a.cancel_entries += 1;
-                    cancel_entry = Some(e);
+                    &mut entries.cancel
                 }
-                other => entry_failures.push(format!(
-                    "journal entry {} has operation {other:?}; fx-trade only journals fill and cancel",
-                    e.key()
-                )),
-            }
+                "reverse" => {
+                    a.reverse_entries += 1;
+                    &mut entries.reverse
+                }
+                "fx_pnl" => &mut entries.pnl,
+                other => {
+                    entry_failures.push(format!(
+                        "journal entry {} has operation {other:?}; fx-trade only journals fill, cancel, reverse and fx_pnl",
+                        e.key()
+                    ));
+                    continue;
+                }
+            };
+            *slot = Some(e);
         }
-        let entries = usize::from(fill_entry.is_some()) + usize::from(cancel_entry.is_some());
+        journal_pnl += entries.pnl();
 
         let Some((key, raw)) = record else {
-            unexplained += entries;
+            unexplained += entries.count();
             continue;
         };
         a.orders += 1;
@@ -75,18 +126,17 @@ pub fn audit(store: &Store) -> runtime::Result<TradeAudit> {
             Ok(r) => r,
             Err(e) => {
                 record_failures.push(format!("record {key} does not decode as an order: {e}"));
-                unexplained += entries;
+                unexplained += entries.count();
                 continue;
             }
         };
-        check_order(
-            &mut a,
-            &mut record_failures,
-            &saga,
-            &record,
-            fill_entry.as_ref(),
-            cancel_entry.as_ref(),
-        );
+        check_order(&mut a, &mut record_failures, &saga, &record, &entries);
+    }
+    if journal_pnl != a.pnl_krw {
+        record_failures.push(format!(
+            "the fx_pnl entries sum to {journal_pnl} KRW but the reversals recorded make {} KRW",
+            a.pnl_krw
+        ));
     }
     a.failures.append(&mut entry_failures);
     a.failures.append(&mut record_failures);
@@ -99,58 +149,88 @@ pub fn audit(store: &Store) -> runtime::Result<TradeAudit> {
     Ok(a)
 }
 
-/// One order record against its fill and cancel entries.
+/// One USD entry against what the record says it must be (`None`: no entry allowed).
+fn check_usd(
+    failures: &mut Vec<String>,
+    saga: &str,
+    what: &str,
+    expected: Option<Usd>,
+    entry: Option<&JournalEntry>,
+) {
+    match (expected, entry) {
+        (Some(usd), Some(e)) if e.amount != usd.amount() => failures.push(format!(
+            "saga {saga}: the order's {what} is {usd} USD but the journal's says {}",
+            e.amount
+        )),
+        (Some(usd), None) => failures.push(format!(
+            "saga {saga}: the order's {what} is {usd} USD but the journal has no {what} entry"
+        )),
+        (None, Some(e)) => failures.push(format!(
+            "saga {saga}: the journal has a {what} of {} USD the order does not have",
+            e.amount
+        )),
+        _ => {}
+    }
+}
+
+/// One order record against its entries.
 fn check_order(
     a: &mut TradeAudit,
     failures: &mut Vec<String>,
     saga: &str,
     record: &OrderRecord,
-    fill_entry: Option<&JournalEntry>,
-    cancel_entry: Option<&JournalEntry>,
+    entries: &SagaEntries,
 ) {
-    let (fill, cancelled) = match &record.state {
+    let (fill, cancelled, reversal) = match &record.state {
         OrderState::Filled(f) => {
             a.filled += 1;
-            (Some(f), false)
+            (Some(f), false, None)
         }
-        OrderState::Cancelled { fill, .. } => {
+        OrderState::Cancelled { fill, reversal, .. } => {
             a.cancelled += 1;
-            (Some(fill), true)
+            (Some(fill), true, reversal.as_ref())
         }
         // An execution found after a venue_unavailable was booked and reversed at once.
-        OrderState::Failed { reversed, .. } => {
+        OrderState::Failed {
+            reversed, reversal, ..
+        } => {
             a.failed += 1;
-            (reversed.as_ref(), reversed.is_some())
+            (reversed.as_ref(), reversed.is_some(), reversal.as_ref())
         }
     };
-    match (fill, fill_entry) {
-        (Some(f), Some(e)) if e.amount != f.usd_amount.amount() => failures.push(format!(
-            "saga {saga}: the order filled {} USD but the journal's fill says {}",
-            f.usd_amount, e.amount
-        )),
-        (Some(f), None) => failures.push(format!(
-            "saga {saga}: the order filled {} USD but the journal has no fill entry",
-            f.usd_amount
-        )),
-        (None, Some(e)) => failures.push(format!(
-            "saga {saga}: the order never filled but the journal has a fill of {} USD",
-            e.amount
-        )),
-        _ => {}
-    }
-    match (cancelled, cancel_entry) {
-        (true, None) => failures.push(format!(
-            "saga {saga}: the order was cancelled but the journal has no cancel entry"
-        )),
-        (false, Some(_)) => failures.push(format!(
-            "saga {saga}: the journal has a cancel entry but the order is not cancelled"
-        )),
-        (true, Some(e)) if fill.is_some_and(|f| e.amount != f.usd_amount.amount()) => failures
-            .push(format!(
-                "saga {saga}: the order reversed {} USD but the journal's cancel says {}",
-                fill.map(|f| f.usd_amount).unwrap_or_default(),
-                e.amount
-            )),
+    let usd = |f: Option<&Fill>| f.map(|f| f.usd_amount);
+    check_usd(failures, saga, "fill", usd(fill), entries.fill.as_ref());
+    check_usd(
+        failures,
+        saga,
+        "cancel",
+        usd(fill.filter(|_| cancelled)),
+        entries.cancel.as_ref(),
+    );
+    check_usd(
+        failures,
+        saga,
+        "reverse",
+        reversal.map(|r| r.usd_amount),
+        entries.reverse.as_ref(),
+    );
+    match (fill, reversal) {
+        (Some(fill), Some(r)) => {
+            a.reversed += 1;
+            a.pnl_krw += r.pnl_krw(fill);
+            if entries.pnl() != r.pnl_krw(fill) {
+                failures.push(format!(
+                    "saga {saga}: the reversal made {} KRW against the fill's {} KRW, but the journal's fx_pnl says {}",
+                    r.krw_amount,
+                    fill.krw_amount,
+                    entries.pnl()
+                ));
+            }
+        }
+        (Some(fill), None) if cancelled => {
+            a.reversals_pending += 1;
+            a.position_usd += fill.usd_amount.amount();
+        }
         _ => {}
     }
 }

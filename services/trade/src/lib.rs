@@ -29,7 +29,7 @@ mod tests;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use events::{Event, EventKind, KrwHeld, SagaId};
+use events::{Event, EventKind, KrwHeld, SagaId, Usd, UserId};
 use futures::future::BoxFuture;
 use runtime::{Handled, Participant, ReadRecords, Records, TxResult};
 
@@ -37,8 +37,9 @@ pub use audit::{audit, TradeAudit};
 pub use breaker::{Admission, BreakerConfig, BreakerState, CircuitBreaker};
 pub use config::TradeConfig;
 pub use order::{
-    decide, hold_expiring, order_key, Decision, Fill, OrderRecord, OrderState, Quote,
-    HOUSE_ACCOUNT, ORDER_PREFIX, VENUE_ACCOUNT,
+    decide, hold_expiring, order_key, Decision, Fill, OrderRecord, OrderState, Quote, Reversal,
+    HOUSE_ACCOUNT, ORDER_PREFIX, PNL_ACCOUNT, POSITION_ACCOUNT, REVERSAL_RETRY_MAX_MS,
+    VENUE_ACCOUNT,
 };
 pub use venue::{
     limit_fill, limit_sale, Book, ClientOrderId, Execution, Market, MemoryBook, OrderOutcome,
@@ -50,6 +51,8 @@ pub const CONSUMES: &[EventKind] = &[
     EventKind::KrwHeld,
     EventKind::KrwReleased,
     EventKind::UsdCreditFailed,
+    // Its own: a cancelled fill is reversed at the venue after the user was made whole.
+    EventKind::TradeCancelled,
 ];
 
 /// Handles one event of one saga inside a transaction: loads `order:<saga_id>`, decides,
@@ -151,14 +154,48 @@ impl TradeService {
     /// Asks the venue, through the breaker, whether an order for `saga_id` executed. Places
     /// nothing: [`Quote::Rate`] if one did, [`Quote::NoExecution`] if none did.
     pub async fn lookup(&self, saga_id: SagaId, now_ms: u64) -> Quote {
-        let id = ClientOrderId::buy(saga_id);
-        match self
-            .call(saga_id, now_ms, "lookup", || self.venue.execution(&id))
-            .await
-        {
+        match self.find(saga_id, now_ms).await {
             Ok(Some(e)) => Quote::Rate(e.rate),
             Ok(None) => Quote::NoExecution,
             Err(unavailable) => unavailable,
+        }
+    }
+
+    /// The execution of the saga's buy, through the breaker.
+    async fn find(&self, saga_id: SagaId, now_ms: u64) -> Result<Option<Execution>, Quote> {
+        let id = ClientOrderId::buy(saga_id);
+        self.call(saga_id, now_ms, "lookup", || self.venue.execution(&id))
+            .await
+    }
+
+    /// Sells a cancelled fill's `usd` back at the venue (or gets back the sale an earlier
+    /// attempt made): [`Quote::Reversal`] once the venue confirms it.
+    pub async fn reverse(&self, saga_id: SagaId, user_id: &UserId, usd: Usd, now_ms: u64) -> Quote {
+        let order = VenueOrder::reversal(saga_id, user_id.clone(), usd);
+        match self
+            .call(saga_id, now_ms, "reversal", || self.venue.order(&order))
+            .await
+        {
+            Ok(OrderOutcome::Executed(e)) => Quote::Reversal(e),
+            Ok(OrderOutcome::LimitNotMet { rate }) => Quote::LimitNotMet { rate },
+            Err(unavailable) => unavailable,
+        }
+    }
+
+    /// The lookup that verifies an unverified venue_unavailable: an execution found is
+    /// reversed at once ([`Quote::Reversed`]); nothing found is [`Quote::NoExecution`].
+    async fn verify(&self, saga_id: SagaId, user_id: &UserId, now_ms: u64) -> Quote {
+        let fill = match self.find(saga_id, now_ms).await {
+            Ok(Some(fill)) => fill,
+            Ok(None) => return Quote::NoExecution,
+            Err(unavailable) => return unavailable,
+        };
+        match self
+            .reverse(saga_id, user_id, fill.usd_amount, now_ms)
+            .await
+        {
+            Quote::Reversal(reversal) => Quote::Reversed { fill, reversal },
+            other => other,
         }
     }
 
@@ -240,6 +277,20 @@ impl TradeService {
     }
 }
 
+/// What `prepare` asks the venue, decided from the saga's record before any await.
+enum Ask<'a> {
+    /// Place the buy (or look up, inside the hold's safety margin).
+    Order(&'a KrwHeld),
+    /// Look up whether a buy executed.
+    Lookup,
+    /// Look up, and reverse what is found.
+    Verify(UserId),
+    /// Sell a cancelled fill's USD back.
+    Reverse(UserId, Usd),
+    /// The record answers the event already.
+    Nothing,
+}
+
 impl Participant for TradeService {
     type Prepared = Quote;
 
@@ -266,35 +317,53 @@ impl Participant for TradeService {
         event: &Event,
         now_ms: u64,
     ) -> impl Future<Output = Quote> + Send {
-        let ask = match event {
-            Event::KrwHeld(_) | Event::KrwReleased(_) => {
-                match records.read::<OrderRecord>(&order_key(event.saga_id())) {
-                    Ok(None) => Some(event),
-                    // A venue_unavailable said without the venue's word: the release that
-                    // follows it finds out whether a lost delivery executed.
-                    Ok(Some(order))
-                        if order.state.unverified() && matches!(event, Event::KrwReleased(_)) =>
-                    {
-                        Some(event)
-                    }
-                    Ok(Some(_)) => None,
+        let saga_id = event.saga_id();
+        let record = match event {
+            Event::KrwHeld(_) | Event::KrwReleased(_) | Event::TradeCancelled(_) => {
+                match records.read::<OrderRecord>(&order_key(saga_id)) {
+                    Ok(record) => Ok(record),
                     Err(e) => {
                         // Without the record the venue must not be called; decide retries
                         // (or the transaction's own read fails and the message is nak'ed).
-                        tracing::warn!(saga_id = %event.saga_id(), error = %e, "cannot read the order record before the venue call");
-                        None
+                        tracing::warn!(%saga_id, error = %e, "cannot read the order record before the venue call");
+                        Err(())
                     }
                 }
             }
-            _ => None,
+            _ => Err(()),
+        };
+        let ask = match (event, record) {
+            (Event::KrwHeld(held), Ok(None)) => Ask::Order(held),
+            // The hold is gone, so ordering is out of the question; what matters is whether a
+            // delivery of krw.held whose fill was lost executed one.
+            (Event::KrwReleased(_), Ok(None)) => Ask::Lookup,
+            // A venue_unavailable said without the venue's word: the release that follows it
+            // finds out whether a lost delivery executed, and reverses what it finds.
+            (Event::KrwReleased(_), Ok(Some(order))) if order.state.unverified() => {
+                Ask::Verify(order.user_id)
+            }
+            (
+                Event::TradeCancelled(_),
+                Ok(Some(OrderRecord {
+                    user_id,
+                    state:
+                        OrderState::Cancelled {
+                            fill,
+                            reversal: None,
+                            ..
+                        },
+                    ..
+                })),
+            ) => Ask::Reverse(user_id, fill.usd_amount),
+            _ => Ask::Nothing,
         };
         async move {
             match ask {
-                Some(Event::KrwHeld(held)) => self.quote(held, now_ms).await,
-                // The hold is gone, so ordering is out of the question; what matters is
-                // whether a delivery of krw.held whose fill was lost executed one.
-                Some(Event::KrwReleased(rel)) => self.lookup(rel.saga_id, now_ms).await,
-                _ => Quote::NotNeeded,
+                Ask::Order(held) => self.quote(held, now_ms).await,
+                Ask::Lookup => self.lookup(saga_id, now_ms).await,
+                Ask::Verify(user) => self.verify(saga_id, &user, now_ms).await,
+                Ask::Reverse(user, usd) => self.reverse(saga_id, &user, usd, now_ms).await,
+                Ask::Nothing => Quote::NotNeeded,
             }
         }
     }

@@ -27,18 +27,28 @@
 //! | filled | krw.released      | any                  | cancelled(hold_released)               |
 //! | filled | usd.credit_failed | any                  | cancelled(credit_failed)               |
 //! | failed(venue_unavailable), unverified | krw.released | NoExecution | verified, no event |
-//! | failed(venue_unavailable), unverified | krw.released | Rate | the execution booked and reversed (journal fill + cancel), no event |
+//! | failed(venue_unavailable), unverified | krw.released | Reversed | the execution booked and reversed (journal fill, cancel, reverse, fx_pnl), trade.reversed |
 //! | failed(venue_unavailable), unverified | krw.released | Unavailable | retry (no deadline) |
+//! | cancelled, reversal pending | trade.cancelled | Reversal | reversal booked (journal reverse, fx_pnl), trade.reversed |
+//! | cancelled, reversal pending | trade.cancelled | Unavailable | retry with backoff (no deadline) |
+//!
+//! A reversal is a real order: the fill's USD sold back at the venue under the client order id
+//! `<saga_id>.reversal`. The user never waits for it: trade.cancelled is said at once (the user
+//! is made whole by fx-krw and fx-usd), the fill's USD moves to the house's open `position`,
+//! and fx-trade, consuming its own trade.cancelled, sells it until the venue confirms. The KRW
+//! the sale brought against the KRW the fill cost is the house's FX gain or loss, journaled
+//! as `fx_pnl`.
 
 use events::{
     CancelReason, Event, Krw, KrwHeld, KrwReleased, Rate, SagaId, TradeCancelled, TradeFailReason,
-    TradeFailed, TradeFilled, Usd, UserId,
+    TradeFailed, TradeFilled, TradeReversed, Usd, UserId,
 };
 use runtime::{Handled, JournalEntry};
 use serde::{Deserialize, Serialize};
 
-use crate::venue::limit_fill;
+use crate::venue::{limit_fill, Execution};
 use crate::TradeConfig;
+use rust_decimal::Decimal;
 
 /// The state key of a saga's order: `order:<saga_id>`.
 pub fn order_key(saga_id: SagaId) -> String {
@@ -50,8 +60,15 @@ pub const ORDER_PREFIX: &str = "order:";
 
 /// Journal account the venue side of a fill is booked against.
 pub const VENUE_ACCOUNT: &str = "venue";
-/// Journal account of the house's USD position bought at the venue.
+/// Journal account of the USD bought at the venue for a saga, on its way to the user.
 pub const HOUSE_ACCOUNT: &str = "house";
+/// Journal account of the house's own open USD position: a cancelled fill's USD, until its
+/// reversal sells it back to the venue.
+pub const POSITION_ACCOUNT: &str = "position";
+/// Journal account of the house's FX gains and losses on reversals (KRW).
+pub const PNL_ACCOUNT: &str = "fx_pnl";
+/// Longest wait between two attempts of a reversal the venue has not confirmed.
+pub const REVERSAL_RETRY_MAX_MS: u64 = 60_000;
 
 /// What the venue said in `prepare`, handed to `decide`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +88,15 @@ pub enum Quote {
     /// It was too late to order (the hold expires within the safety margin, or it was
     /// released), and the venue confirmed it holds no execution for this saga.
     NoExecution,
+    /// The reversal of this saga's fill executed at the venue (now, or in an earlier attempt).
+    Reversal(Execution),
+    /// A lookup found an execution nobody had booked (`fill`), and it was reversed at once.
+    Reversed {
+        /// The buy the lookup found.
+        fill: Execution,
+        /// The sale that reversed it.
+        reversal: Execution,
+    },
     /// The venue failed or the breaker refused the call.
     Unavailable {
         /// What went wrong, for the trade.failed message and logs.
@@ -94,6 +120,36 @@ pub struct Fill {
     pub filled_at_ms: u64,
 }
 
+/// A fill's USD sold back at the venue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reversal {
+    /// USD sold (the fill's).
+    pub usd_amount: Usd,
+    /// KRW the sale brought.
+    pub krw_amount: Krw,
+    /// KRW per USD.
+    pub rate: Rate,
+    /// When fx-trade booked it.
+    pub reversed_at_ms: u64,
+}
+
+impl Reversal {
+    fn from_execution(e: &Execution, now_ms: u64) -> Reversal {
+        Reversal {
+            usd_amount: e.usd_amount,
+            krw_amount: e.krw_amount,
+            rate: e.rate,
+            reversed_at_ms: now_ms,
+        }
+    }
+
+    /// The house's FX gain (positive) or loss (negative) in KRW: what the sale brought less
+    /// what the fill cost.
+    pub fn pnl_krw(&self, fill: &Fill) -> Decimal {
+        self.krw_amount.amount() - fill.krw_amount.amount()
+    }
+}
+
 /// Where a saga's order stands. Every state is final for the events that reached it: a
 /// later duplicate changes nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,20 +168,33 @@ pub enum OrderState {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         unverified: bool,
         /// What that lookup found: an execution nobody had booked, now booked and reversed at
-        /// once (journal `fill` and `cancel`, no event: the user's saga already ended).
+        /// once (journal `fill`, `cancel`, `reverse`, `fx_pnl`; trade.reversed, no other event:
+        /// the user's saga already ended).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reversed: Option<Fill>,
+        /// The sale that reversed `reversed`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reversal: Option<Reversal>,
     },
-    /// trade.cancelled was emitted after a fill; terminal.
+    /// trade.cancelled was emitted after a fill: the user is made whole, and the house holds
+    /// the fill's USD until `reversal` is booked.
     Cancelled {
-        /// The reversed fill.
+        /// The cancelled fill.
         fill: Fill,
         /// The reason announced in trade.cancelled.
         reason: CancelReason,
+        /// The sale of the fill's USD back at the venue; `None` while it is pending.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reversal: Option<Reversal>,
     },
 }
 
 impl OrderState {
+    /// True while a cancelled fill's USD waits to be sold back at the venue.
+    pub fn reversal_pending(&self) -> bool {
+        matches!(self, OrderState::Cancelled { reversal: None, .. })
+    }
+
     /// True while fx-trade does not know whether the venue executed an order for this saga
     /// (see [`OrderState::Failed`]'s `unverified`): the next krw.released asks the venue.
     pub fn unverified(&self) -> bool {
@@ -229,12 +298,29 @@ pub fn decide(
             CancelReason::CreditFailed,
             now_ms,
         ),
+        (
+            Some(OrderState::Cancelled {
+                fill,
+                reason,
+                reversal: None,
+            }),
+            Event::TradeCancelled(tc),
+        ) => reverse(
+            order.expect("matched a record"),
+            tc,
+            fill,
+            *reason,
+            quote,
+            now_ms,
+            config,
+        ),
         // Everything else is a duplicate or a word that changes nothing now:
         // - krw.held again (redelivery, or after the tombstone: already answered; prepare did
         //   not call the venue for it, since the record exists);
         // - krw.released after trade.failed / trade.cancelled: the normal compensation echo;
         // - usd.credit_failed after a cancel, or before any fill (fx-usd only answers our own
-        //   events, so this cannot happen; there is nothing to reverse either way).
+        //   events, so this cannot happen; there is nothing to reverse either way);
+        // - trade.cancelled again after its reversal was booked (a redelivery).
         _ => Decision::ignored(),
     }
 }
@@ -316,7 +402,10 @@ fn decide_held(held: &KrwHeld, quote: &Quote, now_ms: u64, config: &TradeConfig)
         // gone by now, or it could not read it, or its clock saw the hold in the margin and
         // ours does not (NoExecution outside the margin). Deciding without the venue could
         // leave an execution unbooked; the next delivery asks again.
-        Quote::NotNeeded | Quote::NoExecution => Decision::retry(config.venue_retry_ms),
+        // Answers to other questions (a reversal is never asked for a krw.held): ask again.
+        Quote::NotNeeded | Quote::NoExecution | Quote::Reversal(_) | Quote::Reversed { .. } => {
+            Decision::retry(config.venue_retry_ms)
+        }
     }
 }
 
@@ -391,7 +480,10 @@ fn decide_released(
         Quote::Unavailable { retry_in_ms, .. } => {
             Decision::retry(config.venue_retry_ms.max(*retry_in_ms))
         }
-        Quote::LimitNotMet { .. } | Quote::NotNeeded => Decision::retry(config.venue_retry_ms),
+        Quote::LimitNotMet { .. }
+        | Quote::NotNeeded
+        | Quote::Reversal(_)
+        | Quote::Reversed { .. } => Decision::retry(config.venue_retry_ms),
     }
 }
 
@@ -408,31 +500,33 @@ fn verify(
     now_ms: u64,
     config: &TradeConfig,
 ) -> Decision {
-    let reversed = match quote {
-        Quote::Rate(rate) => rate
-            .usd_for(rel.krw_amount)
-            .filter(|u| u.is_positive())
-            .map(|usd| Fill {
-                krw_amount: rel.krw_amount,
-                usd_amount: usd,
-                rate: *rate,
+    let (reversed, reversal) = match quote {
+        Quote::Reversed { fill, reversal } => (
+            Some(Fill {
+                krw_amount: fill.krw_amount,
+                usd_amount: fill.usd_amount,
+                rate: fill.rate,
                 filled_at_ms: now_ms,
             }),
-        Quote::NoExecution => None,
+            Some(Reversal::from_execution(reversal, now_ms)),
+        ),
+        Quote::NoExecution => (None, None),
         Quote::Unavailable { retry_in_ms, .. } => {
             return Decision::retry(config.venue_retry_ms.max(*retry_in_ms))
         }
-        Quote::LimitNotMet { .. } | Quote::NotNeeded => {
+        // prepare found an execution but did not get it reversed, or did not ask: ask again.
+        Quote::Rate(_) | Quote::Reversal(_) | Quote::LimitNotMet { .. } | Quote::NotNeeded => {
             return Decision::retry(config.venue_retry_ms)
         }
     };
-    let journal = match &reversed {
-        Some(fill) => vec![
-            fill_entry(rel.saga_id, fill, now_ms),
-            cancel_entry(rel.saga_id, fill, now_ms),
-        ],
-        None => Vec::new(),
-    };
+    let mut journal = Vec::new();
+    let mut events = Vec::new();
+    if let (Some(fill), Some(r)) = (&reversed, &reversal) {
+        journal.push(fill_entry(rel.saga_id, fill, now_ms));
+        journal.push(cancel_entry(rel.saga_id, fill, now_ms));
+        journal.extend(reversal_entries(rel.saga_id, fill, r, now_ms));
+        events.push(reversed_event(rel.saga_id, user_id, fill, r));
+    }
     Decision {
         handled: Handled::Applied,
         order: Some(OrderRecord {
@@ -441,12 +535,103 @@ fn verify(
                 reason: TradeFailReason::VenueUnavailable,
                 unverified: false,
                 reversed,
+                reversal,
             },
             updated_at_ms: now_ms,
         }),
-        events: Vec::new(),
+        events,
         journal,
     }
+}
+
+/// fx-trade's own trade.cancelled, consumed back: the cancelled fill's USD is sold at the venue
+/// (in `prepare`), and once the venue confirms, the sale and the FX gain or loss are booked.
+/// Until then, retry with a backoff that grows with the time since the cancel, without end:
+/// the user's saga is over, and the house carries the position meanwhile.
+fn reverse(
+    order: &OrderRecord,
+    tc: &TradeCancelled,
+    fill: &Fill,
+    reason: CancelReason,
+    quote: &Quote,
+    now_ms: u64,
+    config: &TradeConfig,
+) -> Decision {
+    let backoff = |retry_in_ms: u64| {
+        let waited = now_ms.saturating_sub(order.updated_at_ms);
+        Decision::retry(
+            config
+                .venue_retry_ms
+                .max(retry_in_ms)
+                .max((waited / 2).min(REVERSAL_RETRY_MAX_MS)),
+        )
+    };
+    let execution = match quote {
+        Quote::Reversal(e) => e,
+        Quote::Unavailable { retry_in_ms, .. } => return backoff(*retry_in_ms),
+        _ => return backoff(0),
+    };
+    let reversal = Reversal::from_execution(execution, now_ms);
+    Decision {
+        handled: Handled::Applied,
+        journal: reversal_entries(tc.saga_id, fill, &reversal, now_ms),
+        events: vec![reversed_event(tc.saga_id, &order.user_id, fill, &reversal)],
+        order: Some(OrderRecord {
+            user_id: order.user_id.clone(),
+            state: OrderState::Cancelled {
+                fill: fill.clone(),
+                reason,
+                reversal: Some(reversal),
+            },
+            updated_at_ms: now_ms,
+        }),
+    }
+}
+
+fn reversed_event(saga_id: SagaId, user_id: &UserId, fill: &Fill, r: &Reversal) -> Event {
+    Event::TradeReversed(TradeReversed {
+        saga_id,
+        user_id: user_id.clone(),
+        usd_amount: r.usd_amount,
+        krw_amount: r.krw_amount,
+        rate: r.rate,
+        fill_krw_amount: fill.krw_amount,
+    })
+}
+
+/// The sale: the position's USD goes to the venue (`reverse`), and the KRW it brought against
+/// the KRW the fill cost is the house's gain or loss (`fx_pnl`; none when they are equal).
+fn reversal_entries(saga_id: SagaId, fill: &Fill, r: &Reversal, now_ms: u64) -> Vec<JournalEntry> {
+    let mut entries = vec![JournalEntry {
+        saga_id,
+        op: "reverse".into(),
+        currency: "USD".into(),
+        debit: POSITION_ACCOUNT.into(),
+        credit: VENUE_ACCOUNT.into(),
+        amount: r.usd_amount.amount(),
+        at_ms: now_ms,
+        actor: None,
+    }];
+    let pnl = r.pnl_krw(fill);
+    if !pnl.is_zero() {
+        // A gain moves KRW from the position into fx_pnl; a loss the other way.
+        let (debit, credit) = if pnl.is_sign_positive() {
+            (POSITION_ACCOUNT, PNL_ACCOUNT)
+        } else {
+            (PNL_ACCOUNT, POSITION_ACCOUNT)
+        };
+        entries.push(JournalEntry {
+            saga_id,
+            op: "fx_pnl".into(),
+            currency: "KRW".into(),
+            debit: debit.into(),
+            credit: credit.into(),
+            amount: pnl.abs(),
+            at_ms: now_ms,
+            actor: None,
+        });
+    }
+    entries
 }
 
 /// The house bought USD at the venue: journaled so the audit counts fills and can match them
@@ -464,14 +649,15 @@ fn fill_entry(saga_id: SagaId, fill: &Fill, now_ms: u64) -> JournalEntry {
     }
 }
 
-/// The house gives the fill's USD back to the venue.
+/// The user's fill is undone: its USD becomes the house's own open position, until the
+/// reversal sells it back to the venue.
 fn cancel_entry(saga_id: SagaId, fill: &Fill, now_ms: u64) -> JournalEntry {
     JournalEntry {
         saga_id,
         op: "cancel".into(),
         currency: "USD".into(),
         debit: HOUSE_ACCOUNT.into(),
-        credit: VENUE_ACCOUNT.into(),
+        credit: POSITION_ACCOUNT.into(),
         amount: fill.usd_amount.amount(),
         at_ms: now_ms,
         actor: None,
@@ -518,6 +704,7 @@ fn failed(
             reason,
             unverified: false,
             reversed: None,
+            reversal: None,
         },
         updated_at_ms: now_ms,
     };
@@ -545,6 +732,7 @@ fn cancel(
         state: OrderState::Cancelled {
             fill: fill.clone(),
             reason,
+            reversal: None,
         },
         updated_at_ms: now_ms,
     };
@@ -789,17 +977,30 @@ mod tests {
         );
         assert_eq!(d, Decision::ignored(), "verified once is verified");
 
-        // A lost delivery had executed: booked and reversed at once, and no event, since the
-        // user's saga ended with the trade.failed already said.
-        let d = decide(
-            Some(&failed),
-            &released(),
-            &Quote::Rate(rate(1400)),
-            NOW,
-            &config(),
-        );
+        // A lost delivery had executed: prepare found it and sold it back at 1450. Booked and
+        // reversed at once, with the house's gain, and only trade.reversed: the user's saga
+        // ended with the trade.failed already said.
+        let exec = |side, rate_: i64, krw: &str| crate::Execution {
+            seq: 1,
+            client_order_id: crate::ClientOrderId::buy(saga()),
+            user_id: UserId::parse("alice").unwrap(),
+            side,
+            rate: rate(rate_),
+            krw_amount: Krw::parse(krw).unwrap(),
+            usd_amount: Usd::parse("1071.42").unwrap(),
+            executed_at_ms: 0,
+        };
+        let quote = Quote::Reversed {
+            fill: exec(crate::Side::Buy, 1400, "1500000"),
+            reversal: exec(crate::Side::Sell, 1450, "1553559"),
+        };
+        let d = decide(Some(&failed), &released(), &quote, NOW, &config());
         assert_eq!(d.handled, Handled::Applied);
-        assert!(d.events.is_empty());
+        assert!(
+            matches!(&d.events[..], [Event::TradeReversed(r)] if r.krw_amount.to_string() == "1553559"),
+            "{:?}",
+            d.events
+        );
         let ops: Vec<(&str, String)> = d
             .journal
             .iter()
@@ -809,21 +1010,39 @@ mod tests {
             ops,
             [
                 ("fill", "1071.42".to_string()),
-                ("cancel", "1071.42".to_string())
+                ("cancel", "1071.42".to_string()),
+                ("reverse", "1071.42".to_string()),
+                ("fx_pnl", "53559".to_string()),
             ]
         );
+        assert_eq!(d.journal[3].credit, PNL_ACCOUNT, "a gain");
         let OrderState::Failed {
             reason,
             unverified,
             reversed: Some(fill),
+            reversal: Some(r),
         } = d.order.unwrap().state
         else {
             panic!("expected a failed order with its reversed execution")
         };
         assert_eq!(
-            (reason, unverified, fill.rate),
-            (TradeFailReason::VenueUnavailable, false, rate(1400))
+            (reason, unverified, fill.rate, r.rate),
+            (
+                TradeFailReason::VenueUnavailable,
+                false,
+                rate(1400),
+                rate(1450)
+            )
         );
+        // Found but not yet sold back: nothing is booked, ask again.
+        let d = decide(
+            Some(&failed),
+            &released(),
+            &Quote::Rate(rate(1400)),
+            NOW,
+            &config(),
+        );
+        assert_eq!(d, Decision::retry(500));
     }
 
     #[test]

@@ -308,24 +308,34 @@ fn an_execution_found_after_a_venue_unavailable_is_booked_and_reversed() {
         Handled::RetryAfter { delay_ms: 500 }
     );
     h.venue.set_down(false);
+    h.venue.set_rate(rate(1350));
     assert_eq!(h.deliver(&rel, expires + 500), Handled::Applied);
-    assert!(
-        h.emitted(&rel).is_empty(),
-        "the user's saga is already over"
+    // The user's saga is already over: only the house's reversal is announced. 1071.42 USD
+    // sold at 1350 brings 1,446,417 KRW against the 1,500,000 the fill cost.
+    let Event::TradeReversed(r) = only(h.emitted(&rel)) else {
+        panic!("expected trade.reversed")
+    };
+    assert_eq!(
+        (r.krw_amount.to_string(), r.fill_krw_amount.to_string()),
+        ("1446417".into(), "1500000".into())
     );
+    assert_eq!(h.venue.reversals_executed(), 1);
     let ops: Vec<String> = h.journal().into_iter().map(|e| e.op).collect();
-    assert_eq!(ops, ["cancel", "fill"]);
+    assert_eq!(ops, ["cancel", "fill", "fx_pnl", "reverse"]);
     assert!(matches!(
         h.order(1).unwrap().state,
         OrderState::Failed {
             reason: TradeFailReason::VenueUnavailable,
             unverified: false,
             reversed: Some(_),
+            reversal: Some(_),
         }
     ));
     let a = audit(&h.store).unwrap();
     assert!(a.ok, "{a:?}");
     assert_eq!((a.failed, a.fill_entries, a.cancel_entries), (1, 1, 1));
+    assert_eq!((a.reversed, a.reversals_pending), (1, 0));
+    assert_eq!(a.pnl_krw, Decimal::from(-53_583));
     // Verified once: a redelivered release does not ask again.
     assert_eq!(h.deliver(&rel, expires + 600), Handled::Ignored);
     assert_eq!(h.venue.lookups(), 3);
@@ -455,6 +465,91 @@ fn a_fill_is_cancelled_once_on_credit_failed() {
     let a = audit(&h.store).unwrap();
     assert!(a.ok, "{a:?}");
     assert_eq!((a.cancelled, a.fill_entries, a.cancel_entries), (1, 1, 1));
+}
+
+#[test]
+fn a_cancelled_fill_is_sold_back_at_the_venue_and_the_difference_booked_as_pnl() {
+    let h = Harness::new(VenueConfig::default());
+    let ev = held(1, None, T0 + HOLD_MS);
+    h.deliver(&ev, T0);
+    h.emitted(&ev);
+    let cf = credit_failed(1);
+    h.deliver(&cf, T0 + 10);
+    let cancelled = only(h.emitted(&cf));
+    assert!(matches!(cancelled, Event::TradeCancelled(_)));
+    // The user was made whole without the venue; the house holds the fill's USD.
+    let a = audit(&h.store).unwrap();
+    assert!(a.ok, "{a:?}");
+    assert_eq!(
+        (a.reversals_pending, a.position_usd.to_string()),
+        (1, "1071.42".into())
+    );
+
+    // fx-trade consumes its own trade.cancelled and sells the USD back. The venue is down:
+    // retried, with a wait that grows with the time since the cancel, and no deadline.
+    h.venue.set_down(true);
+    assert_eq!(
+        h.deliver(&cancelled, T0 + 20),
+        Handled::RetryAfter { delay_ms: 500 }
+    );
+    assert_eq!(
+        h.deliver(&cancelled, T0 + 10 + 40_000),
+        Handled::RetryAfter { delay_ms: 20_000 }
+    );
+    assert_eq!(
+        h.deliver(&cancelled, T0 + 10 + 3_600_000),
+        Handled::RetryAfter {
+            delay_ms: REVERSAL_RETRY_MAX_MS
+        }
+    );
+    assert!(h.emitted(&cancelled).is_empty());
+    assert_eq!(h.venue.reversals_executed(), 0);
+
+    // The venue is back, at 1450: the sale brings 1,553,559 KRW for 1,500,000 paid.
+    h.venue.set_down(false);
+    h.venue.set_rate(rate(1450));
+    assert_eq!(h.deliver(&cancelled, T0 + 5_000_000), Handled::Applied);
+    let Event::TradeReversed(r) = only(h.emitted(&cancelled)) else {
+        panic!("expected trade.reversed")
+    };
+    assert_eq!(
+        (r.usd_amount.to_string(), r.krw_amount.to_string(), r.rate),
+        ("1071.42".into(), "1553559".into(), rate(1450))
+    );
+    let ops: Vec<(String, String, String, String)> = h
+        .journal()
+        .into_iter()
+        .map(|e| (e.op, e.debit, e.credit, e.amount.to_string()))
+        .collect();
+    let row = |op: &str, d: &str, c: &str, amt: &str| {
+        (
+            op.to_string(),
+            d.to_string(),
+            c.to_string(),
+            amt.to_string(),
+        )
+    };
+    assert_eq!(
+        ops,
+        [
+            row("cancel", HOUSE_ACCOUNT, POSITION_ACCOUNT, "1071.42"),
+            row("fill", VENUE_ACCOUNT, HOUSE_ACCOUNT, "1071.42"),
+            row("fx_pnl", POSITION_ACCOUNT, PNL_ACCOUNT, "53559"),
+            row("reverse", POSITION_ACCOUNT, VENUE_ACCOUNT, "1071.42"),
+        ]
+    );
+    let a = audit(&h.store).unwrap();
+    assert!(a.ok, "{a:?}");
+    assert_eq!(
+        (a.reversed, a.reversals_pending, a.pnl_krw, a.position_usd),
+        (1, 0, Decimal::from(53_559), Decimal::ZERO)
+    );
+    // Redelivered: booked once, and the venue is not asked again.
+    let attempts = h.venue.attempts();
+    assert_eq!(h.deliver(&cancelled, T0 + 5_000_100), Handled::Ignored);
+    assert!(h.emitted(&cancelled).is_empty());
+    assert_eq!(h.venue.attempts(), attempts);
+    assert_eq!(h.venue.reversals_executed(), 1);
 }
 
 #[test]

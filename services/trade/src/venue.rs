@@ -528,6 +528,8 @@ struct SimState {
     attempts: u64,
     /// Every execution lookup that reached the venue.
     lookups: u64,
+    /// Calls answered after the deadline (`answers_late`).
+    late_answers: u64,
 }
 
 impl SimulatedVenue {
@@ -544,6 +546,7 @@ impl SimulatedVenue {
                 answers_late: false,
                 attempts: 0,
                 lookups: 0,
+                late_answers: 0,
             }),
         }
     }
@@ -629,6 +632,11 @@ impl SimulatedVenue {
         self.lock().attempts
     }
 
+    /// How many calls answered after the deadline (see [`SimulatedVenue::set_answers_late`]).
+    pub fn late_answers(&self) -> u64 {
+        self.lock().late_answers
+    }
+
     /// How many execution lookups reached the venue (answered or failed).
     pub fn lookups(&self) -> u64 {
         self.lock().lookups
@@ -644,6 +652,7 @@ impl SimulatedVenue {
         let SimState { market, book, .. } = &mut *s;
         let Ok(outcome) = market.execute(book, order, 0);
         if s.answers_late {
+            s.late_answers += 1;
             return Err(VenueError::Timeout { after_ms: 0 });
         }
         outcome
@@ -657,6 +666,7 @@ impl SimulatedVenue {
             return Err(VenueError::Down);
         }
         if s.answers_late {
+            s.late_answers += 1;
             return Err(VenueError::Timeout { after_ms: 0 });
         }
         let Ok(found) = s.book.get(client_order_id);

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use events::{
     Event, EventKind, Krw, KrwCommitted, KrwHeld, KrwRejected, KrwReleased, SagaId, TradeCancelled,
-    TradeFailed, TradeFilled, Usd, UsdCreditFailed, UsdCredited, UsdDebited, UserId,
+    TradeFailed, TradeFilled, TradeReversed, Usd, UsdCreditFailed, UsdCredited, UsdDebited, UserId,
 };
 use krw::records::{ACCOUNT_PREFIX as KRW_ACCOUNT_PREFIX, HOUSE_KEY as KRW_HOUSE_KEY};
 use krw::{RequestFingerprint, SagaRecord, SagaStatus};
@@ -185,6 +185,7 @@ struct SagaEvents {
     filled: Option<TradeFilled>,
     failed: Option<TradeFailed>,
     cancelled: Option<TradeCancelled>,
+    reversed: Option<TradeReversed>,
     credited: Option<UsdCredited>,
     credit_failed: Option<UsdCreditFailed>,
     debited: Option<UsdDebited>,
@@ -205,6 +206,7 @@ impl SagaEvents {
             Event::TradeFilled(x) => self.filled = Some(x),
             Event::TradeFailed(x) => self.failed = Some(x),
             Event::TradeCancelled(x) => self.cancelled = Some(x),
+            Event::TradeReversed(x) => self.reversed = Some(x),
             Event::UsdCredited(x) => self.credited = Some(x),
             Event::UsdCreditFailed(x) => self.credit_failed = Some(x),
             Event::UsdDebited(x) => self.debited = Some(x),
@@ -490,12 +492,13 @@ pub fn check(world: &World) -> Report {
         // Invariant 4: only operations the choreography can produce, each effect once, and
         // one published event per journaled effect (everything durable was published, and
         // nothing was published that is not durable).
-        let pairs: [(&BTreeMap<String, Decimal>, &str, bool, &str); 7] = [
+        let pairs: [(&BTreeMap<String, Decimal>, &str, bool, &str); 8] = [
             (k, "hold", ev.held.is_some(), "krw.held"),
             (k, "commit", ev.committed.is_some(), "krw.committed"),
             (k, "release", ev.released.is_some(), "krw.released"),
             (t, "fill", ev.filled.is_some(), "trade.filled"),
             (t, "cancel", ev.cancelled.is_some(), "trade.cancelled"),
+            (t, "reverse", ev.reversed.is_some(), "trade.reversed"),
             (u, "credit", ev.credited.is_some(), "usd.credited"),
             (u, "debit", ev.debited.is_some(), "usd.debited"),
         ];
@@ -524,11 +527,13 @@ pub fn check(world: &World) -> Report {
             ops.keys().all(|op| set.contains(&op.as_str()))
         };
         if !allowed(k, &["hold", "commit", "release"])
-            || !allowed(t, &["fill", "cancel"])
+            || !allowed(t, &["fill", "cancel", "reverse", "fx_pnl"])
             || !allowed(u, &["credit", "debit"])
             || (k.contains_key("commit") && k.contains_key("release"))
             || ((k.contains_key("commit") || k.contains_key("release")) && !k.contains_key("hold"))
             || (t.contains_key("cancel") && !t.contains_key("fill"))
+            || (t.contains_key("reverse") && !t.contains_key("cancel"))
+            || (t.contains_key("fx_pnl") && !t.contains_key("reverse"))
             || (u.contains_key("debit") && !u.contains_key("credit"))
         {
             out.push(format!(
@@ -567,6 +572,24 @@ pub fn check(world: &World) -> Report {
                     .iter()
                     .all(|(op, amount)| amount.is_some() && ops.get(*op) == amount.as_ref())
         };
+        // A cancelled fill is sold back at the venue by the end (the venue heals): its USD
+        // leaves the house's position, and the KRW it brought against the fill's cost is
+        // journaled as fx_pnl (none when equal).
+        let pnl = ev
+            .reversed
+            .as_ref()
+            .map(|r| r.krw_amount.amount() - r.fill_krw_amount.amount());
+        let trade_undone = |t: &BTreeMap<String, Decimal>| {
+            let mut want = vec![
+                ("fill", fill_usd),
+                ("cancel", fill_usd),
+                ("reverse", fill_usd),
+            ];
+            if let Some(p) = pnl.filter(|p| !p.is_zero()) {
+                want.push(("fx_pnl", Some(p.abs())));
+            }
+            expect(t, &want)
+        };
         let money_ok = match outcome {
             SagaOutcome::Completed => {
                 expect(k, &[("hold", held_krw), ("commit", held_krw)])
@@ -576,7 +599,7 @@ pub fn check(world: &World) -> Report {
             SagaOutcome::Rejected => k.is_empty() && t.is_empty() && u.is_empty(),
             SagaOutcome::Compensated => {
                 expect(k, &[("hold", held_krw), ("release", held_krw)])
-                    && (t.is_empty() || expect(t, &[("fill", fill_usd), ("cancel", fill_usd)]))
+                    && (t.is_empty() || trade_undone(t))
                     && (u.is_empty() || expect(u, &[("credit", fill_usd), ("debit", fill_usd)]))
             }
             SagaOutcome::Stuck(_) => true,
@@ -601,6 +624,26 @@ pub fn check(world: &World) -> Report {
                     ev.failed.as_ref().map(|f| f.reason)
                 ));
             }
+        }
+        // Every reversal at the venue is booked once, as the saga's reverse of its own fill.
+        let sale = world.venue.executed(&trade::ClientOrderId::reversal(saga));
+        let sale_booked = match (&sale, &ev.reversed) {
+            (None, None) => true,
+            (Some(e), Some(r)) => {
+                t.get("reverse") == Some(&e.usd_amount.amount())
+                    && r.krw_amount == e.krw_amount
+                    && r.rate == e.rate
+                    && Some(r.usd_amount.amount()) == fill_usd
+                    && ev.held.as_ref().map(|h| h.krw_amount) == Some(r.fill_krw_amount)
+            }
+            _ => false,
+        };
+        if !sale_booked {
+            out.push(format!(
+                "saga {name}: the venue's reversal {sale:?} and fx-trade's trade.reversed {:?} disagree ({})",
+                ev.reversed,
+                ops_desc()
+            ));
         }
         if let Some(f) = &ev.filled {
             if world.venue.executed_rate(saga) != Some(f.rate) {

@@ -150,6 +150,7 @@ pub fn run_with(seed: u64, trace: bool, mutation: Option<Mutation>) -> SimResult
     // Faults heal so that every saga can end: the venue comes back, accounts are unfrozen.
     world.note(|_| "---- faults heal ----".into());
     world.set_venue_down(false);
+    world.set_venue_answers_late(false);
     world.set_venue_failure_rate(0.0);
     for u in world.frozen_users() {
         world.unfreeze(&u);
@@ -199,6 +200,11 @@ pub fn run_with(seed: u64, trace: bool, mutation: Option<Mutation>) -> SimResult
     // The venue's side: executions, and lookups (fx-trade asking, when it may no longer order,
     // whether a delivery whose fill was lost executed).
     *coverage.entry("venue executions".into()).or_default() += world.venue.orders_executed() as u64;
+    *coverage.entry("venue reversals".into()).or_default() +=
+        world.venue.reversals_executed() as u64;
+    *coverage
+        .entry("venue answers after the deadline".into())
+        .or_default() += world.venue.late_answers();
     *coverage.entry("venue lookups".into()).or_default() += world.venue.lookups();
     let trade_data = world.node(NodeId::Trade).store.durable();
     let reversed = trade_data
@@ -436,10 +442,15 @@ fn try_action(
         }
         Action::Fault => {
             match rng.gen_range(0..5) {
-                0 => {
-                    let down = rng.gen_bool(0.5);
-                    world.set_venue_down(down);
-                }
+                0 => match rng.gen_range(0..3) {
+                    0 => world.set_venue_down(true),
+                    1 => {
+                        world.set_venue_down(false);
+                        world.set_venue_answers_late(false);
+                    }
+                    // A hung call: the order executes, its answer comes after the deadline.
+                    _ => world.set_venue_answers_late(true),
+                },
                 1 => {
                     let p = *[0.0, 0.3, 1.0].choose(rng).expect("non-empty");
                     world.set_venue_failure_rate(p);

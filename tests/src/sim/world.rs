@@ -514,6 +514,18 @@ impl World {
         self.note(|_| format!("fault venue {}", if down { "DOWN" } else { "up" }));
     }
 
+    /// Makes every venue call execute but answer after fx-trade's deadline (a hung call), or
+    /// answer in time again.
+    pub fn set_venue_answers_late(&mut self, late: bool) {
+        self.venue.set_answers_late(late);
+        self.note(|_| {
+            format!(
+                "fault venue answers {}",
+                if late { "LATE" } else { "in time" }
+            )
+        });
+    }
+
     /// Sets the probability that a new venue order fails.
     pub fn set_venue_failure_rate(&mut self, p: f64) {
         self.venue.set_failure_rate(p);

@@ -437,7 +437,14 @@ async fn a_full_saga_completes_under_per_service_identities() {
     assert_eq!(sys.journal_ops("usd", done), ["credit"]);
     assert_eq!(sys.journal_ops("trade", done), ["fill"]);
     assert_eq!(sys.journal_ops("krw", undone), ["hold", "release"]);
-    assert_eq!(sys.journal_ops("trade", undone), ["cancel", "fill"]);
+    // fx-trade sells the 500.00 USD back under its own identity, consuming its own
+    // trade.cancelled: at the flat 1400 for exactly the 700,000 KRW it cost, so no P&L entry.
+    sys.wait_for_event(undone, events::EventKind::TradeReversed)
+        .await;
+    assert_eq!(
+        sys.journal_ops("trade", undone),
+        ["cancel", "fill", "reverse"]
+    );
     sys.assert_audit_ok().await;
 
     // The tracker, reading as `tracker`, shows both.
@@ -815,7 +822,7 @@ async fn a_partitioned_instance_runs_under_its_identity() {
         balance("alice", "300000", "0", "500.00")
     );
     // Only partition 1 runs here, so audit its instances directly (`fxctl audit` asks all).
-    for service in ["krw", "usd"] {
+    for service in ["krw", "trade", "usd"] {
         let audit = runtime::admin::request_to(
             &sys.client,
             service,

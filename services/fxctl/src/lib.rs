@@ -380,14 +380,16 @@ pub async fn set_frozen(
     user_request(client, "usd", endpoint, actor, &body, at).await
 }
 
-/// Both services' audits; `ok` only when every invariant holds in each. Partitioned, every
-/// partition's instance is audited (each owns its users' money and its own house accounts):
-/// `krw` and `usd` are then lists, one audit per partition in order.
+/// The three services' audits; `ok` only when every invariant holds in each. fx-trade's holds
+/// its books and their reconciliation with the venue's executions (`trade.venue`). Partitioned,
+/// every partition's instance is audited (each owns its users' money and its own house
+/// accounts): `krw`, `trade` and `usd` are then lists, one audit per partition in order.
 pub async fn audit(client: &async_nats::Client, actor: &str) -> CtlResult<serde_json::Value> {
     let n = partitions(client).await?;
     let mut ok = true;
     let mut out = serde_json::Map::new();
-    for service in ["krw", "usd"] {
+    // fx-trade's audit reconciles its books with the venue's executions too.
+    for service in ["krw", "trade", "usd"] {
         let mut audits = Vec::new();
         for k in 0..n {
             let at = Partitioning::new(n, k).map_err(|e| CtlError::Failed(e.to_string()))?;

@@ -307,7 +307,7 @@ async fn run(cli: Cli) -> CtlResult<()> {
             if cli.json {
                 print_json(&out);
             } else {
-                for svc in ["krw", "usd"] {
+                for svc in ["krw", "trade", "usd"] {
                     // One audit, or one per partition.
                     let audits = match &out[svc] {
                         serde_json::Value::Array(list) => list
@@ -324,15 +324,9 @@ async fn run(cli: Cli) -> CtlResult<()> {
                             "FAILED"
                         };
                         println!("{name}: {verdict}");
-                        if let Some(fails) = a.get("failures").and_then(|f| f.as_array()) {
-                            for f in fails {
-                                println!(
-                                    "  - {}",
-                                    f.as_str()
-                                        .map(str::to_owned)
-                                        .unwrap_or_else(|| f.to_string())
-                                );
-                            }
+                        print_failures(a);
+                        if svc == "trade" {
+                            print_venue_part(a);
                         }
                     }
                 }
@@ -460,4 +454,45 @@ async fn main() {
         eprintln!("fxctl: {e}");
         std::process::exit(e.exit_code());
     }
+}
+
+/// The failures of one audit, one line each.
+fn print_failures(a: &serde_json::Value) {
+    if let Some(fails) = a.get("failures").and_then(|f| f.as_array()) {
+        for f in fails {
+            println!(
+                "  - {}",
+                f.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| f.to_string())
+            );
+        }
+    }
+}
+
+/// fx-trade's reconciliation with the venue: what it matched, or why it could not.
+fn print_venue_part(a: &serde_json::Value) {
+    let text = |v: &serde_json::Value| {
+        v.as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string())
+    };
+    if let Some(e) = a.get("venue_error").and_then(|e| e.as_str()) {
+        println!("  venue: NOT RECONCILED: {e}");
+        return;
+    }
+    let v = &a["venue"];
+    println!(
+        "  venue: {} executions ({} buys, {} sells) reconciled: {}; bought {} USD, sold back {} USD, FX P&L {} KRW; {} reversals pending ({} USD held)",
+        v["executions"],
+        v["buys"],
+        v["sells"],
+        if v["ok"].as_bool() == Some(true) { "ok" } else { "FAILED" },
+        text(&v["bought_usd"]),
+        text(&v["sold_usd"]),
+        text(&v["pnl_krw"]),
+        a["reversals_pending"],
+        text(&a["position_usd"]),
+    );
+    print_failures(v);
 }

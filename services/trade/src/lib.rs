@@ -20,6 +20,7 @@ mod audit;
 mod breaker;
 mod config;
 mod order;
+mod reconcile;
 pub mod server;
 mod venue;
 
@@ -41,6 +42,7 @@ pub use order::{
     HOUSE_ACCOUNT, ORDER_PREFIX, PNL_ACCOUNT, POSITION_ACCOUNT, REVERSAL_RETRY_MAX_MS,
     VENUE_ACCOUNT,
 };
+pub use reconcile::{reconcile, report, ReconcileError, TradeReport, VenueReconciliation};
 pub use venue::{
     limit_fill, limit_sale, Book, ClientOrderId, Execution, Market, MemoryBook, OrderOutcome,
     OrderSide, Side, SimulatedVenue, Venue, VenueConfig, VenueError, VenueOrder,
@@ -107,6 +109,11 @@ impl TradeService {
     /// The settings the service runs with.
     pub fn config(&self) -> &TradeConfig {
         &self.config
+    }
+
+    /// The venue it trades with (reconciliation reads its executions).
+    pub fn venue(&self) -> Arc<dyn Venue> {
+        self.venue.clone()
     }
 
     fn breaker(&self) -> MutexGuard<'_, CircuitBreaker> {

@@ -30,10 +30,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> runtime::Result<()> {
     let store = rt.store();
+    let venue = rt.participant().venue();
+    let partitioning = rt.partitioning();
+    // The books, then the venue's executions: a reconciliation, not just a self-check.
     let audit = handler(move |_req: AdminRequest| {
         let store = store.clone();
+        let venue = venue.clone();
         async move {
-            let a = crate::audit(&store).map_err(AdminError::internal)?;
+            let a = crate::report(&store, &*venue, partitioning)
+                .await
+                .map_err(AdminError::internal)?;
             serde_json::to_value(a).map_err(AdminError::internal)
         }
     });
@@ -41,7 +47,7 @@ pub async fn serve(
         rt.client(),
         "trade",
         rt.partitioning(),
-        "fx-trade admin: audit",
+        "fx-trade admin: audit (books and venue reconciliation)",
         vec![("audit", audit)],
     )
     .await?;

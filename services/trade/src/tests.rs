@@ -723,3 +723,56 @@ fn config_reads_defaults() {
     assert_eq!(c.venue.rate, rate(1400));
     assert!(c.validate().is_ok());
 }
+
+#[test]
+fn the_audit_reconciles_every_execution_at_the_venue_with_the_books() {
+    let h = Harness::new(VenueConfig::default());
+    let all = events::Partitioning::new(1, 0).unwrap();
+    // Saga 1 completes its fill; saga 2 is filled, cancelled and sold back at 1450.
+    for n in [1, 2] {
+        let ev = held(n, None, T0 + HOLD_MS);
+        h.deliver(&ev, T0);
+        h.emitted(&ev);
+    }
+    let cf = credit_failed(2);
+    h.deliver(&cf, T0 + 10);
+    let cancelled = only(h.emitted(&cf));
+    h.venue.set_rate(rate(1450));
+    assert_eq!(h.deliver(&cancelled, T0 + 20), Handled::Applied);
+
+    let r = block_on(report(&h.store, &*h.venue, all)).unwrap();
+    assert!(r.ok, "{r:?}");
+    let v = r.venue.as_ref().unwrap();
+    assert_eq!((v.executions, v.buys, v.sells, v.last_seq), (3, 2, 1, 3));
+    assert_eq!(v.bought_usd.to_string(), "2142.84");
+    assert_eq!(v.sold_usd.to_string(), "1071.42");
+    assert_eq!(v.pnl_krw, Decimal::from(53_559));
+    assert_eq!(v.pnl_krw, r.books.pnl_krw);
+
+    // An execution nobody booked (an order placed at the venue behind fx-trade's back) and a
+    // booked fill the venue never made (the books against another venue) both fail it.
+    block_on(h.venue.order(&VenueOrder::buy(
+        saga(3),
+        alice(),
+        Krw::parse("1000000").unwrap(),
+        None,
+    )))
+    .unwrap();
+    let r = block_on(report(&h.store, &*h.venue, all)).unwrap();
+    assert!(!r.ok);
+    let v = r.venue.unwrap();
+    assert_eq!(v.failure_count, 1, "{:?}", v.failures);
+    assert!(v.failures[0].contains("booked nowhere"), "{:?}", v.failures);
+
+    let elsewhere = SimulatedVenue::new(&VenueConfig::default());
+    let v = block_on(reconcile(&h.store, &elsewhere, all)).unwrap();
+    assert_eq!(v.failure_count, 3, "two fills and a reversal: {:?}", v.failures);
+    assert!(v.failures.iter().all(|f| f.contains("never executed")));
+
+    // A venue that does not answer: the books are still audited, and the report says why the
+    // venue part is missing.
+    h.venue.set_down(true);
+    let r = block_on(report(&h.store, &*h.venue, all)).unwrap();
+    assert!(!r.ok && r.books.ok && r.venue.is_none());
+    assert!(r.venue_error.unwrap().contains("venue is down"));
+}

@@ -433,3 +433,59 @@ async fn fxctl_tail_shows_a_users_saga_as_readable_lines() {
     );
     assert!(lines.last().unwrap().contains("krw.committed"));
 }
+
+/// A venue call that never answers holds back its own saga for one deadline, and nothing
+/// else: fx-trade's calls run side by side, and what has an answer commits without waiting.
+#[tokio::test]
+async fn a_hung_venue_call_holds_back_its_own_saga_only() {
+    let config = trade::TradeConfig {
+        venue_timeout_ms: 5_000,
+        ..trade::TradeConfig::default()
+    };
+    let sys = System::start_with(krw::KrwConfig::default(), config).await;
+    sys.deposit_krw("slow", "2000000").await;
+    let fast_users: Vec<String> = (0..10).map(|i| format!("fast{i}")).collect();
+    for u in &fast_users {
+        sys.deposit_krw(u, "1000000").await;
+    }
+    sys.venue.set_hangs_for(Some(common::uid("slow")));
+
+    let slow = SagaId::new_v7();
+    let others = async {
+        // The slow saga's order reached the venue first and hangs there.
+        testkit::wait_for("the slow order to hang", 20_000, || async {
+            (sys.venue.hung_calls() == (1, 1)).then_some(())
+        })
+        .await;
+        let outs =
+            futures::future::join_all(fast_users.iter().map(|u| sys.exchange(u, "700000", None)))
+                .await;
+        // Every other saga completed while the slow saga's first call was still hanging (were
+        // they queued behind it, it would have been dropped at its deadline, and the slow
+        // saga's retry would hang a second time, before they finished).
+        let still_hung = sys.venue.hung_calls();
+        sys.venue.set_hangs_for(None);
+        (outs, still_hung)
+    };
+    let (slow_out, (outs, still_hung)) =
+        tokio::join!(sys.exchange_saga("slow", "1400000", None, slow), others);
+    assert_eq!(
+        still_hung,
+        (1, 1),
+        "(hanging now, hung ever): the other sagas waited for the hung call"
+    );
+    for out in &outs {
+        assert_eq!(out.state, "COMPLETED", "{out:?}");
+        assert_eq!(out.usd_amount.as_deref(), Some("500.00"));
+    }
+    // The hung call cost its saga one deadline: it timed out (an unknown outcome, so the
+    // order was asked again under the same client order id) and then filled once.
+    assert_eq!(slow_out.state, "COMPLETED", "{slow_out:?}");
+    assert_eq!(
+        sys.balance("slow").await,
+        balance("slow", "600000", "0", "1000.00")
+    );
+    assert_eq!(sys.venue.orders_executed(), 11);
+    assert_eq!(sys.journal_ops("trade", slow), ["fill"]);
+    sys.assert_audit_ok().await;
+}

@@ -766,7 +766,11 @@ fn the_audit_reconciles_every_execution_at_the_venue_with_the_books() {
 
     let elsewhere = SimulatedVenue::new(&VenueConfig::default());
     let v = block_on(reconcile(&h.store, &elsewhere, all)).unwrap();
-    assert_eq!(v.failure_count, 3, "two fills and a reversal: {:?}", v.failures);
+    assert_eq!(
+        v.failure_count, 3,
+        "two fills and a reversal: {:?}",
+        v.failures
+    );
     assert!(v.failures.iter().all(|f| f.contains("never executed")));
 
     // A venue that does not answer: the books are still audited, and the report says why the

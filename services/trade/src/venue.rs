@@ -530,6 +530,21 @@ struct SimState {
     lookups: u64,
     /// Calls answered after the deadline (`answers_late`).
     late_answers: u64,
+    /// Orders of this user never answer (a hung connection), until it is cleared.
+    hangs_for: Option<UserId>,
+    /// Order calls hanging right now.
+    hung: usize,
+    /// Order calls that ever hung.
+    hung_ever: u64,
+}
+
+/// Counts a hung call while it waits; dropped when the caller gives up on it.
+struct HungCall<'a>(&'a SimulatedVenue);
+
+impl Drop for HungCall<'_> {
+    fn drop(&mut self) {
+        self.0.lock().hung -= 1;
+    }
 }
 
 impl SimulatedVenue {
@@ -547,6 +562,9 @@ impl SimulatedVenue {
                 attempts: 0,
                 lookups: 0,
                 late_answers: 0,
+                hangs_for: None,
+                hung: 0,
+                hung_ever: 0,
             }),
         }
     }
@@ -579,6 +597,19 @@ impl SimulatedVenue {
     /// Changes the probability that a new order fails. Panics outside 0..=1.
     pub fn set_failure_rate(&self, failure_rate: f64) {
         self.lock().market.set_failure_rate(failure_rate);
+    }
+
+    /// Makes every order of `user` hang, unanswered and unexecuted, until the caller's deadline
+    /// drops it (a hung connection); `None` answers everyone again. Needs a tokio runtime.
+    pub fn set_hangs_for(&self, user: Option<UserId>) {
+        self.lock().hangs_for = user;
+    }
+
+    /// Order calls hanging right now, and calls that ever hung (see
+    /// [`SimulatedVenue::set_hangs_for`]).
+    pub fn hung_calls(&self) -> (usize, u64) {
+        let s = self.lock();
+        (s.hung, s.hung_ever)
     }
 
     /// Moves the market to `rate` (the walk continues from there).
@@ -690,6 +721,17 @@ impl Venue for SimulatedVenue {
     ) -> BoxFuture<'a, Result<OrderOutcome, VenueError>> {
         Box::pin(async move {
             self.round_trip().await;
+            let hangs = {
+                let mut s = self.lock();
+                let hangs = s.hangs_for.as_ref() == Some(&order.user_id);
+                s.hung += usize::from(hangs);
+                s.hung_ever += u64::from(hangs);
+                hangs
+            };
+            if hangs {
+                let _counted = HungCall(self);
+                std::future::pending::<()>().await;
+            }
             self.place(order)
         })
     }

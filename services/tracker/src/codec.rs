@@ -109,7 +109,7 @@ impl<'a> Reader<'a> {
         Ok(base.wrapping_add(d as u64))
     }
 
-    fn str(&mut self) -> Result<&'a str, CodecError> {
+    pub(crate) fn str(&mut self) -> Result<&'a str, CodecError> {
         let n = self.varint()? as usize;
         std::str::from_utf8(self.bytes(n)?).map_err(|_| CodecError("bad utf-8".into()))
     }

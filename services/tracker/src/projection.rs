@@ -310,8 +310,8 @@ pub enum ReversalStatus {
 /// The read model of one saga.
 ///
 /// Measured by `tests/memory.rs` (a counting allocator over 50,000 completed five-event
-/// sagas): about 610 bytes per saga in memory (352 bytes inline, the timeline's 5 x 24 bytes,
-/// the user id, and the hash-map slot), and about 126 bytes encoded in sled (before sled's own
+/// sagas): about 625 bytes per saga in memory (360 bytes inline, the timeline's 5 x 24 bytes,
+/// the user id, and the hash-map slot), and about 127 bytes encoded in sled (before sled's own
 /// overhead and the four index entries of about 30 bytes each).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SagaRecord {

@@ -4,6 +4,9 @@
 //! batch during a replay of millions of events: varints and deltas keep a completed saga near
 //! 150 bytes and encoding well under a microsecond. The first byte is a format version so a
 //! later layout can read old records (or refuse them, which makes the tracker rebuild).
+//!
+//! Versions: 1 is the original layout; 2 appends the reversal (trade.reversed's terms) as an
+//! option. A version-1 record reads as one with no reversal recorded.
 
 use std::str::FromStr;
 
@@ -12,11 +15,14 @@ use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use crate::projection::{
-    kind_index, FailureReason, KindSet, SagaRecord, SagaState, TimelineEntry, REASON_CODES,
+    kind_index, FailureReason, KindSet, Reversal, SagaRecord, SagaState, TimelineEntry,
+    REASON_CODES,
 };
 
 /// The layout written by [`encode`].
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// The layout before the reversal was kept; still read.
+const VERSION_1: u8 = 1;
 
 /// Why stored bytes did not decode.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +109,7 @@ impl<'a> Reader<'a> {
         Ok(base.wrapping_add(d as u64))
     }
 
-    fn str(&mut self) -> Result<&'a str, CodecError> {
+    pub(crate) fn str(&mut self) -> Result<&'a str, CodecError> {
         let n = self.varint()? as usize;
         std::str::from_utf8(self.bytes(n)?).map_err(|_| CodecError("bad utf-8".into()))
     }
@@ -137,6 +143,11 @@ fn krw(r: &mut Reader) -> Result<Krw, CodecError> {
 
 fn usd(r: &mut Reader) -> Result<Usd, CodecError> {
     Usd::parse(r.str()?).map_err(|e| CodecError(e.to_string()))
+}
+
+fn read_rate(r: &mut Reader) -> Result<Rate, CodecError> {
+    let d = Decimal::from_str(r.str()?).map_err(|e| CodecError(e.to_string()))?;
+    Rate::new(d).ok_or(CodecError("rate not positive".into()))
 }
 
 fn put_kind(out: &mut Vec<u8>, kind: EventKind) {
@@ -200,15 +211,21 @@ pub fn encode(rec: &SagaRecord, out: &mut Vec<u8>) {
         put_str(out, u.as_str());
     }
     put_varint(out, u64::from(rec.timeline_dropped));
+    put_opt(out, rec.reversal.as_deref(), |o, v| {
+        put_str(o, &v.usd_amount.to_string());
+        put_str(o, &v.krw_amount.to_string());
+        put_str(o, &v.rate.to_string());
+        put_str(o, &v.fill_krw_amount.to_string());
+    });
 }
 
 /// Decodes what [`encode`] wrote.
 pub fn decode(bytes: &[u8]) -> Result<SagaRecord, CodecError> {
     let mut r = Reader::new(bytes);
     let version = r.u8()?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return err(&format!(
-            "format version {version}, this build reads {VERSION}"
+            "format version {version}, this build reads {VERSION_1} and {VERSION}"
         ));
     }
     let id: [u8; 16] = r.bytes(16)?.try_into().expect("16 bytes");
@@ -220,10 +237,7 @@ pub fn decode(bytes: &[u8]) -> Result<SagaRecord, CodecError> {
     let min_usd_amount = r.opt(usd)?;
     let held_krw = r.opt(krw)?;
     let filled_usd = r.opt(usd)?;
-    let rate = r.opt(|r| {
-        let d = Decimal::from_str(r.str()?).map_err(|e| CodecError(e.to_string()))?;
-        Rate::new(d).ok_or(CodecError("rate not positive".into()))
-    })?;
+    let rate = r.opt(read_rate)?;
     let krw_witness = r.opt(|r| {
         let k = kind_from(r.u8()?)?;
         Ok((krw(r)?, k))
@@ -273,6 +287,18 @@ pub fn decode(bytes: &[u8]) -> Result<SagaRecord, CodecError> {
         foreign_users.push((s, u));
     }
     let timeline_dropped = u32::try_from(r.varint()?).map_err(|_| CodecError("count".into()))?;
+    let reversal = if version == VERSION_1 {
+        None
+    } else {
+        r.opt(|r| {
+            Ok(Box::new(Reversal {
+                usd_amount: usd(r)?,
+                krw_amount: krw(r)?,
+                rate: read_rate(r)?,
+                fill_krw_amount: krw(r)?,
+            }))
+        })?
+    };
     if !r.is_empty() {
         return err("trailing bytes");
     }
@@ -300,6 +326,7 @@ pub fn decode(bytes: &[u8]) -> Result<SagaRecord, CodecError> {
         timeline,
         foreign_users,
         timeline_dropped,
+        reversal,
     })
 }
 
@@ -351,5 +378,35 @@ mod tests {
         assert_eq!(decode(&buf).unwrap(), rec);
         assert!(buf.len() < 400, "{} bytes", buf.len());
         assert!(decode(&buf[..buf.len() - 1]).is_err());
+
+        // A version-1 record (stored before reversals were kept) is this layout without the
+        // trailing reversal option: it still reads, with no reversal.
+        let mut v1 = buf.clone();
+        assert_eq!(
+            v1.pop(),
+            Some(0),
+            "no reversal: the option's None tag ends the record"
+        );
+        v1[0] = 1;
+        assert_eq!(decode(&v1).unwrap(), rec);
+
+        // A reversal round-trips.
+        apply(
+            &mut rec,
+            &Event::TradeReversed(TradeReversed {
+                saga_id: saga,
+                user_id: alice.clone(),
+                usd_amount: Usd::parse("1071.42").unwrap(),
+                krw_amount: Krw::parse("1553559").unwrap(),
+                rate: serde_json::from_str("\"1450\"").unwrap(),
+                fill_krw_amount: Krw::parse("1500000").unwrap(),
+            }),
+            2000,
+            at + 100,
+        );
+        assert!(rec.reversal.is_some());
+        buf.clear();
+        encode(&rec, &mut buf);
+        assert_eq!(decode(&buf).unwrap(), rec);
     }
 }

@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use crate::projection::{human_ms, SagaRecord, SagaState};
 use crate::stats::StatsView;
-use crate::view::events_of;
+use crate::view::{events_of, pnl_words, reversal_summary};
 
 /// Escapes text for HTML element content and attribute values.
 pub fn esc(s: &str) -> String {
@@ -130,6 +130,8 @@ pub struct Dashboard<'a> {
     pub stuck: &'a [SagaRecord],
     /// INCONSISTENT sagas (newest first).
     pub inconsistent: &'a [SagaRecord],
+    /// Sagas with a reversal pending at the venue (newest first).
+    pub reversals_pending: &'a [SagaRecord],
     /// The newest sagas.
     pub recent: &'a [SagaRecord],
     /// The injected clock's now.
@@ -173,7 +175,9 @@ rendered {} (refreshes every 2 s)</p>",
         "<div class=\"cards\" id=\"rates\"><span>success {}</span><span>compensation {}</span>\
 <span>rejection {}</span><span>p50 {}</span><span>p95 {}</span><span>p99 {}</span>\
 <span class=\"{}\">stuck {}</span><span class=\"{}\">inconsistent {}</span>\
-<span>undecodable {}</span><span>deposits {} KRW / {} USD</span></div>",
+<span>undecodable {}</span><span>deposits {} KRW / {} USD</span></div>
+<div class=\"cards\" id=\"reversals\"><span class=\"{}\" id=\"reversals-pending\">reversals pending {}</span>\
+<span id=\"reversals-total\">reversals done {}</span><span id=\"fx-pnl\">{}</span></div>",
         pct(s.success_rate),
         pct(s.compensation_rate),
         pct(s.rejection_rate),
@@ -187,6 +191,10 @@ rendered {} (refreshes every 2 s)</p>",
         s.undecodable,
         s.krw_deposits,
         s.usd_deposits,
+        if s.reversals_pending > 0 { "flag" } else { "" },
+        s.reversals_pending,
+        s.reversals_total,
+        esc(&pnl_words(s.fx_pnl_krw)),
     );
     let _ = writeln!(b, "<h2 id=\"stuck\">Stuck ({})</h2>", s.stuck);
     if d.stuck.is_empty() {
@@ -227,6 +235,20 @@ rendered {} (refreshes every 2 s)</p>",
             );
         }
         b.push_str("</table>\n");
+    }
+    let _ = writeln!(
+        b,
+        "<h2 id=\"reversals-pending-list\">Reversals pending at the venue ({})</h2>",
+        s.reversals_pending
+    );
+    if d.reversals_pending.is_empty() {
+        b.push_str("<p>None.</p>\n");
+    } else {
+        b.push_str(
+            "<p>Users made whole; the house holds the fill's USD until fx-trade sells it back \
+(all: <a href=\"/api/sagas?flag=reversal_pending\">/api/sagas?flag=reversal_pending</a>).</p>\n",
+        );
+        saga_rows(&mut b, d.reversals_pending, d.now_ms, d.stuck_after_ms);
     }
     b.push_str("<h2 id=\"recent\">Recent sagas</h2>\n");
     saga_rows(&mut b, d.recent, d.now_ms, d.stuck_after_ms);
@@ -278,6 +300,18 @@ pub fn saga_page(
     );
     if let Some(why) = rec.stuck_reason(now_ms, stuck_after_ms) {
         let _ = writeln!(b, "<p class=\"flag\">STUCK: {}</p>", esc(&why));
+    }
+    if let Some(reversal) = reversal_summary(rec) {
+        let class = if rec.is_reversal_pending() {
+            " class=\"flag\""
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            b,
+            "<h2>Reversal</h2><p id=\"reversal\"{class}>{}</p>",
+            esc(&reversal)
+        );
     }
     for why in rec.inconsistencies() {
         let _ = writeln!(b, "<p class=\"flag\">INCONSISTENT: {}</p>", esc(&why));

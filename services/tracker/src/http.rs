@@ -33,6 +33,8 @@ const DASHBOARD_RECENT: usize = 50;
 const DASHBOARD_FLAGGED: usize = 50;
 /// Default page size of `/api/sagas`.
 const DEFAULT_PAGE: usize = 50;
+/// The values `/api/sagas?flag=` takes.
+const FLAGS: [&str; 1] = ["reversal_pending"];
 
 #[derive(Clone)]
 struct AppState {
@@ -185,10 +187,19 @@ async fn dashboard(State(app): State<AppState>) -> Response {
         Ok(p) => p.sagas,
         Err(e) => return internal(e),
     };
+    let reversals_pending = match model.list(&ListQuery {
+        limit: DASHBOARD_FLAGGED,
+        reversal_pending: true,
+        ..ListQuery::default()
+    }) {
+        Ok(p) => p.sagas,
+        Err(e) => return internal(e),
+    };
     Html(html::dashboard(&Dashboard {
         stats: &stats,
         stuck: &stuck,
         inconsistent: &inconsistent,
+        reversals_pending: &reversals_pending,
         recent: &recent,
         now_ms: model.now_ms(),
         stuck_after_ms: model.stuck_after_ms(),
@@ -290,6 +301,16 @@ async fn list_sagas(
             );
         }
     };
+    let reversal_pending = match get("flag") {
+        None => false,
+        Some(f) if f.eq_ignore_ascii_case(FLAGS[0]) => true,
+        Some(f) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("flag {f:?} is not one of {}", FLAGS.join(", ")),
+            )
+        }
+    };
     let user = match get("user").map(UserId::parse).transpose() {
         Ok(u) => u,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -318,6 +339,7 @@ async fn list_sagas(
     let page = match app.model.list(&ListQuery {
         state,
         user,
+        reversal_pending,
         limit,
         cursor,
     }) {

@@ -39,7 +39,9 @@ use tracing::info;
 
 pub use http::ApiToken;
 pub use model::{ListQuery, Page, ReadModel, StreamMessage};
-pub use projection::{apply, Applied, SagaRecord, SagaState, TimelineEntry};
+pub use projection::{
+    apply, Applied, Reversal, ReversalStatus, SagaRecord, SagaState, TimelineEntry,
+};
 pub use stats::{Aggregates, StatsView};
 pub use view::{EventView, SagaView};
 

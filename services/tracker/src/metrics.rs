@@ -3,12 +3,14 @@
 //!
 //! Counters and histograms count what *this process* processed: a tracker that rebuilds
 //! from the stream counts the whole history once more. Gauges are set from the read model and
-//! are the same after a rebuild.
+//! are the same after a rebuild; so is `fx_tracker_reversals_total`, a counter whose value is
+//! set from the read model (reversals only ever grow).
 
 use events::EventKind;
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
 };
+use rust_decimal::prelude::ToPrimitive;
 
 use crate::model::{BatchReport, ReadModel};
 use crate::projection::SagaState;
@@ -46,6 +48,13 @@ pub mod names {
     pub const LAG: &str = "fx_tracker_lag_messages";
     /// Gauge: sagas held in memory.
     pub const RESIDENT: &str = "fx_tracker_resident_sagas";
+    /// Gauge: sagas whose fill the house still has to sell back at the venue (trade.cancelled,
+    /// no trade.reversed yet).
+    pub const REVERSALS_PENDING: &str = "fx_tracker_reversals_pending";
+    /// Counter (set from the read model): sagas whose fill the house sold back (trade.reversed).
+    pub const REVERSALS: &str = "fx_tracker_reversals_total";
+    /// Gauge: the house's FX gain (positive) or loss (negative) over reversed sagas, KRW.
+    pub const FX_PNL_KRW: &str = "fx_tracker_fx_pnl_krw";
 }
 
 /// Whether a kind is a success, a failure or a compensation step (`None`: admin).
@@ -124,6 +133,21 @@ pub fn describe() {
         "FX stream last sequence minus the last processed one."
     );
     describe_gauge!(names::RESIDENT, "Sagas held in memory.");
+    gauge!(names::REVERSALS_PENDING).set(0.0);
+    counter!(names::REVERSALS).absolute(0);
+    gauge!(names::FX_PNL_KRW).set(0.0);
+    describe_gauge!(
+        names::REVERSALS_PENDING,
+        "Sagas whose fill the house has yet to sell back at the venue (trade.cancelled, no trade.reversed)."
+    );
+    describe_counter!(
+        names::REVERSALS,
+        "Sagas whose fill the house sold back at the venue (trade.reversed)."
+    );
+    describe_gauge!(
+        names::FX_PNL_KRW,
+        "The house's FX gain (positive) or loss (negative) over reversed sagas, KRW."
+    );
 }
 
 /// Records what one batch did.
@@ -166,4 +190,8 @@ pub fn set_gauges(model: &ReadModel) {
     gauge!(names::LAST_SEQ).set(stats.last_seq as f64);
     gauge!(names::LAG).set(stats.lag as f64);
     gauge!(names::RESIDENT).set(model.resident() as f64);
+    gauge!(names::REVERSALS_PENDING).set(stats.reversals_pending as f64);
+    counter!(names::REVERSALS).absolute(stats.reversals_total);
+    // The one float of the P&L: Prometheus samples are floats. Amounts stay Decimal elsewhere.
+    gauge!(names::FX_PNL_KRW).set(stats.fx_pnl_krw.to_f64().unwrap_or(f64::NAN));
 }

@@ -17,7 +17,7 @@ use runtime::Clock;
 use tokio::sync::watch;
 
 use crate::projection::{apply, is_admin, kind_index, SagaRecord, SagaState};
-use crate::stats::{Aggregates, StatsView};
+use crate::stats::{Aggregates, ReversalTotals, StatsView};
 use crate::store::{Index, Persisted, Store, WriteBatch};
 use crate::TrackerError;
 
@@ -95,6 +95,8 @@ pub struct ListQuery {
     pub state: Option<SagaState>,
     /// Only this user's sagas.
     pub user: Option<UserId>,
+    /// Only sagas with a reversal pending at the venue (`flag=reversal_pending`).
+    pub reversal_pending: bool,
     /// Page size (capped at [`MAX_PAGE`]).
     pub limit: usize,
     /// Continue below this first sequence (from a previous page's `next_cursor`).
@@ -132,18 +134,19 @@ impl ReadModel {
         clock: Clock,
     ) -> Result<ReadModel, TrackerError> {
         let store = Store::open(data_dir)?;
+        let (agg, reversals_counted) = store.aggregates()?;
         let mut inner = Inner {
             last_seq: store.last_seq()?,
-            agg: store.aggregates()?,
+            agg,
             ..Inner::default()
         };
+        if !reversals_counted {
+            inner.agg.reversals = recount_reversals(&store, inner.last_seq, &inner.agg)?;
+        }
         for state in SagaState::ALL.into_iter().filter(|s| !s.is_terminal()) {
             for (_, id) in store.scan(&Index::State(state), None, usize::MAX)? {
                 if let Some(rec) = store.get(id)? {
-                    let persisted = Some(Persisted {
-                        state: rec.state,
-                        inconsistent: rec.is_inconsistent(),
-                    });
+                    let persisted = Some(Persisted::of(&rec));
                     inner.sagas.insert(
                         id,
                         Slot {
@@ -269,10 +272,7 @@ impl ReadModel {
                 let slot = match self.store.get(id)? {
                     Some(rec) => {
                         reloaded = true;
-                        let persisted = Some(Persisted {
-                            state: rec.state,
-                            inconsistent: rec.is_inconsistent(),
-                        });
+                        let persisted = Some(Persisted::of(&rec));
                         Slot {
                             rec,
                             persisted,
@@ -290,8 +290,13 @@ impl ReadModel {
         };
         let duration_before = slot.rec.duration_ms();
         let was_inconsistent = slot.rec.is_inconsistent();
+        let reversal_before = slot.rec.reversal_status();
         let applied = apply(&mut slot.rec, event, seq, at_ms);
         let rec = &mut slot.rec;
+        inner
+            .agg
+            .reversals
+            .update(reversal_before, rec.reversal_status());
         inner.agg.events += 1;
         if applied.duplicate {
             inner.agg.duplicates += 1;
@@ -404,6 +409,7 @@ impl ReadModel {
         let limit = q.limit.clamp(1, MAX_PAGE);
         let index = match (&q.user, q.state) {
             (Some(u), _) => Index::User(u.clone()),
+            (None, _) if q.reversal_pending => Index::ReversalPending,
             (None, Some(s)) if !s.is_terminal() => Index::State(s),
             // Terminal states have no index of their own (see `store`): walk all, filter.
             (None, Some(_)) => Index::All,
@@ -416,7 +422,9 @@ impl ReadModel {
         for (seq, id) in entries {
             last_looked = Some(seq);
             let Some(rec) = self.get(id)? else { continue };
-            if q.state.is_some_and(|s| s != rec.state) {
+            if q.state.is_some_and(|s| s != rec.state)
+                || (q.reversal_pending && !rec.is_reversal_pending())
+            {
                 continue;
             }
             sagas.push(rec);
@@ -509,6 +517,9 @@ impl ReadModel {
             undecodable: agg.undecodable,
             krw_deposits: agg.krw_deposits,
             usd_deposits: agg.usd_deposits,
+            reversals_pending: agg.reversals.pending,
+            reversals_total: agg.reversals.done,
+            fx_pnl_krw: agg.reversals.pnl_krw,
         }
     }
 
@@ -535,5 +546,141 @@ impl ReadModel {
     }
 }
 
+/// Counts the reversals of every stored record and fills the `r` index, for a store written
+/// before the tracker counted reversals (once: the new totals are stored right away).
+fn recount_reversals(
+    store: &Store,
+    last_seq: u64,
+    agg: &Aggregates,
+) -> Result<ReversalTotals, TrackerError> {
+    let mut totals = ReversalTotals::default();
+    let mut write = WriteBatch::default();
+    store.for_each(|rec| {
+        totals.add(rec.reversal_status());
+        if rec.is_reversal_pending() {
+            write.index_reversal_pending(&rec);
+        }
+    })?;
+    tracing::info!(
+        pending = totals.pending,
+        done = totals.done,
+        fx_pnl_krw = %totals.pnl_krw,
+        "counted the reversals of a store written before reversals were counted"
+    );
+    write.meta(
+        last_seq,
+        &Aggregates {
+            reversals: totals.clone(),
+            ..agg.clone()
+        },
+    );
+    store.write(write)?;
+    Ok(totals)
+}
+
 /// A shared read model.
 pub type SharedModel = Arc<ReadModel>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use events::*;
+
+    fn saga(user: &str) -> (SagaId, UserId) {
+        (SagaId::new_v7(), UserId::parse(user).unwrap())
+    }
+
+    /// A filled saga whose credit failed and which fx-trade cancelled for the user.
+    fn cancelled(id: SagaId, user: &UserId) -> Vec<Event> {
+        let (krw, usd) = (
+            Krw::parse("1500000").unwrap(),
+            Usd::parse("1071.42").unwrap(),
+        );
+        vec![
+            Event::KrwHeld(KrwHeld {
+                saga_id: id,
+                user_id: user.clone(),
+                krw_amount: krw,
+                min_usd_amount: None,
+                hold_expires_at_ms: 10_000,
+            }),
+            Event::TradeFilled(TradeFilled {
+                saga_id: id,
+                user_id: user.clone(),
+                krw_amount: krw,
+                usd_amount: usd,
+                rate: Rate::new(1400.into()).unwrap(),
+            }),
+            Event::TradeCancelled(TradeCancelled {
+                saga_id: id,
+                user_id: user.clone(),
+                krw_amount: krw,
+                usd_amount: usd,
+                reason: CancelReason::CreditFailed,
+            }),
+        ]
+    }
+
+    #[test]
+    fn a_store_from_before_reversals_were_counted_is_recounted_once_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: Clock = Arc::new(|| 0);
+        let open = || ReadModel::open(dir.path(), 1, 60_000, clock.clone()).unwrap();
+        let (pending, alice) = saga("alice");
+        let (done, bob) = saga("bob");
+        let mut events = cancelled(pending, &alice);
+        events.extend(cancelled(done, &bob));
+        let rate = Rate::new(1450.into()).unwrap();
+        events.push(Event::TradeReversed(TradeReversed {
+            saga_id: done,
+            user_id: bob,
+            usd_amount: Usd::parse("1071.42").unwrap(),
+            krw_amount: rate.krw_for(Usd::parse("1071.42").unwrap()).unwrap(),
+            rate,
+            fill_krw_amount: Krw::parse("1500000").unwrap(),
+        }));
+        let batch: Vec<StreamMessage> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| StreamMessage {
+                seq: i as u64 + 1,
+                at_ms: 1000 + i as u64,
+                subject: e.subject(),
+                payload: e.to_json().into(),
+            })
+            .collect();
+        let model = open();
+        model.ingest(&batch).unwrap();
+        let want = model.stats();
+        assert_eq!(
+            (want.reversals_pending, want.reversals_total),
+            (1, 1),
+            "{want:?}"
+        );
+        assert_eq!(want.fx_pnl_krw, rust_decimal::Decimal::from(53_559));
+        model.store.forget_reversals().unwrap();
+        drop(model);
+
+        let pending_listing = |m: &ReadModel| -> Vec<SagaId> {
+            m.list(&ListQuery {
+                reversal_pending: true,
+                limit: 10,
+                ..ListQuery::default()
+            })
+            .unwrap()
+            .sagas
+            .iter()
+            .map(|r| r.saga_id)
+            .collect()
+        };
+        let model = open();
+        assert_eq!(model.stats(), want);
+        assert_eq!(pending_listing(&model), [pending]);
+        // The recount was stored: the next start reads the totals as they are.
+        assert!(model.store.aggregates().unwrap().1);
+        drop(model);
+        let model = open();
+        assert_eq!(model.stats(), want);
+        assert_eq!(pending_listing(&model), [pending]);
+    }
+}

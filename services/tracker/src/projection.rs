@@ -13,6 +13,7 @@ use events::{
     CancelReason, CreditFailReason, Event, EventKind, Krw, Rate, RejectReason, ReleaseReason,
     SagaId, TradeFailReason, Usd, UserId,
 };
+use rust_decimal::Decimal;
 use serde::{Serialize, Serializer};
 
 /// Most timeline entries kept per saga. A saga has at most 11 distinct event kinds; the rest
@@ -267,11 +268,50 @@ fn credit_fail_code(r: CreditFailReason) -> &'static str {
     }
 }
 
+/// The house's sale of a fill's USD back at the venue (trade.reversed), as the stream said it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reversal {
+    /// USD sold back (the fill's USD).
+    pub usd_amount: Usd,
+    /// KRW the sale brought.
+    pub krw_amount: Krw,
+    /// The sale's rate, KRW per USD.
+    pub rate: Rate,
+    /// KRW the original fill cost.
+    pub fill_krw_amount: Krw,
+}
+
+impl Reversal {
+    /// The house's FX gain (positive) or loss (negative) on the saga, in KRW:
+    /// `krw_amount - fill_krw_amount`.
+    pub fn pnl_krw(&self) -> Decimal {
+        self.krw_amount.amount() - self.fill_krw_amount.amount()
+    }
+}
+
+/// Where a saga's reversal at the venue is: a pure function of the record, so counts kept
+/// incrementally agree with a rebuild.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReversalStatus {
+    /// No trade.cancelled and no trade.reversed: nothing to reverse.
+    None,
+    /// trade.cancelled and no trade.reversed yet: the house holds the fill's USD until fx-trade
+    /// has sold it back at the venue.
+    Pending,
+    /// trade.reversed seen (after trade.cancelled, or after trade.failed when an execution
+    /// was found later). `pnl_krw` is `None` only for a record stored by a tracker that did not
+    /// keep the reversal's amounts.
+    Done {
+        /// The house's FX gain or loss, KRW.
+        pnl_krw: Option<Decimal>,
+    },
+}
+
 /// The read model of one saga.
 ///
 /// Measured by `tests/memory.rs` (a counting allocator over 50,000 completed five-event
-/// sagas): about 610 bytes per saga in memory (352 bytes inline, the timeline's 5 x 24 bytes,
-/// the user id, and the hash-map slot), and about 126 bytes encoded in sled (before sled's own
+/// sagas): about 625 bytes per saga in memory (360 bytes inline, the timeline's 5 x 24 bytes,
+/// the user id, and the hash-map slot), and about 127 bytes encoded in sled (before sled's own
 /// overhead and the four index entries of about 30 bytes each).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SagaRecord {
@@ -323,6 +363,8 @@ pub struct SagaRecord {
     pub foreign_users: Vec<(u64, UserId)>,
     /// Entries past [`MAX_TIMELINE_ENTRIES`] that were applied but not kept.
     pub timeline_dropped: u32,
+    /// The first trade.reversed seen (boxed: few sagas have one).
+    pub reversal: Option<Box<Reversal>>,
 }
 
 /// What one [`apply`] did.
@@ -375,6 +417,7 @@ impl SagaRecord {
             timeline: Vec::new(),
             foreign_users: Vec::new(),
             timeline_dropped: 0,
+            reversal: None,
         }
     }
 
@@ -399,6 +442,25 @@ impl SagaRecord {
     pub fn duration_ms(&self) -> Option<u64> {
         self.finished_at_ms
             .map(|f| f.saturating_sub(self.started_at_ms))
+    }
+
+    /// Where the house's reversal of the fill is (see [`ReversalStatus`]). Independent of
+    /// the state: a COMPENSATED saga is over for the user while its reversal is pending.
+    pub fn reversal_status(&self) -> ReversalStatus {
+        if self.seen.contains(EventKind::TradeReversed) {
+            ReversalStatus::Done {
+                pnl_krw: self.reversal.as_ref().map(|r| r.pnl_krw()),
+            }
+        } else if self.seen.contains(EventKind::TradeCancelled) {
+            ReversalStatus::Pending
+        } else {
+            ReversalStatus::None
+        }
+    }
+
+    /// trade.cancelled seen and trade.reversed not yet.
+    pub fn is_reversal_pending(&self) -> bool {
+        self.reversal_status() == ReversalStatus::Pending
     }
 
     /// True in COMPLETED, REJECTED and COMPENSATED.
@@ -776,6 +838,31 @@ pub fn apply(rec: &mut SagaRecord, event: &Event, seq: u64, at_ms: u64) -> Appli
         Event::TradeReversed(e) => {
             rec.witness_krw(K::TradeFilled, e.fill_krw_amount);
             rec.witness_usd(kind, e.usd_amount);
+            if e.rate.krw_for(e.usd_amount) != Some(e.krw_amount) {
+                rec.note(format!(
+                    "trade.reversed says {} KRW for {} USD at {}, but round_down(usd * rate, 0) is {}",
+                    e.krw_amount,
+                    e.usd_amount,
+                    e.rate,
+                    e.rate
+                        .krw_for(e.usd_amount)
+                        .map_or_else(|| "out of range".to_owned(), |k| k.to_string())
+                ));
+            }
+            let reversal = Reversal {
+                usd_amount: e.usd_amount,
+                krw_amount: e.krw_amount,
+                rate: e.rate,
+                fill_krw_amount: e.fill_krw_amount,
+            };
+            match rec.reversal.as_deref() {
+                None => rec.reversal = Some(Box::new(reversal)),
+                Some(first) if *first != reversal => rec.note(format!(
+                    "trade.reversed said twice with different terms: {} KRW at {}, then {} KRW at {}",
+                    first.krw_amount, first.rate, reversal.krw_amount, reversal.rate
+                )),
+                Some(_) => {}
+            }
         }
         Event::UsdCredited(e) => rec.witness_usd(kind, e.usd_amount),
         Event::UsdCreditFailed(e) => fail(rec, credit_fail_code(e.reason)),
@@ -909,6 +996,16 @@ mod tests {
             reason: CancelReason::CreditFailed,
         })
     }
+    fn reversed(krw_received: &str, u: &str, r: &str, fill_krw: &str) -> Event {
+        Event::TradeReversed(TradeReversed {
+            saga_id: saga(),
+            user_id: alice(),
+            usd_amount: usd(u),
+            krw_amount: krw(krw_received),
+            rate: rate(r),
+            fill_krw_amount: krw(fill_krw),
+        })
+    }
     fn credit_failed() -> Event {
         Event::UsdCreditFailed(UsdCreditFailed {
             saga_id: saga(),
@@ -1014,6 +1111,113 @@ mod tests {
         assert_eq!(states[4], SagaState::Compensating);
         assert_eq!(rec.state, SagaState::Compensated);
         assert!(!rec.is_inconsistent(), "{:?}", rec.inconsistencies());
+    }
+
+    /// A credit failure after the fill: the user is made whole at once.
+    fn cancelled_saga() -> Vec<Event> {
+        vec![
+            requested("1500000"),
+            held("1500000"),
+            filled("1500000", "1071.42", "1400"),
+            credit_failed(),
+            cancelled("1500000", "1071.42"),
+            released("1500000"),
+        ]
+    }
+
+    /// Reversed with this P&L, and a consistent record.
+    fn assert_reversed(rec: &SagaRecord, pnl_krw: i64) {
+        assert_eq!(
+            rec.reversal_status(),
+            ReversalStatus::Done {
+                pnl_krw: Some(Decimal::from(pnl_krw))
+            }
+        );
+        assert!(!rec.is_reversal_pending());
+        assert!(!rec.is_inconsistent(), "{:?}", rec.inconsistencies());
+    }
+
+    #[test]
+    fn a_cancelled_fill_is_pending_reversal_until_trade_reversed_and_stays_compensated() {
+        let (rec, _) = run(&cancelled_saga());
+        assert_eq!(rec.state, SagaState::Compensated, "the user's saga is over");
+        assert_eq!(rec.reversal_status(), ReversalStatus::Pending);
+        assert!(rec.is_reversal_pending());
+        assert_eq!(rec.reversal, None);
+
+        // Sold back at 1450: 1071.42 USD bring 1553559 KRW for a fill that cost 1500000.
+        let mut events = cancelled_saga();
+        events.push(reversed("1553559", "1071.42", "1450", "1500000"));
+        let (rec, states) = run(&events);
+        assert_eq!(states[6], SagaState::Compensated);
+        assert_eq!(
+            rec.finished_at_ms,
+            Some(1500),
+            "the reversal does not move the finish"
+        );
+        assert!(!rec.is_reversal_pending());
+        assert_reversed(&rec, 53_559);
+        let r = rec.reversal.as_deref().unwrap();
+        assert_eq!(
+            (r.usd_amount, r.krw_amount, r.rate),
+            (usd("1071.42"), krw("1553559"), rate("1450"))
+        );
+    }
+
+    #[test]
+    fn a_reversal_below_the_fill_rate_is_a_loss() {
+        let mut events = cancelled_saga();
+        events.push(reversed("1446417", "1071.42", "1350", "1500000"));
+        let (rec, _) = run(&events);
+        assert_reversed(&rec, -53_583);
+    }
+
+    #[test]
+    fn a_reversal_after_venue_unavailable_has_no_pending_phase() {
+        let failed = Event::TradeFailed(TradeFailed {
+            saga_id: saga(),
+            user_id: alice(),
+            reason: TradeFailReason::VenueUnavailable,
+            message: "venue down".into(),
+        });
+        let mut rec = SagaRecord::new(saga(), alice());
+        let mut statuses = Vec::new();
+        for (i, e) in [
+            requested("1500000"),
+            held("1500000"),
+            failed,
+            released("1500000"),
+            // Sold back at the fill's own rate: the rounding of both legs costs 12 KRW.
+            reversed("1499988", "1071.42", "1400", "1500000"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            apply(&mut rec, e, i as u64 + 1, 1000 + i as u64);
+            statuses.push(rec.reversal_status());
+        }
+        assert!(!statuses.contains(&ReversalStatus::Pending), "{statuses:?}");
+        assert_reversed(&rec, -12);
+        assert_eq!(rec.state, SagaState::Compensated);
+    }
+
+    #[test]
+    fn a_reversal_with_wrong_arithmetic_or_changed_terms_is_inconsistent() {
+        let mut events = cancelled_saga();
+        events.push(reversed("1553560", "1071.42", "1450", "1500000"));
+        let (rec, _) = run(&events);
+        assert!(rec.inconsistencies()[0].contains("round_down(usd * rate, 0)"));
+
+        let mut events = cancelled_saga();
+        events.push(reversed("1553559", "1071.42", "1450", "1500000"));
+        events.push(reversed("1446417", "1071.42", "1350", "1500000"));
+        let (rec, _) = run(&events);
+        assert!(rec.inconsistencies()[0].contains("said twice"));
+        assert_eq!(
+            rec.reversal.as_deref().unwrap().pnl_krw(),
+            Decimal::from(53_559),
+            "the first word stands"
+        );
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! agree with the records exactly, and a rebuild computes the same numbers.
 
 use std::collections::BTreeMap;
+use std::str::FromStr;
 
+use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::codec::{put_varint, CodecError, Reader};
-use crate::projection::SagaState;
+use crate::projection::{ReversalStatus, SagaState};
 
 /// Durations with 1% relative precision in bounded memory: values below 128 ms are exact,
 /// larger ones fall in buckets of 128 per power of two (at most 7,296 buckets, stored sparse).
@@ -80,6 +82,52 @@ impl Histogram {
     }
 }
 
+/// The house's reversals at the venue, over every saga: kept like the counts by state (a saga's
+/// status before an event is removed, its status after is added).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReversalTotals {
+    /// Sagas with trade.cancelled and no trade.reversed yet.
+    pub pending: u64,
+    /// Sagas with trade.reversed.
+    pub done: u64,
+    /// The house's FX gain (positive) or loss (negative) summed over reversed sagas, KRW.
+    pub pnl_krw: Decimal,
+}
+
+impl ReversalTotals {
+    /// Counts a saga's status.
+    pub fn add(&mut self, status: ReversalStatus) {
+        match status {
+            ReversalStatus::None => {}
+            ReversalStatus::Pending => self.pending += 1,
+            ReversalStatus::Done { pnl_krw } => {
+                self.done += 1;
+                self.pnl_krw += pnl_krw.unwrap_or_default();
+            }
+        }
+    }
+
+    /// Uncounts a status counted before.
+    pub fn remove(&mut self, status: ReversalStatus) {
+        match status {
+            ReversalStatus::None => {}
+            ReversalStatus::Pending => self.pending -= 1,
+            ReversalStatus::Done { pnl_krw } => {
+                self.done -= 1;
+                self.pnl_krw -= pnl_krw.unwrap_or_default();
+            }
+        }
+    }
+
+    /// A saga moved from `before` to `after`.
+    pub fn update(&mut self, before: ReversalStatus, after: ReversalStatus) {
+        if before != after {
+            self.remove(before);
+            self.add(after);
+        }
+    }
+}
+
 /// Totals over every saga the tracker has seen.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Aggregates {
@@ -97,10 +145,14 @@ pub struct Aggregates {
     pub krw_deposits: u64,
     /// usd.deposited events (admin; not sagas).
     pub usd_deposits: u64,
+    /// Reversals pending and done, and the house's FX P&L.
+    pub reversals: ReversalTotals,
 }
 
-/// Layout version of stored aggregates.
-const VERSION: u8 = 1;
+/// Layout version of stored aggregates: 2 appends the reversal totals to 1.
+const VERSION: u8 = 2;
+/// The layout before reversals were counted; still read (see [`Aggregates::decode`]).
+const VERSION_1: u8 = 1;
 
 impl Aggregates {
     /// Sagas in `state`.
@@ -134,7 +186,17 @@ impl Aggregates {
 
     /// Stored form.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![VERSION];
+        self.encode_as(VERSION)
+    }
+
+    /// The form a tracker that did not count reversals stored (for upgrade tests).
+    #[cfg(test)]
+    pub(crate) fn encode_v1(&self) -> Vec<u8> {
+        self.encode_as(VERSION_1)
+    }
+
+    fn encode_as(&self, version: u8) -> Vec<u8> {
+        let mut out = vec![version];
         for c in self.by_state {
             put_varint(&mut out, c);
         }
@@ -152,14 +214,25 @@ impl Aggregates {
             put_varint(&mut out, u64::from(i));
             put_varint(&mut out, c);
         }
+        if version == VERSION_1 {
+            return out;
+        }
+        put_varint(&mut out, self.reversals.pending);
+        put_varint(&mut out, self.reversals.done);
+        let pnl = self.reversals.pnl_krw.to_string();
+        put_varint(&mut out, pnl.len() as u64);
+        out.extend_from_slice(pnl.as_bytes());
         out
     }
 
-    /// Reads what [`Aggregates::encode`] wrote.
-    pub fn decode(bytes: &[u8]) -> Result<Aggregates, CodecError> {
+    /// Reads what [`Aggregates::encode`] wrote. The second value is false for aggregates stored
+    /// before reversals were counted (version 1): their reversal totals are zero here and must
+    /// be recounted from the records.
+    pub fn decode(bytes: &[u8]) -> Result<(Aggregates, bool), CodecError> {
         let mut r = Reader::new(bytes);
-        if r.u8()? != VERSION {
-            return Err(CodecError("aggregates version".into()));
+        let version = r.u8()?;
+        if version != VERSION && version != VERSION_1 {
+            return Err(CodecError(format!("aggregates version {version}")));
         }
         let mut a = Aggregates::default();
         for c in a.by_state.iter_mut() {
@@ -177,7 +250,14 @@ impl Aggregates {
             a.durations.buckets.insert(i, c);
             a.durations.count += c;
         }
-        Ok(a)
+        if version == VERSION_1 {
+            return Ok((a, false));
+        }
+        a.reversals.pending = r.varint()?;
+        a.reversals.done = r.varint()?;
+        a.reversals.pnl_krw =
+            Decimal::from_str(r.str()?).map_err(|e| CodecError(format!("fx P&L: {e}")))?;
+        Ok((a, true))
     }
 }
 
@@ -222,6 +302,15 @@ pub struct StatsView {
     pub krw_deposits: u64,
     /// usd.deposited events.
     pub usd_deposits: u64,
+    /// Sagas whose fill the house still has to sell back at the venue (trade.cancelled, no
+    /// trade.reversed yet).
+    pub reversals_pending: u64,
+    /// Sagas whose fill the house has sold back (trade.reversed).
+    pub reversals_total: u64,
+    /// The house's FX gain (positive) or loss (negative) over reversed sagas, KRW; a decimal
+    /// string in JSON like every amount.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub fx_pnl_krw: Decimal,
 }
 
 #[cfg(test)]
@@ -256,7 +345,37 @@ mod tests {
         a.undecodable = 2;
         a.durations.add(250);
         a.durations.add(90_000);
-        assert_eq!(Aggregates::decode(&a.encode()).unwrap(), a);
+        a.reversals.pending = 3;
+        a.reversals.done = 2;
+        a.reversals.pnl_krw = Decimal::from(-1234);
+        assert_eq!(Aggregates::decode(&a.encode()).unwrap(), (a.clone(), true));
         assert_eq!(a.rate(SagaState::Completed), 1.0);
+
+        // Version 1 is version 2 without the reversal totals: read, flagged for a recount.
+        let (old, counted) = Aggregates::decode(&a.encode_v1()).unwrap();
+        assert!(!counted);
+        assert_eq!(old.reversals, ReversalTotals::default());
+        assert_eq!(old.events, a.events);
+        assert_eq!(old.durations, a.durations);
+    }
+
+    #[test]
+    fn reversal_totals_follow_a_saga_from_pending_to_done() {
+        let mut t = ReversalTotals::default();
+        let gain = ReversalStatus::Done {
+            pnl_krw: Some(Decimal::from(53_559)),
+        };
+        t.update(ReversalStatus::None, ReversalStatus::Pending);
+        t.update(ReversalStatus::Pending, ReversalStatus::Pending);
+        assert_eq!((t.pending, t.done), (1, 0));
+        t.update(ReversalStatus::Pending, gain);
+        t.update(
+            ReversalStatus::None,
+            ReversalStatus::Done {
+                pnl_krw: Some(Decimal::from(-12)),
+            },
+        );
+        assert_eq!((t.pending, t.done), (0, 2));
+        assert_eq!(t.pnl_krw, Decimal::from(53_547));
     }
 }

@@ -14,6 +14,7 @@
 //! | `t` state(1) first_seq(8) | saga uuid: non-terminal sagas by state |
 //! | `u` user 0x00 first_seq(8) | saga uuid: by user |
 //! | `i` first_seq(8) | saga uuid: INCONSISTENT sagas |
+//! | `r` first_seq(8) | saga uuid: sagas with a reversal pending (trade.cancelled, no trade.reversed) |
 //! | `m` name | meta: `last_seq`, `aggregates` |
 
 use std::path::Path;
@@ -34,6 +35,7 @@ const ORDER: u8 = b'o';
 const STATE: u8 = b't';
 const USER: u8 = b'u';
 const INCONSISTENT: u8 = b'i';
+const REVERSAL_PENDING: u8 = b'r';
 const META_LAST_SEQ: &[u8] = b"mlast_seq";
 const META_AGGREGATES: &[u8] = b"maggregates";
 
@@ -53,6 +55,8 @@ pub enum Index {
     User(UserId),
     /// INCONSISTENT sagas.
     Inconsistent,
+    /// Sagas with a reversal pending at the venue.
+    ReversalPending,
 }
 
 impl Index {
@@ -67,6 +71,7 @@ impl Index {
                 p
             }
             Index::Inconsistent => vec![INCONSISTENT],
+            Index::ReversalPending => vec![REVERSAL_PENDING],
         }
     }
 }
@@ -100,6 +105,28 @@ pub struct Persisted {
     pub state: SagaState,
     /// Whether it is in the `i` index.
     pub inconsistent: bool,
+    /// Whether it is in the `r` index.
+    pub reversal_pending: bool,
+}
+
+impl Persisted {
+    /// What writing `rec` puts in the indices.
+    pub fn of(rec: &SagaRecord) -> Persisted {
+        Persisted {
+            state: rec.state,
+            inconsistent: rec.is_inconsistent(),
+            reversal_pending: rec.is_reversal_pending(),
+        }
+    }
+}
+
+/// Inserts or removes `key` so that it is present exactly when `now` is.
+fn flip(batch: &mut sled::Batch, was: bool, now: bool, key: Vec<u8>, id: &[u8]) {
+    match (was, now) {
+        (false, true) => batch.insert(key, id),
+        (true, false) => batch.remove(key),
+        _ => {}
+    }
 }
 
 /// One atomic write: records, index moves, meta.
@@ -118,10 +145,7 @@ impl WriteBatch {
         let uuid = rec.saga_id.uuid();
         let id = &uuid.as_bytes()[..];
         let seq = rec.first_seq;
-        let now = Persisted {
-            state: rec.state,
-            inconsistent: rec.is_inconsistent(),
-        };
+        let now = Persisted::of(rec);
         if before.is_none() {
             self.batch.insert(key(&Index::All.prefix(), seq), id);
             self.batch
@@ -140,16 +164,30 @@ impl WriteBatch {
                     .insert(key(&Index::State(now.state).prefix(), seq), id);
             }
         }
-        let was = before.is_some_and(|b| b.inconsistent);
-        if was != now.inconsistent {
-            let k = key(&Index::Inconsistent.prefix(), seq);
-            if now.inconsistent {
-                self.batch.insert(k, id);
-            } else {
-                self.batch.remove(k);
-            }
-        }
+        flip(
+            &mut self.batch,
+            before.is_some_and(|b| b.inconsistent),
+            now.inconsistent,
+            key(&Index::Inconsistent.prefix(), seq),
+            id,
+        );
+        flip(
+            &mut self.batch,
+            before.is_some_and(|b| b.reversal_pending),
+            now.reversal_pending,
+            key(&Index::ReversalPending.prefix(), seq),
+            id,
+        );
         now
+    }
+
+    /// Adds `rec` to the reversal-pending index (the one-time recount of a store written before
+    /// that index existed).
+    pub fn index_reversal_pending(&mut self, rec: &SagaRecord) {
+        self.batch.insert(
+            key(&Index::ReversalPending.prefix(), rec.first_seq),
+            &rec.saga_id.uuid().as_bytes()[..],
+        );
     }
 
     /// Records the last processed stream sequence and the aggregates as of it.
@@ -191,14 +229,16 @@ impl Store {
         })
     }
 
-    /// The stored aggregates (zero on an empty store).
-    pub fn aggregates(&self) -> Result<Aggregates, TrackerError> {
+    /// The stored aggregates (zero on an empty store), and whether they count reversals: false
+    /// for a store written before they did, whose reversal totals and `r` index must be
+    /// recounted from the records.
+    pub fn aggregates(&self) -> Result<(Aggregates, bool), TrackerError> {
         match self.db.get(META_AGGREGATES)? {
             Some(v) => Aggregates::decode(&v).map_err(|e| TrackerError::Corrupt {
                 key: "aggregates".into(),
                 message: e.to_string(),
             }),
-            None => Ok(Aggregates::default()),
+            None => Ok((Aggregates::default(), true)),
         }
     }
 
@@ -250,18 +290,36 @@ impl Store {
     /// Every stored record (tests and rebuild comparisons; reads the whole store).
     pub fn all(&self) -> Result<Vec<SagaRecord>, TrackerError> {
         let mut out = Vec::new();
+        self.for_each(|rec| out.push(rec))?;
+        Ok(out)
+    }
+
+    /// Calls `f` with every stored record, one at a time (reads the whole store).
+    pub fn for_each(&self, mut f: impl FnMut(SagaRecord)) -> Result<(), TrackerError> {
         for item in self.db.scan_prefix([SAGA]) {
             let (k, v) = item?;
-            out.push(codec::decode(&v).map_err(|e| TrackerError::Corrupt {
+            f(codec::decode(&v).map_err(|e| TrackerError::Corrupt {
                 key: format!("{k:?}"),
                 message: e.to_string(),
             })?);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Bytes sled reports on disk.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Makes the store look as a tracker that did not count reversals left it: version-1
+    /// aggregates and no `r` index (for the upgrade test).
+    #[cfg(test)]
+    pub(crate) fn forget_reversals(&self) -> Result<(), TrackerError> {
+        let (agg, _) = self.aggregates()?;
+        self.db.insert(META_AGGREGATES, agg.encode_v1())?;
+        for item in self.db.scan_prefix([REVERSAL_PENDING]) {
+            self.db.remove(item?.0)?;
+        }
+        Ok(())
     }
 }

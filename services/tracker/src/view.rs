@@ -1,8 +1,10 @@
 //! What the API says about a saga: the JSON shapes of `/api/sagas` and `/api/sagas/{id}`.
 
+use events::EventKind;
+use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::projection::SagaRecord;
+use crate::projection::{ReversalStatus, SagaRecord};
 
 /// One saga as JSON. Money and rates are strings (never floats), times are ms since the Unix
 /// epoch (stream time), absent values are `null`.
@@ -35,6 +37,10 @@ pub struct SagaView {
     pub inconsistent: bool,
     /// One sentence per inconsistency.
     pub inconsistent_reasons: Vec<String>,
+    /// trade.cancelled seen and trade.reversed not yet: the house still holds the fill's USD.
+    pub reversal_pending: bool,
+    /// The house's reversal of the fill at the venue; `null` when there is none to make.
+    pub reversal: Option<ReversalView>,
     /// Stream time of the first event.
     pub started_at: u64,
     /// Stream time of the terminal event.
@@ -55,6 +61,95 @@ pub struct SagaView {
     /// Timeline entries not kept (past the per-saga cap).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events_dropped: Option<u32>,
+}
+
+/// A saga's reversal as JSON: `pending` after trade.cancelled, `reversed` after trade.reversed.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ReversalView {
+    /// `pending` or `reversed`.
+    pub status: &'static str,
+    /// USD to sell back (pending) or sold (reversed).
+    pub usd_amount: Option<String>,
+    /// KRW the sale brought (`null` while pending).
+    pub krw_amount: Option<String>,
+    /// The sale's rate, KRW per USD (`null` while pending).
+    pub rate: Option<String>,
+    /// KRW the fill cost.
+    pub fill_krw_amount: Option<String>,
+    /// The house's FX gain (positive) or loss (negative), KRW (`null` while pending).
+    pub fx_pnl_krw: Option<String>,
+    /// Stream time of trade.reversed.
+    pub reversed_at: Option<u64>,
+    /// The same in words, as the saga page says it.
+    pub summary: String,
+}
+
+impl ReversalView {
+    /// The reversal of `rec`, `None` when it has none to make.
+    pub fn of(rec: &SagaRecord) -> Option<ReversalView> {
+        let status = rec.reversal_status();
+        let summary = reversal_summary(rec)?;
+        let r = rec.reversal.as_deref();
+        Some(ReversalView {
+            status: if status == ReversalStatus::Pending {
+                "pending"
+            } else {
+                "reversed"
+            },
+            usd_amount: r
+                .map(|r| r.usd_amount)
+                .or(rec.usd_amount())
+                .map(|u| u.to_string()),
+            krw_amount: r.map(|r| r.krw_amount.to_string()),
+            rate: r.map(|r| r.rate.to_string()),
+            fill_krw_amount: r
+                .map(|r| r.fill_krw_amount)
+                .or(rec.krw_amount())
+                .map(|k| k.to_string()),
+            fx_pnl_krw: r.map(|r| r.pnl_krw().to_string()),
+            reversed_at: rec
+                .timeline
+                .iter()
+                .find(|e| e.kind == EventKind::TradeReversed)
+                .map(|e| e.at_ms),
+            summary,
+        })
+    }
+}
+
+/// `FX gain 53559 KRW`, `FX loss 12 KRW`, `FX gain or loss 0 KRW`.
+pub fn pnl_words(pnl_krw: Decimal) -> String {
+    if pnl_krw > Decimal::ZERO {
+        format!("FX gain {pnl_krw} KRW")
+    } else if pnl_krw < Decimal::ZERO {
+        format!("FX loss {} KRW", -pnl_krw)
+    } else {
+        "FX gain or loss 0 KRW".to_owned()
+    }
+}
+
+/// What a person reads about a saga's reversal; `None` when it has none to make.
+pub fn reversal_summary(rec: &SagaRecord) -> Option<String> {
+    match (rec.reversal_status(), rec.reversal.as_deref()) {
+        (ReversalStatus::None, _) => None,
+        (ReversalStatus::Pending, _) => Some(format!(
+            "reversal pending at the venue: the house holds {} USD until fx-trade sells it back",
+            rec.usd_amount()
+                .map_or_else(|| "the fill's".to_owned(), |u| u.to_string())
+        )),
+        (ReversalStatus::Done { .. }, Some(r)) => Some(format!(
+            "reversed at the venue: sold {} USD for {} KRW at {} (the fill cost {} KRW); {}",
+            r.usd_amount,
+            r.krw_amount,
+            r.rate,
+            r.fill_krw_amount,
+            pnl_words(r.pnl_krw())
+        )),
+        (ReversalStatus::Done { .. }, None) => Some(
+            "reversed at the venue (terms not recorded by the tracker version that stored it)"
+                .to_owned(),
+        ),
+    }
 }
 
 /// One timeline entry as JSON.
@@ -92,6 +187,8 @@ impl SagaView {
             stuck_reason,
             inconsistent: !inconsistent_reasons.is_empty(),
             inconsistent_reasons,
+            reversal_pending: rec.is_reversal_pending(),
+            reversal: ReversalView::of(rec),
             started_at: rec.started_at_ms,
             finished_at: rec.finished_at_ms,
             duration_ms: rec.duration_ms(),

@@ -339,6 +339,27 @@ impl Saga {
             reason,
         })
     }
+    /// trade.failed with venue_unavailable (an execution may be found and reversed later).
+    pub fn venue_unavailable(&self) -> Event {
+        Event::TradeFailed(TradeFailed {
+            saga_id: self.id,
+            user_id: self.user.clone(),
+            reason: TradeFailReason::VenueUnavailable,
+            message: "venue did not answer; the order's outcome is unknown".into(),
+        })
+    }
+    /// The house sold the fill's USD back at `rate` (KRW per USD), as fx-trade says it.
+    pub fn reversed(&self, rate: &str) -> Event {
+        let rate: Rate = serde_json::from_str(&format!("\"{rate}\"")).unwrap();
+        Event::TradeReversed(TradeReversed {
+            saga_id: self.id,
+            user_id: self.user.clone(),
+            usd_amount: self.usd,
+            krw_amount: rate.krw_for(self.usd).unwrap(),
+            rate,
+            fill_krw_amount: self.krw,
+        })
+    }
     pub fn committed(&self) -> Event {
         Event::KrwCommitted(KrwCommitted {
             saga_id: self.id,

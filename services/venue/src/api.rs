@@ -106,7 +106,14 @@ pub fn router(venue: Arc<FxVenue>) -> Router {
         .route_layer(middleware::from_fn_with_state(venue.clone(), timed))
         .with_state(venue);
     v1.merge(runtime::telemetry::standard_routes(health))
-        .fallback(|| async { ApiError::not_found("no such route; see docs/venue.md") })
+        // Not "not_found": a client with a wrong base URL must not read "no such execution".
+        .fallback(|| async {
+            ApiError {
+                status: StatusCode::NOT_FOUND,
+                reason: "no_such_route",
+                message: "no such route; see docs/venue.md".into(),
+            }
+        })
 }
 
 /// Records `fx_venue_request_seconds` and holds the answer back by `FX_VENUE_LATENCY_MS`

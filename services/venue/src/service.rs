@@ -66,6 +66,8 @@ impl FxVenue {
     /// executions does not replay the steps of the first run.
     pub fn open(data_dir: &Path, config: &VenueConfig) -> Result<FxVenue> {
         config.validate()?;
+        // The recorder must exist before the first gauge is set, or that value is lost.
+        runtime::telemetry::prometheus();
         let path = data_dir.join("sled");
         let sled_config = sled::Config::new()
             // Durability comes from the group commit's flushes, each followed by fdatasync;

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The one-command local run: builds, starts a broker (or uses $NATS_URL), the four services,
+# The one-command local run: builds, starts a broker (or uses $NATS_URL), the venue fx-venue
+# (or uses $FX_VENUE_URL), the four services,
 # seeds demo accounts, runs sample exchanges ending COMPLETED, COMPENSATED and REJECTED, prints
 # what to open and try, and keeps running. Ctrl-C stops everything it started.
 #
@@ -18,6 +19,7 @@ fx_dir="$root/.fx"
 logs="$fx_dir/logs"
 tracker_port="${FX_TRACKER_PORT:-8080}"
 nats_port="${FX_NATS_PORT:-4222}"
+venue_port="${FX_VENUE_PORT:-9104}"
 mkdir -p "$logs"
 
 script=run.sh
@@ -25,7 +27,7 @@ script=run.sh
 . "$root/scripts/lib.sh"
 
 say "building (release)"
-cargo build --release --quiet -p krw -p trade -p usd -p tracker -p fxctl
+cargo build --release --quiet -p krw -p trade -p usd -p tracker -p fxctl -p venue
 bin="$root/target/release"
 fxctl="$bin/fxctl"
 
@@ -121,6 +123,27 @@ start() {
 # fxctl as an operator (deposit, balance, freeze, audit) or as a user (exchange).
 admin() { (become admin; exec "$fxctl" "$@"); }
 client() { (become client; exec "$fxctl" "$@"); }
+# fx-venue, the liquidity provider fx-trade orders from over HTTP (docs/venue.md). It talks to
+# no broker, so it gets no credentials; the FX_VENUE_* market knobs of this environment
+# (rate, volatility, seed, latency, failure rate) reach it as they are. With FX_VENUE_URL set,
+# fx-trade uses that venue instead and none is started.
+if [[ -n "${FX_VENUE_URL:-}" ]]; then
+  say "using the venue at FX_VENUE_URL=$FX_VENUE_URL"
+else
+  port_open 127.0.0.1 "$venue_port" \
+    && die "port $venue_port is taken (an fx-venue left running?); stop it, or set FX_VENUE_PORT or FX_VENUE_URL"
+  say "starting fx-venue on 127.0.0.1:$venue_port (order book in .fx/venue)"
+  (
+    forget_passwords
+    unset NATS_URL NATS_USER NATS_PASSWORD NATS_CREDS
+    export FX_DATA_DIR="$fx_dir/venue" FX_HTTP_ADDR="127.0.0.1:$venue_port" RUST_LOG="${RUST_LOG:-info}"
+    exec "$bin/fx-venue"
+  ) >"$logs/venue.log" 2>&1 &
+  pids+=($!)
+  wait_until "fx-venue" 30 port_open 127.0.0.1 "$venue_port"
+  export FX_VENUE_URL="http://127.0.0.1:$venue_port"
+fi
+
 say "starting fx-krw, fx-trade, fx-usd, fx-tracker (logs in .fx/logs/)"
 start usd 127.0.0.1:9103
 start trade 127.0.0.1:9102
@@ -166,6 +189,7 @@ cat <<TXT
   Dashboard:   http://127.0.0.1:$tracker_port/
   JSON API:    http://127.0.0.1:$tracker_port/api/sagas   /api/stats   /metrics
   Broker:      $NATS_URL   (data in .fx/, logs in .fx/logs/)
+  Venue:       $FX_VENUE_URL/v1/executions   (docs/venue.md)
 $creds_hint
   Try next:
     $fxctl exchange --user alice --krw 250000 --wait

@@ -19,6 +19,7 @@
 mod audit;
 mod breaker;
 mod config;
+mod http_venue;
 mod order;
 mod reconcile;
 pub mod server;
@@ -37,6 +38,7 @@ use runtime::{Handled, Participant, ReadRecords, Records, TxResult};
 pub use audit::{audit, TradeAudit};
 pub use breaker::{Admission, BreakerConfig, BreakerState, CircuitBreaker};
 pub use config::TradeConfig;
+pub use http_venue::HttpVenue;
 pub use order::{
     decide, hold_expiring, order_key, Decision, Fill, OrderRecord, OrderState, Quote, Reversal,
     HOUSE_ACCOUNT, ORDER_PREFIX, PNL_ACCOUNT, POSITION_ACCOUNT, REVERSAL_RETRY_MAX_MS,

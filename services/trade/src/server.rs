@@ -6,22 +6,55 @@ use std::sync::Arc;
 use runtime::admin::{handler, serve_admin, AdminError, AdminRequest};
 use runtime::{Runtime, RuntimeConfig};
 
-use crate::{SimulatedVenue, TradeConfig, TradeService};
+use crate::{HttpVenue, SimulatedVenue, TradeConfig, TradeService, Venue};
 
 /// Default data directory when `FX_DATA_DIR` is unset.
 pub const DEFAULT_DATA_DIR: &str = ".fx/trade";
 /// Default `/healthz` `/readyz` `/metrics` address.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9102";
 
-/// Runs fx-trade with the simulated venue configured by `config.venue`.
+/// Runs fx-trade with the HTTP venue at `config.venue_url` when it is set, else with the
+/// simulated venue configured by `config.venue`, in process.
 pub async fn run(
     runtime_config: RuntimeConfig,
     config: TradeConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> runtime::Result<()> {
-    let venue = Arc::new(SimulatedVenue::new(&config.venue));
+    let venue = venue(&config)?;
     let rt = Runtime::start(TradeService::new(config, venue), runtime_config).await?;
     serve(rt, shutdown).await
+}
+
+/// The venue `config` asks for.
+fn venue(config: &TradeConfig) -> runtime::Result<Arc<dyn Venue>> {
+    match &config.venue_url {
+        Some(url) => {
+            let venue = HttpVenue::new(
+                url,
+                config.venue_timeout_ms,
+                config.venue_connect_timeout_ms,
+            )
+            .map_err(|e| runtime::RuntimeError::Config {
+                var: "FX_VENUE_URL",
+                message: e.to_string(),
+            })?;
+            tracing::info!(
+                url = %venue.base_url(),
+                timeout_ms = config.venue_timeout_ms,
+                connect_timeout_ms = config.venue_connect_timeout_ms,
+                "venue: HTTP (FX_VENUE_URL)"
+            );
+            Ok(Arc::new(venue))
+        }
+        None => {
+            tracing::info!(
+                rate = %config.venue.rate,
+                volatility_bps = config.venue.volatility_bps,
+                "venue: simulated in process (FX_VENUE_URL unset)"
+            );
+            Ok(Arc::new(SimulatedVenue::new(&config.venue)))
+        }
+    }
 }
 
 /// Runs an already started runtime (tests choose the venue, clock and faults).

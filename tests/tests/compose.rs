@@ -51,7 +51,7 @@ fn docker_compose_matches_the_binaries_real_configuration() {
     let names: BTreeSet<&str> = services.keys().map(|k| k.as_str().unwrap()).collect();
     assert_eq!(
         names,
-        BTreeSet::from(["nats", "krw", "trade", "usd", "tracker"])
+        BTreeSet::from(["nats", "krw", "trade", "usd", "tracker", "venue"])
     );
 
     // The broker runs the project's config with JetStream.
@@ -67,7 +67,7 @@ fn docker_compose_matches_the_binaries_real_configuration() {
         .iter()
         .any(|v| v.as_str().unwrap().starts_with("./config/nats.conf:")));
 
-    for name in ["krw", "trade", "usd", "tracker"] {
+    for name in ["krw", "trade", "usd", "tracker", "venue"] {
         let svc = &compose["services"][name];
         // The binary exists in the workspace and the Dockerfile builds its crate.
         let bin = svc["command"][0].as_str().unwrap();
@@ -134,6 +134,20 @@ fn docker_compose_matches_the_binaries_real_configuration() {
             .unwrap()
             .iter()
             .any(|v| v.as_str().unwrap().ends_with(&format!(":{data}"))));
+        if name == "venue" {
+            // fx-venue talks to no broker, and fx-trade is pointed at it.
+            assert!(!env.contains_key(Value::from("NATS_URL")));
+            let trade = &compose["services"]["trade"];
+            assert_eq!(
+                trade["environment"]["FX_VENUE_URL"].as_str(),
+                Some(format!("http://venue:{port}").as_str())
+            );
+            assert_eq!(
+                trade["depends_on"]["venue"]["condition"].as_str(),
+                Some("service_healthy")
+            );
+            continue;
+        }
         // It waits for a healthy broker.
         assert_eq!(
             svc["depends_on"]["nats"]["condition"].as_str(),

@@ -15,12 +15,20 @@
 # fresh stores, writing docs/bench/durability.jsonl: for each, saturation with the null saga
 # (--sagas, default 4000 here) and --rate 500 for --duration seconds.
 #
+# --venue-sweep runs the system through fx-venue (fx-trade with FX_VENUE_URL) at 0, 10, 25, 50
+# and 100 ms of venue latency, each on fresh stores, writing docs/bench/venue.jsonl: for each,
+# saturation (--sagas, default 4000, --concurrency, default 512 here) and --rate 500 for
+# --duration seconds.
+#
 #   scripts/bench.sh [--sagas 25000] [--concurrency 256] [--duration 10] [--sync always|2m]
 #   scripts/bench.sh --compare-sync [--sagas 4000] [--concurrency 256] [--duration 10]
+#   scripts/bench.sh --venue-sweep [--sagas 4000] [--concurrency 512] [--duration 10] [--sync always|2m]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-sagas=""; concurrency=256; duration=10; sync=always; compare=0
+sagas=""; concurrency=""; duration=10; sync=always; compare=0; sweep=0
+# Venue latency of the system start_system starts; empty: fx-trade's embedded venue.
+venue_latency=""
 while (($#)); do
   case "$1" in
     --sagas) sagas="$2"; shift 2 ;;
@@ -28,12 +36,13 @@ while (($#)); do
     --duration) duration="$2"; shift 2 ;;
     --sync) sync="$2"; shift 2 ;;
     --compare-sync) compare=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --venue-sweep) sweep=1; shift ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 
-cargo build --release --quiet -p krw -p trade -p usd -p fxctl
+cargo build --release --quiet -p krw -p trade -p usd -p fxctl -p venue
 bin="$root/target/release"
 work="$(mktemp -d)"
 pids=()
@@ -42,16 +51,25 @@ trap cleanup EXIT
 
 nats_bin="$(scripts/ensure-nats.sh)"
 
-# Starts a fresh broker (fsync setting $1) and fx-krw, fx-trade, fx-usd on new stores under
-# $work/$1, and waits until they answer.
+# Starts a fresh broker (fsync setting $sync) and fx-krw, fx-trade, fx-usd on new stores under
+# $work/$1 (with fx-venue at $venue_latency ms when that is set), and waits until they answer.
 start_system() {
   local dir="$work/$1" port
   mkdir -p "$dir"
-  printf 'jetstream {\n  sync_interval: %s\n}\n' "$1" >"$dir/nats.conf"
+  printf 'jetstream {\n  sync_interval: %s\n}\n' "$sync" >"$dir/nats.conf"
   port=$((20000 + RANDOM % 20000))
   export NATS_URL="nats://127.0.0.1:$port"
   "$nats_bin" -c "$dir/nats.conf" -js -a 127.0.0.1 -p "$port" -sd "$dir/js" >"$dir/nats.log" 2>&1 &
   pids+=($!)
+  unset FX_VENUE_URL
+  if [[ -n "$venue_latency" ]]; then
+    local venue_port=$((40000 + RANDOM % 20000))
+    FX_DATA_DIR="$dir/venue" FX_HTTP_ADDR="127.0.0.1:$venue_port" FX_VENUE_LATENCY_MS="$venue_latency" \
+      RUST_LOG=warn "$bin/fx-venue" >"$dir/venue.log" 2>&1 &
+    pids+=($!)
+    export FX_VENUE_URL="http://127.0.0.1:$venue_port"
+    for _ in $(seq 100); do curl -fs "$FX_VENUE_URL/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+  fi
   for s in krw trade usd; do
     FX_DATA_DIR="$dir/$s" FX_HTTP_ADDR=off RUST_LOG=warn "$bin/fx-$s" >"$dir/$s.log" 2>&1 &
     pids+=($!)
@@ -78,12 +96,27 @@ rss() {
 run() {
   local line n
   line="$("$bin/fxctl" --json bench "$@" | tail -1)" || true
-  [[ "$line" == "{"* ]] && line="{\"broker_sync\":\"$sync\",${line#\{}"
+  [[ "$line" == "{"* ]] && line="{\"broker_sync\":\"$sync\",${venue_latency:+\"venue_latency_ms\":$venue_latency,}${line#\{}"
   echo "$line" | tee -a "$out"
   n="$(echo "$line" | sed -n 's/.*"sagas":\([0-9]*\).*/\1/p')"
   total=$((total + ${n:-0}))
   rss
 }
+
+if ((sweep)); then
+  out="docs/bench/venue.jsonl"
+  : >"$out"
+  for venue_latency in 0 10 25 50 100; do
+    start_system "venue-$venue_latency"
+    echo "== fx-venue at ${venue_latency} ms, broker sync_interval $sync: saturation, ${sagas:-4000} sagas, concurrency ${concurrency:-512}"
+    run --sagas "${sagas:-4000}" --concurrency "${concurrency:-512}"
+    echo "== fx-venue at ${venue_latency} ms: offered load 500 sagas/s for ${duration}s"
+    run --rate 500 --duration "$duration"
+    stop_system
+  done
+  exit 0
+fi
+concurrency="${concurrency:-256}"
 
 if ((compare)); then
   out="docs/bench/durability.jsonl"

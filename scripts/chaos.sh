@@ -30,7 +30,9 @@ export CHAOS_RATE=$(( sagas / (minutes * 60) > 0 ? sagas / (minutes * 60) : 1 ))
 export CHAOS_KILLS=$(( minutes * 12 ))
 export CHAOS_BROKER_KILLS=$(( minutes > 1 ? minutes : 1 ))
 export CHAOS_STOPS=$(( minutes * 3 ))
+export CHAOS_VENUE_KILLS=$(( minutes * 2 ))
+export CHAOS_VENUE_STOPS=$(( minutes * 2 ))
 export CHAOS_POWER_CUTS=$(( minutes > 1 ? minutes : 1 ))
 [[ -n "$seed" ]] && export CHAOS_SEED="$seed"
-echo "chaos: $CHAOS_SAGAS sagas at $CHAOS_RATE/s, $CHAOS_KILLS service kills, $CHAOS_BROKER_KILLS broker kills, $CHAOS_STOPS SIGSTOPs, $CHAOS_POWER_CUTS power cuts"
+echo "chaos: $CHAOS_SAGAS sagas at $CHAOS_RATE/s, $CHAOS_KILLS service kills, $CHAOS_BROKER_KILLS broker kills, $CHAOS_STOPS SIGSTOPs, $CHAOS_VENUE_KILLS venue kills, $CHAOS_VENUE_STOPS venue SIGSTOPs, $CHAOS_POWER_CUTS power cuts"
 exec cargo test --release -p fx-tests --test chaos -- --nocapture

@@ -18,7 +18,8 @@ pub fn binaries() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(testkit::workspace_root()).args([
-        "build", "--quiet", "-p", "krw", "-p", "trade", "-p", "usd", "-p", "tracker", "--bins",
+        "build", "--quiet", "-p", "krw", "-p", "trade", "-p", "usd", "-p", "tracker", "-p",
+        "venue", "--bins",
     ]);
     if release {
         cmd.arg("--release");

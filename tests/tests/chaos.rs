@@ -1,15 +1,18 @@
-//! Process-level chaos: the four real binaries and a real nats-server (with the project's
-//! `config/nats.conf` and one identity per process) as processes, driven at a set rate from an
-//! outside client while a seeded schedule SIGKILLs and restarts services, SIGKILLs and restarts
-//! the broker, SIGSTOPs a service past its ack wait, and cuts the power: every process SIGKILLed
-//! at once and every write not fsynced lost (the stores live on `testkit::LazyFs`; where FUSE is
-//! missing the power cuts are skipped, and the summary says so). Then, once the faults stop:
-//! every saga terminal in the tracker, every balance what the outcomes imply, the audits clean,
-//! FX_DLQ empty, and a tracker rebuilt from the stream equal to the live one.
+//! Process-level chaos: the four real binaries, fx-venue (fx-trade's venue, over HTTP) and a
+//! real nats-server (with the project's `config/nats.conf` and one identity per process) as
+//! processes, driven at a set rate from an outside client while a seeded schedule SIGKILLs and
+//! restarts services, SIGKILLs and restarts the broker, SIGSTOPs a service past its ack wait,
+//! SIGKILLs fx-venue, SIGSTOPs it past fx-trade's venue deadline, and cuts the power: every
+//! process SIGKILLed at once and every write not fsynced lost (the stores live on
+//! `testkit::LazyFs`; where FUSE is missing the power cuts are skipped, and the summary says
+//! so). Then, once the faults stop: every saga terminal in the tracker, every reversal booked,
+//! every balance what the outcomes imply, the audits clean (fx-trade's reconciled with the
+//! venue's executions), FX_DLQ empty, and a tracker rebuilt from the stream equal to the live
+//! one.
 //!
 //! CI runs the short version; `scripts/chaos.sh` runs long ones. `CHAOS_SEED`, `CHAOS_SAGAS`,
-//! `CHAOS_RATE`, `CHAOS_KILLS`, `CHAOS_BROKER_KILLS`, `CHAOS_STOPS`, `CHAOS_POWER_CUTS`
-//! override the plan.
+//! `CHAOS_RATE`, `CHAOS_KILLS`, `CHAOS_BROKER_KILLS`, `CHAOS_STOPS`, `CHAOS_VENUE_KILLS`,
+//! `CHAOS_VENUE_STOPS`, `CHAOS_POWER_CUTS` override the plan.
 
 mod common;
 
@@ -27,6 +30,8 @@ use testkit::{free_port, wait_for, LazyFs};
 
 const SERVICES: [&str; 4] = ["krw", "trade", "usd", "tracker"];
 const QUIESCE_DEADLINE_MS: u64 = 180_000;
+/// fx-trade's deadline on a venue call here; a venue SIGSTOP lasts three of them.
+const VENUE_TIMEOUT_MS: u64 = 500;
 
 fn env_or<T: std::str::FromStr>(var: &str, default: T) -> T {
     std::env::var(var)
@@ -39,6 +44,8 @@ fn env_or<T: std::str::FromStr>(var: &str, default: T) -> T {
 struct Counts {
     kills: BTreeMap<&'static str, u32>,
     stops: u32,
+    venue_kills: u32,
+    venue_stops: u32,
     broker_restarts: u32,
     power_cuts: u32,
 }
@@ -51,6 +58,8 @@ async fn chaos_loses_nothing() {
     let kills: usize = env_or("CHAOS_KILLS", 10);
     let broker_kills: usize = env_or("CHAOS_BROKER_KILLS", 1);
     let stops: usize = env_or("CHAOS_STOPS", 2);
+    let venue_kills: usize = env_or("CHAOS_VENUE_KILLS", 2);
+    let venue_stops: usize = env_or("CHAOS_VENUE_STOPS", 1);
     let mut power_cuts: usize = env_or("CHAOS_POWER_CUTS", 1);
     println!("chaos seed {seed} (replay: CHAOS_SEED={seed} cargo test -p fx-tests --test chaos)");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -75,15 +84,37 @@ async fn chaos_loses_nothing() {
     let ids = Identities::random();
     let mut broker = ids.broker_builder().store_dir(root.join("nats")).start();
     let url = broker.url();
+    // The venue in its own process, its order book on the same filesystem as everything else.
+    let venue_port = free_port();
+    let mut venue = Service::new(
+        &bins,
+        "venue",
+        vec![
+            (
+                "FX_DATA_DIR".into(),
+                root.join("venue").display().to_string(),
+            ),
+            ("FX_HTTP_ADDR".into(), format!("127.0.0.1:{venue_port}")),
+            ("FX_VENUE_FAILURE_RATE".into(), "0.03".into()),
+            ("FX_VENUE_VOLATILITY_BPS".into(), "20".into()),
+            ("FX_VENUE_SEED".into(), seed.to_string()),
+            ("RUST_LOG".into(), "warn".into()),
+        ],
+        dir.path(),
+        venue_port,
+    );
+    venue.spawn();
     let mut services: HashMap<&'static str, Service> = HashMap::new();
     for name in SERVICES {
         let http_port = free_port();
         let identity = Some((name, ids.password(name)));
         let mut env = service_env(name, &url, identity, &root, http_port);
         env.extend([
-            ("FX_VENUE_FAILURE_RATE".into(), "0.03".into()),
-            ("FX_VENUE_VOLATILITY_BPS".into(), "20".into()),
-            ("FX_VENUE_SEED".into(), seed.to_string()),
+            (
+                "FX_VENUE_URL".into(),
+                format!("http://127.0.0.1:{venue_port}"),
+            ),
+            ("FX_VENUE_TIMEOUT_MS".into(), VENUE_TIMEOUT_MS.to_string()),
             ("FX_BREAKER_OPEN_MS".into(), "500".into()),
             ("FX_VENUE_RETRY_MS".into(), "100".into()),
         ]);
@@ -135,6 +166,12 @@ async fn chaos_loses_nothing() {
     }
     for _ in 0..stops {
         plan.push((rng.gen_range(0..drive_ms), "stop"));
+    }
+    for _ in 0..venue_kills {
+        plan.push((rng.gen_range(0..drive_ms), "venue-kill"));
+    }
+    for _ in 0..venue_stops {
+        plan.push((rng.gen_range(0..drive_ms), "venue-stop"));
     }
     for _ in 0..power_cuts {
         plan.push((rng.gen_range(drive_ms / 4..drive_ms * 3 / 4), "power"));
@@ -215,16 +252,30 @@ async fn chaos_loses_nothing() {
                 s.signal("-CONT");
                 counts.stops += 1;
             }
+            "venue-kill" => {
+                venue.kill9();
+                venue.spawn();
+                counts.venue_kills += 1;
+            }
+            "venue-stop" => {
+                // Hung, not gone: every call in flight runs into fx-trade's deadline.
+                venue.signal("-STOP");
+                tokio::time::sleep(Duration::from_millis(3 * VENUE_TIMEOUT_MS)).await;
+                venue.signal("-CONT");
+                counts.venue_stops += 1;
+            }
             "power" => {
                 for s in services.values_mut() {
                     s.kill9();
                 }
+                venue.kill9();
                 broker.kill();
                 fs.as_mut()
                     .expect("power cuts are planned only on LazyFs")
                     .power_cut()
                     .expect("power cut");
                 broker.restart();
+                venue.spawn();
                 for s in services.values_mut() {
                     s.spawn();
                 }
@@ -292,6 +343,14 @@ async fn chaos_loses_nothing() {
             balance_failures.push(format!("{u}: have {b:?}, want krw {krw} usd {usd}"));
         }
     }
+    // The house's reversals run after the users' sagas ended: wait until fx-trade has booked
+    // them all and its books reconcile with the venue, then take the audit that counts.
+    let reconciled = testkit::try_wait_for(QUIESCE_DEADLINE_MS, || async {
+        let a = fxctl::audit(&client, "chaos").await.ok()?;
+        (a["ok"] == Value::Bool(true)).then_some(())
+    })
+    .await
+    .is_some();
     let audit = fxctl::audit(&client, "chaos").await.unwrap();
     let dlq = fxctl::dlq_list(&client).await.unwrap();
 
@@ -346,12 +405,28 @@ async fn chaos_loses_nothing() {
     println!("outcomes         {outcomes:?}");
     println!("service kills    {:?}", counts.kills);
     println!("SIGSTOPs         {}", counts.stops);
+    println!("venue kills      {}", counts.venue_kills);
+    println!("venue SIGSTOPs   {}", counts.venue_stops);
     println!("broker restarts  {}", counts.broker_restarts);
     println!("power cuts       {}", counts.power_cuts);
     println!("time to quiesce  {quiesce_ms} ms");
     println!(
         "1 conservation / 2 no negative / 4 once   {}",
         if audit_ok { "ok" } else { "FAILED" }
+    );
+    let v = &audit["trade"]["venue"];
+    println!(
+        "  fx-trade reconciled with the venue     {} ({} executions: {} buys, {} sells; FX P&L {} KRW; {} reversals pending)",
+        if v["ok"] == Value::Bool(true) {
+            "ok"
+        } else {
+            "FAILED"
+        },
+        v["executions"],
+        v["buys"],
+        v["sells"],
+        v["pnl_krw"],
+        audit["trade"]["reversals_pending"],
     );
     println!("3 every saga terminal                    ok");
     println!(
@@ -371,7 +446,12 @@ async fn chaos_loses_nothing() {
         if dlq.is_empty() { "ok" } else { "FAILED" }
     );
     println!("replay: CHAOS_SEED={seed} cargo test -p fx-tests --test chaos -- --nocapture");
-    assert!(audit_ok, "audit: {audit:#}");
+    assert!(
+        audit_ok && reconciled,
+        "audit: {audit:#}\nfx-venue log:\n{}",
+        venue.log_tail(20)
+    );
+    assert_eq!(audit["trade"]["reversals_pending"], Value::from(0));
     assert!(balance_failures.is_empty(), "{balance_failures:#?}");
     assert!(rebuild_equal, "rebuilt tracker differs from the live one");
     assert!(dlq.is_empty(), "dead letters: {dlq:#?}");

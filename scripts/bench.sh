@@ -16,17 +16,20 @@
 # (--sagas, default 4000 here) and --rate 500 for --duration seconds.
 #
 # --venue-sweep runs the system through fx-venue (fx-trade with FX_VENUE_URL) at 0, 10, 25, 50
-# and 100 ms of venue latency, each on fresh stores, writing docs/bench/venue.jsonl: for each,
+# and 100 ms of venue latency, each on fresh stores, writing docs/bench/venue-<sync>.jsonl: each,
 # saturation (--sagas, default 4000, --concurrency, default 512 here) and --rate 500 for
-# --duration seconds.
+# --duration seconds. With --in-process-venue the same sweep runs fx-trade's embedded simulated
+# venue at those latencies instead (docs/bench/venue-in-process-<sync>.jsonl): what the process
+# boundary costs.
 #
 #   scripts/bench.sh [--sagas 25000] [--concurrency 256] [--duration 10] [--sync always|2m]
 #   scripts/bench.sh --compare-sync [--sagas 4000] [--concurrency 256] [--duration 10]
-#   scripts/bench.sh --venue-sweep [--sagas 4000] [--concurrency 512] [--duration 10] [--sync always|2m]
+#   scripts/bench.sh --venue-sweep [--in-process-venue] [--sagas 4000] [--concurrency 512]
+#                    [--duration 10] [--sync always|2m]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-sagas=""; concurrency=""; duration=10; sync=always; compare=0; sweep=0
+sagas=""; concurrency=""; duration=10; sync=always; compare=0; sweep=0; in_process=0
 # Venue latency of the system start_system starts; empty: fx-trade's embedded venue.
 venue_latency=""
 while (($#)); do
@@ -37,6 +40,7 @@ while (($#)); do
     --sync) sync="$2"; shift 2 ;;
     --compare-sync) compare=1; shift ;;
     --venue-sweep) sweep=1; shift ;;
+    --in-process-venue) in_process=1; shift ;;
     -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -61,8 +65,10 @@ start_system() {
   export NATS_URL="nats://127.0.0.1:$port"
   "$nats_bin" -c "$dir/nats.conf" -js -a 127.0.0.1 -p "$port" -sd "$dir/js" >"$dir/nats.log" 2>&1 &
   pids+=($!)
-  unset FX_VENUE_URL
-  if [[ -n "$venue_latency" ]]; then
+  unset FX_VENUE_URL FX_VENUE_LATENCY_MS
+  if [[ -n "$venue_latency" ]] && ((in_process)); then
+    export FX_VENUE_LATENCY_MS="$venue_latency"
+  elif [[ -n "$venue_latency" ]]; then
     local venue_port=$((40000 + RANDOM % 20000))
     FX_DATA_DIR="$dir/venue" FX_HTTP_ADDR="127.0.0.1:$venue_port" FX_VENUE_LATENCY_MS="$venue_latency" \
       RUST_LOG=warn "$bin/fx-venue" >"$dir/venue.log" 2>&1 &
@@ -96,21 +102,24 @@ rss() {
 run() {
   local line n
   line="$("$bin/fxctl" --json bench "$@" | tail -1)" || true
-  [[ "$line" == "{"* ]] && line="{\"broker_sync\":\"$sync\",${venue_latency:+\"venue_latency_ms\":$venue_latency,}${line#\{}"
+  [[ "$line" == "{"* ]] && line="{\"broker_sync\":\"$sync\",${venue_latency:+\"venue\":\"$venue_kind\",\"venue_latency_ms\":$venue_latency,}${line#\{}"
   echo "$line" | tee -a "$out"
   n="$(echo "$line" | sed -n 's/.*"sagas":\([0-9]*\).*/\1/p')"
   total=$((total + ${n:-0}))
   rss
 }
 
+venue_kind=fx-venue
+((in_process)) && venue_kind=in-process
 if ((sweep)); then
-  out="docs/bench/venue.jsonl"
+  out="docs/bench/venue-$sync.jsonl"
+  ((in_process)) && out="docs/bench/venue-in-process-$sync.jsonl"
   : >"$out"
   for venue_latency in 0 10 25 50 100; do
     start_system "venue-$venue_latency"
-    echo "== fx-venue at ${venue_latency} ms, broker sync_interval $sync: saturation, ${sagas:-4000} sagas, concurrency ${concurrency:-512}"
+    echo "== $venue_kind venue at ${venue_latency} ms, broker sync_interval $sync: saturation, ${sagas:-4000} sagas, concurrency ${concurrency:-512}"
     run --sagas "${sagas:-4000}" --concurrency "${concurrency:-512}"
-    echo "== fx-venue at ${venue_latency} ms: offered load 500 sagas/s for ${duration}s"
+    echo "== $venue_kind venue at ${venue_latency} ms: offered load 500 sagas/s for ${duration}s"
     run --rate 500 --duration "$duration"
     stop_system
   done

@@ -362,6 +362,9 @@ async fn consume_loop<P: Participant>(
         health.set_ready(true);
         info!(service, "consuming");
         loop {
+            // Every prepare that finished meanwhile (during the last flush, say) joins the next
+            // group, so groups grow with the load instead of committing one answer at a time.
+            pipe.collect_finished();
             pipe.admit_deferred();
             // Group commit sized by what is ready: admit what has already arrived, no waiting.
             while pipe.can_admit() {
@@ -624,6 +627,13 @@ impl<P: Participant> Pipeline<P> {
                 Ok(event) => self.start(msg, event, Instant::now()),
                 Err(_) => unreachable!("a deferred message decoded when it was admitted"),
             }
+        }
+    }
+
+    /// Books every prepare task that has finished, without waiting.
+    fn collect_finished(&mut self) {
+        while let Some(done) = self.tasks.try_join_next_with_id() {
+            self.finished(done);
         }
     }
 

@@ -267,7 +267,8 @@ pub enum VenueError {
         /// The deadline that passed.
         after_ms: u64,
     },
-    /// The venue answered something this client does not understand (a contract breach).
+    /// The venue answered something this client does not understand (a contract breach). For
+    /// an order, the outcome is unknown.
     #[error("unexpected answer from the venue: {0}")]
     Protocol(String),
 }
@@ -276,8 +277,10 @@ pub enum VenueError {
 /// executed, the same id always yields that execution, and never a second one.
 pub trait Venue: Send + Sync {
     /// Places the limit order, or returns the execution an earlier order with the same client
-    /// order id already made. An error other than [`VenueError::Timeout`] means nothing
-    /// executed for this call.
+    /// order id already made. [`VenueError::Down`] and [`VenueError::Failed`] mean nothing
+    /// executed for this call; after [`VenueError::Timeout`] or [`VenueError::Protocol`] the
+    /// outcome is unknown. fx-trade treats every error alike: it asks again under the same
+    /// client order id, or looks the order up, before it says anything final.
     fn order<'a>(
         &'a self,
         order: &'a VenueOrder,

@@ -310,6 +310,16 @@ async fn chaos_loses_nothing() {
     .await;
     let quiesce_ms = faults_done.elapsed().as_millis();
 
+    // The house's reversals run after the users' sagas ended, and a service killed near the
+    // end of the plan may still be starting: wait until every service answers, fx-trade has
+    // booked every reversal and its books reconcile with the venue.
+    let reconciled = testkit::try_wait_for(QUIESCE_DEADLINE_MS, || async {
+        let a = fxctl::audit(&client, "chaos").await.ok()?;
+        (a["ok"] == Value::Bool(true)).then_some(())
+    })
+    .await
+    .is_some();
+
     // Balances are what the outcomes imply.
     let mut outcomes: BTreeMap<&str, u32> = BTreeMap::new();
     let mut expect: BTreeMap<String, (Decimal, Decimal)> = deposits
@@ -334,7 +344,15 @@ async fn chaos_loses_nothing() {
     }
     let mut balance_failures = Vec::new();
     for u in &users {
-        let b = fxctl::balance(&client, u, "chaos").await.unwrap();
+        let b = fxctl::balance(&client, u, "chaos")
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "balance of {u}: {e}\nfx-krw log:\n{}\nfx-usd log:\n{}",
+                    services["krw"].log_tail(30),
+                    services["usd"].log_tail(30)
+                )
+            });
         let (krw, usd) = expect[u.as_str()];
         if dec(&Value::from(b.krw_available.clone())) != krw
             || b.krw_held != "0"
@@ -343,14 +361,6 @@ async fn chaos_loses_nothing() {
             balance_failures.push(format!("{u}: have {b:?}, want krw {krw} usd {usd}"));
         }
     }
-    // The house's reversals run after the users' sagas ended: wait until fx-trade has booked
-    // them all and its books reconcile with the venue, then take the audit that counts.
-    let reconciled = testkit::try_wait_for(QUIESCE_DEADLINE_MS, || async {
-        let a = fxctl::audit(&client, "chaos").await.ok()?;
-        (a["ok"] == Value::Bool(true)).then_some(())
-    })
-    .await
-    .is_some();
     let audit = fxctl::audit(&client, "chaos").await.unwrap();
     let dlq = fxctl::dlq_list(&client).await.unwrap();
 

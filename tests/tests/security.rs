@@ -823,16 +823,10 @@ async fn a_partitioned_instance_runs_under_its_identity() {
     );
     // Only partition 1 runs here, so audit its instances directly (`fxctl audit` asks all).
     for service in ["krw", "trade", "usd"] {
-        let audit = runtime::admin::request_to(
-            &sys.client,
-            service,
-            p1,
-            "audit",
-            "test",
-            &serde_json::json!({}),
-        )
-        .await
-        .unwrap();
+        let audit =
+            runtime::admin::request_job_to(&sys.client, service, p1, "audit", "test", |_, _| {})
+                .await
+                .unwrap();
         assert_eq!(audit["ok"], serde_json::json!(true), "{service}: {audit:#}");
     }
 

@@ -385,15 +385,61 @@ pub async fn set_frozen(
 /// every partition's instance is audited (each owns its users' money and its own house
 /// accounts): `krw`, `trade` and `usd` are then lists, one audit per partition in order.
 pub async fn audit(client: &async_nats::Client, actor: &str) -> CtlResult<serde_json::Value> {
+    audit_with_progress(client, actor, |_| {}).await
+}
+
+/// How far one instance's audit has got, for a person watching a long one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditProgress {
+    /// `fx-krw`, or `fx-krw partition 1` when partitioned.
+    pub instance: String,
+    /// Sagas checked so far.
+    pub done: u64,
+    /// Time the audit has run.
+    pub elapsed_ms: u64,
+}
+
+/// [`audit`], calling `progress` as each instance reports how far its audit has got. The audits
+/// run side by side, each in its own service, as background jobs that answer every request at
+/// once: a long audit is never mistaken for a service that does not answer.
+pub async fn audit_with_progress(
+    client: &async_nats::Client,
+    actor: &str,
+    progress: impl FnMut(AuditProgress),
+) -> CtlResult<serde_json::Value> {
+    const SERVICES: [&str; 3] = ["krw", "trade", "usd"];
     let n = partitions(client).await?;
-    let mut ok = true;
-    let mut out = serde_json::Map::new();
-    // fx-trade's audit reconciles its books with the venue's executions too.
-    for service in ["krw", "trade", "usd"] {
-        let mut audits = Vec::new();
+    let progress = std::sync::Mutex::new(progress);
+    let mut jobs = Vec::new();
+    for service in SERVICES {
         for k in 0..n {
             let at = Partitioning::new(n, k).map_err(|e| CtlError::Failed(e.to_string()))?;
-            let a = admin::request_to(client, service, at, "audit", actor, &json!({})).await?;
+            let instance = if n == 1 {
+                format!("fx-{service}")
+            } else {
+                format!("fx-{service} partition {k}")
+            };
+            let progress = &progress;
+            jobs.push(async move {
+                admin::request_job_to(client, service, at, "audit", actor, |done, elapsed_ms| {
+                    let mut report = progress.lock().unwrap_or_else(|e| e.into_inner());
+                    report(AuditProgress {
+                        instance: instance.clone(),
+                        done,
+                        elapsed_ms,
+                    })
+                })
+                .await
+            });
+        }
+    }
+    let mut results = futures::future::join_all(jobs).await.into_iter();
+    let mut ok = true;
+    let mut out = serde_json::Map::new();
+    for service in SERVICES {
+        let mut audits = Vec::new();
+        for _ in 0..n {
+            let a = results.next().expect("one result per instance")?;
             ok &= a.get("ok").and_then(|v| v.as_bool()) == Some(true);
             audits.push(a);
         }

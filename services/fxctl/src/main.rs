@@ -302,7 +302,31 @@ async fn run(cli: Cli) -> CtlResult<()> {
             Ok(())
         }
         Cmd::Audit => {
-            let out = fxctl::audit(&client, &cli.actor).await?;
+            // A long audit (a large store) shows how far each service has got, on a terminal.
+            use std::io::IsTerminal;
+            let spinner = (!cli.json && std::io::stderr().is_terminal()).then(|| {
+                let s = indicatif::ProgressBar::new_spinner();
+                s.enable_steady_tick(std::time::Duration::from_millis(200));
+                s
+            });
+            let mut latest = std::collections::BTreeMap::new();
+            let out = fxctl::audit_with_progress(&client, &cli.actor, |p| {
+                if let Some(s) = &spinner {
+                    latest.insert(p.instance, (p.done, p.elapsed_ms));
+                    let line: Vec<String> = latest
+                        .iter()
+                        .map(|(i, (done, ms))| {
+                            format!("{i}: {done} sagas in {:.1} s", *ms as f64 / 1000.0)
+                        })
+                        .collect();
+                    s.set_message(format!("auditing: {}", line.join(", ")));
+                }
+            })
+            .await;
+            if let Some(s) = spinner {
+                s.finish_and_clear();
+            }
+            let out = out?;
             let ok = out["ok"].as_bool() == Some(true);
             if cli.json {
                 print_json(&out);

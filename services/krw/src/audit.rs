@@ -211,6 +211,15 @@ fn add(a: Decimal, b: Decimal) -> Decimal {
 /// a record that does not decode is a failure in the report, not an error. A journal entry
 /// that does not decode is an error, since nothing can be replayed around it.
 pub fn audit(store: &Store) -> runtime::Result<KrwAudit> {
+    audit_with_progress(store, &runtime::admin::Progress::default())
+}
+
+/// [`audit`], counting each saga checked on `progress` (the admin endpoint reports it while a
+/// long audit runs).
+pub fn audit_with_progress(
+    store: &Store,
+    progress: &runtime::admin::Progress,
+) -> runtime::Result<KrwAudit> {
     let mut a = KrwAudit {
         ok: false,
         conservation: true,
@@ -317,6 +326,7 @@ pub fn audit(store: &Store) -> runtime::Result<KrwAudit> {
     // Σ open holds per user (bounded by users).
     let mut open_by_user: BTreeMap<String, Decimal> = BTreeMap::new();
     for group in store.by_saga::<SagaId, serde_json::Value, 2>([SAGA_PREFIX, DEPOSIT_PREFIX])? {
+        progress.add(1);
         let group = group?;
         let [saga_record, deposit_record] = group.records;
         let Some(saga) = group.saga else {

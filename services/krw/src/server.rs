@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use events::{Krw, SagaId, UserId};
-use runtime::admin::{handler, serve_admin, AdminError, AdminHandler, AdminRequest};
+use runtime::admin::{
+    handler, job_handler, serve_admin, AdminError, AdminHandler, AdminRequest, Progress,
+};
 use runtime::{Clock, Handled, Runtime, RuntimeConfig, Store};
 use serde::Deserialize;
 use serde_json::json;
@@ -133,10 +135,16 @@ fn endpoints(store: Arc<Store>, clock: Clock) -> Vec<(&'static str, AdminHandler
             account_json(&store, &body.user_id)
         }
     });
-    let audit = handler(move |_req: AdminRequest| {
+    // A long job on a large store: it reports progress, and walks the store off the async
+    // workers so the consumer and the other endpoints keep serving.
+    let audit = job_handler(move |progress: Progress| {
         let store = store.clone();
         async move {
-            let a = crate::audit(&store).map_err(AdminError::internal)?;
+            let a =
+                tokio::task::spawn_blocking(move || crate::audit_with_progress(&store, &progress))
+                    .await
+                    .map_err(AdminError::internal)?
+                    .map_err(AdminError::internal)?;
             serde_json::to_value(a).map_err(AdminError::internal)
         }
     });

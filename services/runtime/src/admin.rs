@@ -5,7 +5,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::service::ServiceExt;
 use bytes::Bytes;
@@ -185,6 +187,152 @@ where
     Fut: Future<Output = std::result::Result<serde_json::Value, AdminError>> + Send + 'static,
 {
     Arc::new(move |r| Box::pin(f(r)))
+}
+
+/// How far a long admin job (an audit) has got: sagas checked so far. Cheap to bump from the
+/// job's own thread and to read from a status request.
+#[derive(Clone, Debug, Default)]
+pub struct Progress(Arc<AtomicU64>);
+
+impl Progress {
+    /// Counts `n` more items done.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Items done so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The last (or running) job of a [`job_handler`] endpoint.
+struct Job {
+    id: u64,
+    started: Instant,
+    progress: Progress,
+    /// `None` while it runs.
+    outcome: Option<std::result::Result<serde_json::Value, AdminError>>,
+    elapsed: Duration,
+}
+
+impl Job {
+    fn status(&self) -> std::result::Result<serde_json::Value, AdminError> {
+        let elapsed = match self.outcome {
+            None => self.started.elapsed(),
+            Some(_) => self.elapsed,
+        };
+        let mut v = serde_json::json!({
+            "job": self.id,
+            "state": if self.outcome.is_some() { "done" } else { "running" },
+            "done": self.progress.get(),
+            "elapsed_ms": elapsed.as_millis() as u64,
+        });
+        match &self.outcome {
+            None => {}
+            Some(Ok(result)) => v["result"] = result.clone(),
+            Some(Err(e)) => return Err(e.clone()),
+        }
+        Ok(v)
+    }
+}
+
+/// The body of a request to a [`job_handler`] endpoint: empty to start a job (or join the one
+/// running), `{"job": N}` for the state of job `N`.
+#[derive(serde::Deserialize, Default)]
+struct JobRequest {
+    job: Option<u64>,
+}
+
+/// An endpoint for a long operation (an audit of a large store): a request starts it in the
+/// background, or joins the one already running, and answers at once with its progress; a
+/// request naming the job answers its progress until it is done, then its result (kept until
+/// the next job starts). So a long audit is never mistaken for a service that does not answer,
+/// and every other endpoint, and the consumer, keep serving while it runs. [`request_job_to`]
+/// is the client side.
+pub fn job_handler<F, Fut>(run: F) -> AdminHandler
+where
+    F: Fn(Progress) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<serde_json::Value, AdminError>> + Send + 'static,
+{
+    let last: Arc<Mutex<Option<Job>>> = Arc::default();
+    let run = Arc::new(run);
+    handler(move |req: AdminRequest| {
+        let last = last.clone();
+        let run = run.clone();
+        async move {
+            let ask: JobRequest = if req.payload.iter().all(u8::is_ascii_whitespace) {
+                JobRequest::default()
+            } else {
+                req.json()?
+            };
+            let mut guard = last.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(id) = ask.job {
+                return match guard.as_ref() {
+                    Some(job) if job.id == id => job.status(),
+                    _ => Err(AdminError::not_found(format!(
+                        "no job {id} here (the service may have restarted); ask again without a job id to start one"
+                    ))),
+                };
+            }
+            if let Some(job) = guard.as_ref().filter(|j| j.outcome.is_none()) {
+                return job.status();
+            }
+            let id = guard.as_ref().map_or(1, |j| j.id + 1);
+            let progress = Progress::default();
+            *guard = Some(Job {
+                id,
+                started: Instant::now(),
+                progress: progress.clone(),
+                outcome: None,
+                elapsed: Duration::ZERO,
+            });
+            let status = guard.as_ref().expect("just set").status();
+            drop(guard);
+            let last = last.clone();
+            tokio::spawn(async move {
+                let outcome = run(progress).await;
+                let mut guard = last.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(job) = guard.as_mut().filter(|j| j.id == id) {
+                    job.elapsed = job.started.elapsed();
+                    job.outcome = Some(outcome);
+                }
+            });
+            status
+        }
+    })
+}
+
+/// How often [`request_job_to`] asks a running job how far it got.
+pub const JOB_POLL_MS: u64 = 250;
+
+/// Runs a [`job_handler`] endpoint to its end: starts (or joins) the job, then asks for its
+/// state every [`JOB_POLL_MS`], calling `progress(done, elapsed_ms)` on each answer, and returns
+/// the job's result. Each request is answered at once, so the request timeout still tells a
+/// service that is gone from one that is busy.
+pub async fn request_job_to(
+    client: &async_nats::Client,
+    service: &str,
+    partition: Partitioning,
+    endpoint: &str,
+    actor: &str,
+    mut progress: impl FnMut(u64, u64),
+) -> std::result::Result<serde_json::Value, AdminError> {
+    let mut body = serde_json::json!({});
+    loop {
+        let state = request_to(client, service, partition, endpoint, actor, &body).await?;
+        progress(
+            state["done"].as_u64().unwrap_or(0),
+            state["elapsed_ms"].as_u64().unwrap_or(0),
+        );
+        if state["state"] == "done" {
+            return Ok(state["result"].clone());
+        }
+        body = serde_json::json!({ "job": state["job"] });
+        // A poll period, not a wait for a condition that could be awaited: the job runs in
+        // another process.
+        tokio::time::sleep(Duration::from_millis(JOB_POLL_MS)).await;
+    }
 }
 
 /// Sends an admin request to an unpartitioned service and decodes the reply; a service error

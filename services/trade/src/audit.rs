@@ -73,6 +73,15 @@ impl SagaEntries {
 /// recorded, and that the journal holds nothing the records do not explain. Records that do
 /// not decode are reported as failures, not errors, so one bad record does not hide the rest.
 pub fn audit(store: &Store) -> runtime::Result<TradeAudit> {
+    audit_with_progress(store, &runtime::admin::Progress::default())
+}
+
+/// [`audit`], counting each saga checked on `progress` (the admin endpoint reports it while a
+/// long audit runs).
+pub fn audit_with_progress(
+    store: &Store,
+    progress: &runtime::admin::Progress,
+) -> runtime::Result<TradeAudit> {
     let mut a = TradeAudit::default();
     // One walk (`Store::by_saga`) over two streams sorted by saga id: the journal, in the order
     // of its own keys `<saga_id>:<op>` (one saga's entries adjacent), and the order records
@@ -83,6 +92,7 @@ pub fn audit(store: &Store) -> runtime::Result<TradeAudit> {
     let mut unexplained = 0;
     let mut journal_pnl = Decimal::ZERO;
     for group in store.by_saga::<String, serde_json::Value, 1>([ORDER_PREFIX])? {
+        progress.add(1);
         let group = group?;
         // Compared as text, as the record's key names it: every key names a saga.
         let saga = group.saga.expect("every key names a saga as text");

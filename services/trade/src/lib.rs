@@ -35,7 +35,7 @@ use events::{Event, EventKind, KrwHeld, SagaId, Usd, UserId};
 use futures::future::BoxFuture;
 use runtime::{Handled, Participant, ReadRecords, Records, TxResult};
 
-pub use audit::{audit, TradeAudit};
+pub use audit::{audit, audit_with_progress, TradeAudit};
 pub use breaker::{Admission, BreakerConfig, BreakerState, CircuitBreaker};
 pub use config::TradeConfig;
 pub use http_venue::HttpVenue;
@@ -44,7 +44,7 @@ pub use order::{
     HOUSE_ACCOUNT, ORDER_PREFIX, PNL_ACCOUNT, POSITION_ACCOUNT, REVERSAL_RETRY_MAX_MS,
     VENUE_ACCOUNT,
 };
-pub use reconcile::{reconcile, report, ReconcileError, TradeReport, VenueReconciliation};
+pub use reconcile::{combine, reconcile, report, ReconcileError, TradeReport, VenueReconciliation};
 pub use venue::{
     limit_fill, limit_sale, Book, ClientOrderId, Execution, Market, MemoryBook, OrderOutcome,
     OrderSide, Side, SimulatedVenue, Venue, VenueConfig, VenueError, VenueOrder,

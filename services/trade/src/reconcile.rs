@@ -246,8 +246,16 @@ pub async fn report(
     venue: &dyn Venue,
     partitioning: Partitioning,
 ) -> runtime::Result<TradeReport> {
-    let mut books = crate::audit(store)?;
-    let (venue, venue_error) = match reconcile(store, venue, partitioning).await {
+    let books = crate::audit(store)?;
+    combine(books, reconcile(store, venue, partitioning).await)
+}
+
+/// The report of `books` and the venue's reconciliation (or why it could not run).
+pub fn combine(
+    mut books: crate::TradeAudit,
+    venue: Result<VenueReconciliation, ReconcileError>,
+) -> runtime::Result<TradeReport> {
+    let (venue, venue_error) = match venue {
         Ok(mut v) => {
             if v.pnl_krw != books.pnl_krw {
                 v.fail(format!(

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use runtime::admin::{handler, serve_admin, AdminError, AdminRequest};
+use runtime::admin::{job_handler, serve_admin, AdminError, Progress};
 use runtime::{Runtime, RuntimeConfig};
 
 use crate::{HttpVenue, SimulatedVenue, TradeConfig, TradeService, Venue};
@@ -65,14 +65,22 @@ pub async fn serve(
     let store = rt.store();
     let venue = rt.participant().venue();
     let partitioning = rt.partitioning();
-    // The books, then the venue's executions: a reconciliation, not just a self-check.
-    let audit = handler(move |_req: AdminRequest| {
+    // The books, then the venue's executions: a reconciliation, not just a self-check. A long
+    // job, reporting progress while it walks the store off the async workers.
+    let audit = job_handler(move |progress: Progress| {
         let store = store.clone();
         let venue = venue.clone();
         async move {
-            let a = crate::report(&store, &*venue, partitioning)
-                .await
-                .map_err(AdminError::internal)?;
+            let books = {
+                let store = store.clone();
+                let progress = progress.clone();
+                tokio::task::spawn_blocking(move || crate::audit_with_progress(&store, &progress))
+                    .await
+                    .map_err(AdminError::internal)?
+                    .map_err(AdminError::internal)?
+            };
+            let venue_part = crate::reconcile(&store, &*venue, partitioning).await;
+            let a = crate::combine(books, venue_part).map_err(AdminError::internal)?;
             serde_json::to_value(a).map_err(AdminError::internal)
         }
     });

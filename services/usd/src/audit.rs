@@ -69,6 +69,15 @@ fn money(record: &Value, field: &str) -> Result<Decimal, String> {
 /// 4. every per-saga record agrees with the journal (credited -> one credit; debited -> one
 ///    credit and one debit; failed -> none), and no credit or debit lacks a record.
 pub fn audit(store: &Store) -> runtime::Result<UsdAudit> {
+    audit_with_progress(store, &runtime::admin::Progress::default())
+}
+
+/// [`audit`], counting each saga checked on `progress` (the admin endpoint reports it while a
+/// long audit runs).
+pub fn audit_with_progress(
+    store: &Store,
+    progress: &runtime::admin::Progress,
+) -> runtime::Result<UsdAudit> {
     let mut a = UsdAudit::default();
     let mut read = |key: &str, raw: &Value, field: &str| -> Decimal {
         match money(raw, field) {
@@ -134,6 +143,7 @@ pub fn audit(store: &Store) -> runtime::Result<UsdAudit> {
     let mut record_failures = Vec::new();
     let mut unexplained_failures = Vec::new();
     for group in store.by_saga::<String, Value, 1>([CREDIT_PREFIX])? {
+        progress.add(1);
         let group = group?;
         // Compared as text, as the record's key names it: every key names a saga.
         let saga = group.saga.expect("every key names a saga as text");

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use events::{SagaId, Usd, UserId};
-use runtime::admin::{handler, serve_admin, AdminError, AdminRequest};
+use runtime::admin::{handler, job_handler, serve_admin, AdminError, AdminRequest, Progress};
 use runtime::{Clock, Runtime, RuntimeConfig, Store};
 use serde::Deserialize;
 use serde_json::json;
@@ -134,10 +134,16 @@ fn endpoints(store: Arc<Store>, clock: Clock) -> Vec<(&'static str, runtime::adm
         })
     };
     let s = store.clone();
-    let audit = handler(move |_req: AdminRequest| {
+    // A long job on a large store: it reports progress, and walks the store off the async
+    // workers so the consumer and the other endpoints keep serving.
+    let audit = job_handler(move |progress: Progress| {
         let store = s.clone();
         async move {
-            let a = crate::audit(&store).map_err(AdminError::internal)?;
+            let a =
+                tokio::task::spawn_blocking(move || crate::audit_with_progress(&store, &progress))
+                    .await
+                    .map_err(AdminError::internal)?
+                    .map_err(AdminError::internal)?;
             serde_json::to_value(a).map_err(AdminError::internal)
         }
     });

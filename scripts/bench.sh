@@ -22,14 +22,20 @@
 # venue at those latencies instead (docs/bench/venue-in-process-<sync>.jsonl): what the process
 # boundary costs.
 #
+# --audit-scale runs sagas into one system until it holds --sagas (default 1,000,000), timing
+# `fxctl audit` at 100,000 and at the end, and at each point measuring 500 sagas/s for
+# --duration seconds without and then with an audit running beside it, writing
+# docs/bench/audit.jsonl.
+#
 #   scripts/bench.sh [--sagas 25000] [--concurrency 256] [--duration 10] [--sync always|2m]
 #   scripts/bench.sh --compare-sync [--sagas 4000] [--concurrency 256] [--duration 10]
+#   scripts/bench.sh --audit-scale [--sagas 1000000] [--sync always|2m]
 #   scripts/bench.sh --venue-sweep [--in-process-venue] [--sagas 4000] [--concurrency 512]
 #                    [--duration 10] [--sync always|2m]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-sagas=""; concurrency=""; duration=10; sync=always; compare=0; sweep=0; in_process=0
+sagas=""; concurrency=""; duration=10; sync=always; compare=0; sweep=0; in_process=0; audit_scale=0
 # Venue latency of the system start_system starts; empty: fx-trade's embedded venue.
 venue_latency=""
 while (($#)); do
@@ -41,6 +47,7 @@ while (($#)); do
     --compare-sync) compare=1; shift ;;
     --venue-sweep) sweep=1; shift ;;
     --in-process-venue) in_process=1; shift ;;
+    --audit-scale) audit_scale=1; shift ;;
     -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -108,6 +115,43 @@ run() {
   total=$((total + ${n:-0}))
   rss
 }
+
+# Times one `fxctl audit` of the whole system; records it with the sagas run so far.
+time_audit() {
+  local t0 t1 ok
+  t0=$(date +%s%N)
+  if "$bin/fxctl" --json audit >"$work/audit.json" 2>&1; then ok=true; else ok=false; fi
+  t1=$(date +%s%N)
+  echo "{\"audit\":{\"after_sagas\":$total,\"ms\":$(( (t1 - t0) / 1000000 )),\"ok\":$ok}}" | tee -a "$out"
+}
+
+# 500 sagas/s for $duration s, alone and then beside a running audit: what an audit costs the
+# service that runs it.
+serving_while_auditing() {
+  echo "== 500 sagas/s for ${duration}s, no audit running (after $total sagas)"
+  run --rate 500 --duration "$duration"
+  echo "== 500 sagas/s for ${duration}s, with fxctl audit running beside it"
+  "$bin/fxctl" --json audit >/dev/null 2>&1 &
+  local auditor=$!
+  run --rate 500 --duration "$duration"
+  wait "$auditor" || true
+}
+
+if ((audit_scale)); then
+  out="docs/bench/audit.jsonl"
+  : >"$out"
+  target="${sagas:-1000000}"
+  start_system "audit"
+  for step in 100000 "$target"; do
+    ((step > total)) || continue
+    echo "== filling: $((step - total)) sagas (to $step), concurrency ${concurrency:-512}"
+    run --sagas "$((step - total))" --concurrency "${concurrency:-512}"
+    echo "== fxctl audit after $total sagas"
+    time_audit
+    serving_while_auditing
+  done
+  exit 0
+fi
 
 venue_kind=fx-venue
 ((in_process)) && venue_kind=in-process

@@ -207,16 +207,23 @@ async fn a_second_message_of_a_saga_is_prepared_after_the_first_is_committed() {
     publish(&js, &held(other), None).await;
     let run = start(&server.url(), dir.path(), runtime::no_faults()).await;
     run.wait_count(other, 1).await;
-    assert_eq!(run.count(saga), 1, "the duplicate was applied");
-    let seen: Vec<u64> = run
-        .prepared
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(s, _)| *s == saga)
-        .map(|(_, n)| *n)
-        .collect();
+    // The second copy waits in the pipeline until the first has committed, then is prepared.
+    let prepared_of = |saga: SagaId| -> Vec<u64> {
+        run.prepared
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, _)| *s == saga)
+            .map(|(_, n)| *n)
+            .collect()
+    };
+    let seen = wait_for("both copies prepared", 30_000, || async {
+        let seen = prepared_of(saga);
+        (seen.len() >= 2).then_some(seen)
+    })
+    .await;
     assert_eq!(seen, [0, 1], "what each delivery's prepare read");
+    assert_eq!(run.count(saga), 1, "the duplicate was applied");
     run.stop().await;
 }
 

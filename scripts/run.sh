@@ -109,6 +109,17 @@ else
   fi
 fi
 
+# A nats CLI context per identity (fx-admin, fx-client, ...) for this broker, with its inbox
+# prefix: `nats --context fx-admin stream ls` (docs/clients.md).
+if ((use_identities)); then
+  (
+    set -a
+    # shellcheck disable=SC1090
+    . "$passwords"
+    exec scripts/nats-contexts.sh
+  ) | while read -r line; do say "$line"; done
+fi
+
 # Each service runs as the identity of the same name. The subshell execs it, so $! is the
 # service's own pid and Ctrl-C stops it.
 start() {
@@ -177,11 +188,13 @@ if ((use_identities)); then
     set -a; . .fx/nats-passwords.env; set +a
     export NATS_USER=admin NATS_PASSWORD=\$FX_NATS_PASSWORD_ADMIN     # deposit, balance, audit, dlq, tail
     export NATS_USER=client NATS_PASSWORD=\$FX_NATS_PASSWORD_CLIENT   # exchange only
+  The nats CLI: contexts fx-admin, fx-client (and one per service) hold them, with the inbox
+  prefix each identity must use (docs/clients.md): nats --context fx-admin stream ls
 "
-  pub_auth=" --user client --password \"\$FX_NATS_PASSWORD_CLIENT\""
+  pub_ctx=" --context fx-client"
 else
   creds_hint=""
-  pub_auth=""
+  pub_ctx=""
 fi
 
 cat <<TXT
@@ -195,7 +208,7 @@ $creds_hint
     $fxctl exchange --user alice --krw 250000 --wait
     $fxctl balance --user alice
     $fxctl audit
-    nats pub$pub_auth fx.exchange.requested.alice '{"saga_id":"'"\$(cat /proc/sys/kernel/random/uuid)"'","user_id":"alice","krw_amount":"100000"}'
+    nats$pub_ctx pub --jetstream fx.exchange.requested.alice '{"saga_id":"'"\$(cat /proc/sys/kernel/random/uuid)"'","user_id":"alice","krw_amount":"100000"}'
 
   Ctrl-C stops everything this script started.
 TXT

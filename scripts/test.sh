@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command (the README's, and CI's through .ci/run).
 #
-# Installs what the tests need (a nats-server >= 2.10 into .tools/; chromium and fuse3 from
-# Debian where it can), then checks formatting,
+# Installs what the tests need (a nats-server >= 2.10, the nats CLI v0.5.0 built with Go and
+# nats-py into .tools/; chromium and fuse3 from Debian where it can), then checks formatting,
 # lints, and runs every test against real parts: a real nats-server per test, sled in temp dirs.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -13,6 +13,24 @@ step "nats-server"
 NATS_SERVER_BIN="$(scripts/ensure-nats.sh)"
 export NATS_SERVER_BIN
 "$NATS_SERVER_BIN" --version
+
+step "nats CLI (for the test of every nats command in the docs)"
+# Built from source with go install into .tools/bin; without Go the script says so and
+# tests/tests/natscli.rs skips the CLI test with that reason.
+if NATS_CLI_BIN="$(scripts/ensure-natscli.sh)"; then
+  export NATS_CLI_BIN
+  "$NATS_CLI_BIN" --version
+else
+  echo "no nats CLI; the nats CLI test will be skipped"
+fi
+
+step "nats-py (for the Python client snippet of docs/clients.md)"
+if NATS_PY_PYTHON="$(scripts/ensure-natspy.sh)"; then
+  export NATS_PY_PYTHON
+  "$NATS_PY_PYTHON" -c 'import importlib.metadata as m; print("nats-py", m.version("nats-py"))'
+else
+  echo "no nats-py; the Python client test will be skipped"
+fi
 
 step "chromium (for the dashboard's browser test)"
 if command -v chromium >/dev/null 2>&1; then

@@ -527,6 +527,17 @@ impl System {
     }
 }
 
+/// Asserts the broker logged no permission violation (every grant the run needed exists).
+pub fn assert_no_violation(sys: &System) {
+    let violations: Vec<String> = sys
+        .nats
+        .log()
+        .into_iter()
+        .filter(|l| l.contains("Violation"))
+        .collect();
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
 // --- Sagas on a cluster, where a publish can fail during a leader election -----------------
 
 /// How long one attempt waits for a saga's answers before looking at the stream.

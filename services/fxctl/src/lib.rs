@@ -576,6 +576,13 @@ pub fn describe(seq: u64, e: &Event) -> String {
         Event::UsdDeposited(d) => format!("usd={} by {}", d.usd_amount, d.actor),
         Event::UsdFrozen(f) => format!("by {}", f.actor),
         Event::UsdUnfrozen(f) => format!("by {}", f.actor),
+        Event::KrwIntervened(i) | Event::TradeIntervened(i) | Event::UsdIntervened(i) => format!(
+            "{} by {}: {} [{}]",
+            i.action.as_str(),
+            i.actor,
+            i.reason,
+            i.events.join(", ")
+        ),
     };
     format!(
         "#{seq:<8} {:<22} {:<12} {}  {}",

@@ -5,8 +5,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use events::{Krw, SagaId, UserId};
+use events::{InterventionAction, Krw, SagaId, UserId};
 use runtime::admin::{handler, serve_admin, AdminError, AdminHandler, AdminRequest};
+use runtime::intervention::{self, InterventionRequest, Verdict};
 use runtime::{Clock, Handled, Runtime, RuntimeConfig, Store};
 use serde::Deserialize;
 use serde_json::json;
@@ -44,8 +45,8 @@ pub async fn serve(
         rt.client(),
         "krw",
         rt.partitioning(),
-        "fx-krw admin: deposit, balance, audit",
-        endpoints(store.clone(), clock.clone()),
+        "fx-krw admin: deposit, balance, audit, saga_cancel, saga_reemit",
+        endpoints(rt.participant(), store.clone(), clock.clone()),
     )
     .await?;
     let sweeper = sweep(rt.participant(), store, clock, sweep_ms);
@@ -104,7 +105,46 @@ fn account_json(store: &Store, user: &UserId) -> Result<serde_json::Value, Admin
     })
 }
 
-fn endpoints(store: Arc<Store>, clock: Clock) -> Vec<(&'static str, AdminHandler)> {
+/// An intervention endpoint: decides in one transaction, flushes when it emitted, and answers
+/// the verdict (a refusal is an error reply whose message starts with its machine reason).
+fn intervention(
+    service: Arc<KrwService>,
+    store: Arc<Store>,
+    clock: Clock,
+    action: InterventionAction,
+) -> AdminHandler {
+    handler(move |req: AdminRequest| {
+        let (service, store, clock) = (service.clone(), store.clone(), clock.clone());
+        async move {
+            let body: InterventionRequest = req.json()?;
+            let verdict = store
+                .transact(|tx| service.intervene(tx, action, &body, &req.actor, clock()))
+                .map_err(AdminError::internal)??;
+            if matches!(verdict, Verdict::Done(_)) {
+                store.flush().await.map_err(AdminError::internal)?;
+            }
+            Ok(intervention::reply("krw", body.saga_id, action, &verdict))
+        }
+    })
+}
+
+fn endpoints(
+    service: Arc<KrwService>,
+    store: Arc<Store>,
+    clock: Clock,
+) -> Vec<(&'static str, AdminHandler)> {
+    let cancel = intervention(
+        service.clone(),
+        store.clone(),
+        clock.clone(),
+        InterventionAction::Cancel,
+    );
+    let reemit = intervention(
+        service,
+        store.clone(),
+        clock.clone(),
+        InterventionAction::Reemit,
+    );
     let s = store.clone();
     let deposit = handler(move |req: AdminRequest| {
         let (store, clock) = (s.clone(), clock.clone());
@@ -140,5 +180,11 @@ fn endpoints(store: Arc<Store>, clock: Clock) -> Vec<(&'static str, AdminHandler
             serde_json::to_value(a).map_err(AdminError::internal)
         }
     });
-    vec![("deposit", deposit), ("balance", balance), ("audit", audit)]
+    vec![
+        ("deposit", deposit),
+        ("balance", balance),
+        ("audit", audit),
+        (intervention::CANCEL_ENDPOINT, cancel),
+        (intervention::REEMIT_ENDPOINT, reemit),
+    ]
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use events::{InterventionAction, Krw, SagaId, UserId};
 use runtime::admin::{handler, serve_admin, AdminError, AdminHandler, AdminRequest};
-use runtime::intervention::{self, InterventionRequest, Verdict};
+use runtime::intervention;
 use runtime::{Clock, Handled, Runtime, RuntimeConfig, Store};
 use serde::Deserialize;
 use serde_json::json;
@@ -105,26 +105,15 @@ fn account_json(store: &Store, user: &UserId) -> Result<serde_json::Value, Admin
     })
 }
 
-/// An intervention endpoint: decides in one transaction, flushes when it emitted, and answers
-/// the verdict (a refusal is an error reply whose message starts with its machine reason).
+/// The handler of one intervention, decided by [`KrwService::intervene`].
 fn intervention(
     service: Arc<KrwService>,
     store: Arc<Store>,
     clock: Clock,
     action: InterventionAction,
 ) -> AdminHandler {
-    handler(move |req: AdminRequest| {
-        let (service, store, clock) = (service.clone(), store.clone(), clock.clone());
-        async move {
-            let body: InterventionRequest = req.json()?;
-            let verdict = store
-                .transact(|tx| service.intervene(tx, action, &body, &req.actor, clock()))
-                .map_err(AdminError::internal)??;
-            if matches!(verdict, Verdict::Done(_)) {
-                store.flush().await.map_err(AdminError::internal)?;
-            }
-            Ok(intervention::reply("krw", body.saga_id, action, &verdict))
-        }
+    intervention::endpoint("krw", store, action, move |tx, body, actor| {
+        service.intervene(tx, action, body, actor, clock())
     })
 }
 

@@ -6,7 +6,10 @@
 use events::{Event, EventKind, Intervened, InterventionAction, SagaId, UserId, MAX_MESSAGE_CHARS};
 use serde::{Deserialize, Serialize};
 
-use crate::admin::AdminError;
+use std::sync::Arc;
+
+use crate::admin::{handler, AdminError, AdminHandler, AdminRequest};
+use crate::{Store, Tx, TxResult};
 
 /// Admin endpoint of `reemit` (`fxadmin.<service>.saga_reemit`), on fx-krw, fx-trade, fx-usd.
 pub const REEMIT_ENDPOINT: &str = "saga_reemit";
@@ -163,6 +166,38 @@ pub fn reply(
         "action": action.as_str(),
         "outcome": outcome,
         "events": events,
+    })
+}
+
+/// The admin handler of one intervention on `service` (`fx-<service>`): reads the request,
+/// runs `decide` (the service's adapter over its pure decision) in one transaction, flushes
+/// when it emitted (the relay publishes only what is flushed), and answers with [`reply`]; a
+/// refusal is an error reply whose message starts with its machine reason.
+pub fn endpoint<F>(
+    service: &'static str,
+    store: Arc<Store>,
+    action: InterventionAction,
+    decide: F,
+) -> AdminHandler
+where
+    F: Fn(&mut Tx<'_>, &InterventionRequest, &str) -> TxResult<Result<Verdict, Refusal>>
+        + Send
+        + Sync
+        + 'static,
+{
+    let decide = Arc::new(decide);
+    handler(move |req: AdminRequest| {
+        let (store, decide) = (store.clone(), decide.clone());
+        async move {
+            let body: InterventionRequest = req.json()?;
+            let verdict = store
+                .transact(|tx| decide(tx, &body, &req.actor))
+                .map_err(AdminError::internal)??;
+            if matches!(verdict, Verdict::Done(_)) {
+                store.flush().await.map_err(AdminError::internal)?;
+            }
+            Ok(reply(service, body.saga_id, action, &verdict))
+        }
     })
 }
 

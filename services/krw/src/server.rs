@@ -45,7 +45,7 @@ pub async fn serve(
         rt.client(),
         "krw",
         rt.partitioning(),
-        "fx-krw admin: deposit, balance, audit, saga_cancel, saga_reemit",
+        "fx-krw admin: deposit, balance, audit, saga, saga_cancel, saga_reemit",
         endpoints(rt.participant(), store.clone(), clock.clone()),
     )
     .await?;
@@ -84,6 +84,11 @@ async fn sweep(
 #[derive(Deserialize)]
 struct UserBody {
     user_id: UserId,
+}
+
+#[derive(Deserialize)]
+struct SagaBody {
+    saga_id: SagaId,
 }
 
 #[derive(Deserialize)]
@@ -155,6 +160,26 @@ fn endpoints(
         }
     });
     let s = store.clone();
+    let saga = handler(move |req: AdminRequest| {
+        let store = s.clone();
+        async move {
+            let body: SagaBody = req.json()?;
+            let rec: Option<crate::SagaRecord> = store
+                .get(&crate::records::saga_key(body.saga_id))
+                .map_err(AdminError::internal)?;
+            let rec = rec.ok_or_else(|| {
+                AdminError::not_found(format!("fx-krw has no record of saga {}", body.saga_id))
+            })?;
+            Ok(json!({
+                "saga_id": body.saga_id,
+                "user_id": rec.user,
+                "status": rec.status,
+                "pinned": rec.pinned,
+                "krw_amount": rec.hold_amount(),
+            }))
+        }
+    });
+    let s = store.clone();
     let balance = handler(move |req: AdminRequest| {
         let store = s.clone();
         async move {
@@ -173,6 +198,7 @@ fn endpoints(
         ("deposit", deposit),
         ("balance", balance),
         ("audit", audit),
+        ("saga", saga),
         (intervention::CANCEL_ENDPOINT, cancel),
         (intervention::REEMIT_ENDPOINT, reemit),
     ]

@@ -574,8 +574,9 @@ pub fn intervention_services(action: events::InterventionAction) -> &'static [&'
 /// still re-emit: it is refused only when every service refused.
 ///
 /// `refuse_credit` first asks fx-krw: it answers a fill of a saga that holds KRW, so a saga
-/// fx-krw has not held (unknown, rejected) or that ended is refused here, before fx-usd
-/// records anything.
+/// fx-krw has not held (unknown, rejected), that ended, or that belongs to another user is
+/// refused here, before fx-usd records anything (fx-usd, which may never have seen the fill,
+/// takes the saga's user from the request).
 pub async fn intervene(
     client: &async_nats::Client,
     saga_id: SagaId,
@@ -593,6 +594,12 @@ pub async fn intervene(
             }
             Err(e) => return Err(e),
         };
+        if krw["user_id"] != json!(user_id) {
+            return Err(CtlError::Refused(format!(
+                "user_mismatch: saga {saga_id} belongs to {} at fx-krw, not {user_id}",
+                krw["user_id"]
+            )));
+        }
         if krw["status"]["state"] != "held" {
             return Err(CtlError::Refused(format!(
                 "finished: fx-krw holds no KRW for saga {saga_id} (status {}); refuse-credit \

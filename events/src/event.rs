@@ -405,11 +405,7 @@ impl Event {
     /// intervention's is `<saga_id>:<domain>.intervened.<action>`.
     pub fn id(&self) -> String {
         match self.intervention() {
-            Some(i) => format!(
-                "{}.{}",
-                self.saga_id().event_id(self.kind()),
-                i.action.as_str()
-            ),
+            Some(i) => self.saga_id().intervention_id(self.kind(), i.action),
             None => self.saga_id().event_id(self.kind()),
         }
     }

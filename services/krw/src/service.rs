@@ -88,11 +88,7 @@ impl KrwService {
         }
         let saga_id = req.saga_id;
         let before = load_saga(r, saga_id, Some(&req.user_id))?;
-        let cause = format!(
-            "{}.{}",
-            saga_id.event_id(EventKind::KrwIntervened),
-            action.as_str()
-        );
+        let cause = saga_id.intervention_id(EventKind::KrwIntervened, action);
         match action {
             InterventionAction::Cancel => {
                 let decision = match crate::intervene::decide_cancel(

@@ -130,11 +130,9 @@ pub fn intervene<R: Records>(
         &req.reason,
         &events,
     ));
-    let cause = format!(
-        "{}.{}",
-        req.saga_id.event_id(EventKind::TradeIntervened),
-        action.as_str()
-    );
+    let cause = req
+        .saga_id
+        .intervention_id(EventKind::TradeIntervened, action);
     for e in &events {
         records.emit(e, &cause, now_ms)?;
     }

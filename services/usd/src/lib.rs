@@ -99,11 +99,9 @@ pub fn intervene<R: Records>(
     }
     let key = credit_key(req.saga_id);
     let record: Option<CreditRecord> = records.get(&key)?;
-    let cause = format!(
-        "{}.{}",
-        req.saga_id.event_id(EventKind::UsdIntervened),
-        action.as_str()
-    );
+    let cause = req
+        .saga_id
+        .intervention_id(EventKind::UsdIntervened, action);
     let events = match action {
         A::RefuseCredit => match intervene::decide_refuse_credit(
             record.as_ref(),

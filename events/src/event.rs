@@ -89,6 +89,9 @@ pub enum ReleaseReason {
     TradeCancelled,
     /// The hold saw no fill before `hold_expires_at_ms` plus the grace period.
     Expired,
+    /// An operator cancelled the saga before the pivot (`fxctl saga cancel`); the
+    /// `krw.intervened` beside it names who and why.
+    Operator,
 }
 
 /// fx-krw gave the held KRW back to the user (TCC cancel).
@@ -134,6 +137,9 @@ pub enum TradeFailReason {
     HoldExpiring,
     /// fx-krw released the hold before fx-trade saw it (reordering).
     HoldReleased,
+    /// fx-usd refused the credit (an operator's `refuse-credit`) before fx-trade filled: the
+    /// saga is never filled.
+    CreditRefused,
 }
 
 /// fx-trade will not fill this saga.
@@ -199,6 +205,9 @@ pub enum CreditFailReason {
     InsufficientLiquidity,
     /// trade.cancelled arrived before trade.filled; the later fill is ignored.
     OrderCancelled,
+    /// An operator refused the credit (`fxctl saga refuse-credit`); the `usd.intervened`
+    /// beside it names who and why.
+    Operator,
 }
 
 /// fx-usd will not credit this saga.
@@ -247,6 +256,59 @@ pub struct UsdUnfrozen {
     pub actor: String,
 }
 
+/// What an operator did to one saga.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterventionAction {
+    /// The service republished its last word for the saga from its records, same event ids.
+    Reemit,
+    /// fx-krw released an unpinned hold (before the pivot).
+    Cancel,
+    /// fx-usd answered a fill it had not credited with usd.credit_failed(operator).
+    RefuseCredit,
+}
+
+impl InterventionAction {
+    /// Every action.
+    pub const ALL: [InterventionAction; 3] = [
+        InterventionAction::Reemit,
+        InterventionAction::Cancel,
+        InterventionAction::RefuseCredit,
+    ];
+
+    /// The wire name: `reemit`, `cancel`, `refuse_credit`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InterventionAction::Reemit => "reemit",
+            InterventionAction::Cancel => "cancel",
+            InterventionAction::RefuseCredit => "refuse_credit",
+        }
+    }
+}
+
+/// Most event types an intervention lists in `events`.
+pub const MAX_INTERVENTION_EVENTS: usize = 8;
+
+/// An operator's intervention on one saga, recorded by the service that carried it out
+/// (`fx.<domain>.intervened.<user_id>`). Its event id is `<saga_id>:<domain>.intervened.<action>`,
+/// so each action is recorded once per saga and service (a repeat within the broker's duplicate
+/// window is the same act).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Intervened {
+    pub saga_id: SagaId,
+    pub user_id: UserId,
+    /// What the operator asked for.
+    pub action: InterventionAction,
+    /// Who asked (the admin request's `Fx-Actor`), as deposits and freezes record it.
+    pub actor: String,
+    /// The operator's reason, in their words (`--reason`).
+    pub reason: String,
+    /// The events the action emitted or re-emitted, as `domain.event` type names, in order.
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
 /// Any event of the contract.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -266,6 +328,9 @@ pub enum Event {
     UsdDeposited(UsdDeposited),
     UsdFrozen(UsdFrozen),
     UsdUnfrozen(UsdUnfrozen),
+    KrwIntervened(Intervened),
+    TradeIntervened(Intervened),
+    UsdIntervened(Intervened),
 }
 
 /// Applies `$body` to the inner struct of any variant, bound as `$e`.
@@ -288,6 +353,9 @@ macro_rules! each {
             Event::UsdDeposited($e) => $body,
             Event::UsdFrozen($e) => $body,
             Event::UsdUnfrozen($e) => $body,
+            Event::KrwIntervened($e) => $body,
+            Event::TradeIntervened($e) => $body,
+            Event::UsdIntervened($e) => $body,
         }
     };
 }
@@ -312,6 +380,9 @@ impl Event {
             Event::UsdDeposited(_) => EventKind::UsdDeposited,
             Event::UsdFrozen(_) => EventKind::UsdFrozen,
             Event::UsdUnfrozen(_) => EventKind::UsdUnfrozen,
+            Event::KrwIntervened(_) => EventKind::KrwIntervened,
+            Event::TradeIntervened(_) => EventKind::TradeIntervened,
+            Event::UsdIntervened(_) => EventKind::UsdIntervened,
         }
     }
 
@@ -330,9 +401,23 @@ impl Event {
         self.kind().subject(self.user_id())
     }
 
-    /// The deterministic event id `<saga_id>:<domain>.<event>` (the `Nats-Msg-Id`).
+    /// The deterministic event id `<saga_id>:<domain>.<event>` (the `Nats-Msg-Id`); an
+    /// intervention's is `<saga_id>:<domain>.intervened.<action>`.
     pub fn id(&self) -> String {
-        self.saga_id().event_id(self.kind())
+        match self.intervention() {
+            Some(i) => self.saga_id().intervention_id(self.kind(), i.action),
+            None => self.saga_id().event_id(self.kind()),
+        }
+    }
+
+    /// The intervention this event records, for `<domain>.intervened`.
+    pub fn intervention(&self) -> Option<&Intervened> {
+        match self {
+            Event::KrwIntervened(i) | Event::TradeIntervened(i) | Event::UsdIntervened(i) => {
+                Some(i)
+            }
+            _ => None,
+        }
     }
 
     /// The JSON body.
@@ -378,6 +463,9 @@ impl Event {
             EventKind::UsdDeposited => Event::UsdDeposited(body(kind, payload)?),
             EventKind::UsdFrozen => Event::UsdFrozen(body(kind, payload)?),
             EventKind::UsdUnfrozen => Event::UsdUnfrozen(body(kind, payload)?),
+            EventKind::KrwIntervened => Event::KrwIntervened(body(kind, payload)?),
+            EventKind::TradeIntervened => Event::TradeIntervened(body(kind, payload)?),
+            EventKind::UsdIntervened => Event::UsdIntervened(body(kind, payload)?),
         };
         if event.user_id() != &parsed.user {
             return Err(DecodeError::UserMismatch {
@@ -460,6 +548,30 @@ impl Event {
             Event::UsdCreditFailed(e) => message(&e.message),
             Event::UsdFrozen(e) => message(&e.actor),
             Event::UsdUnfrozen(e) => message(&e.actor),
+            Event::KrwIntervened(e) | Event::TradeIntervened(e) | Event::UsdIntervened(e) => {
+                message(&e.actor)?;
+                message(&e.reason)?;
+                if e.reason.trim().is_empty() {
+                    return Err(DecodeError::Invalid {
+                        field: "reason",
+                        message: "an intervention needs the operator's reason".into(),
+                    });
+                }
+                if e.events.len() > MAX_INTERVENTION_EVENTS
+                    || e.events
+                        .iter()
+                        .any(|t| EventKind::from_type_name(t).is_none())
+                {
+                    return Err(DecodeError::Invalid {
+                        field: "events",
+                        message: format!(
+                            "events lists at most {MAX_INTERVENTION_EVENTS} event types of the \
+                             contract, e.g. \"krw.released\""
+                        ),
+                    });
+                }
+                Ok(())
+            }
         }
     }
 }

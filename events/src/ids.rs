@@ -108,6 +108,12 @@ impl SagaId {
     pub fn event_id(self, kind: EventKind) -> String {
         format!("{}:{}.{}", self, kind.domain(), kind.name())
     }
+
+    /// The id of an operator's intervention record (`kind` is a `<domain>.intervened`):
+    /// `<saga_id>:<domain>.intervened.<action>`, one per saga, service and action.
+    pub fn intervention_id(self, kind: EventKind, action: crate::InterventionAction) -> String {
+        format!("{}.{}", self.event_id(kind), action.as_str())
+    }
 }
 
 impl From<Uuid> for SagaId {

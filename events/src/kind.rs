@@ -42,11 +42,17 @@ pub enum EventKind {
     UsdFrozen,
     /// An operator lifted a freeze.
     UsdUnfrozen,
+    /// An operator acted on one saga at fx-krw (reemit, cancel): who, why, what it caused.
+    KrwIntervened,
+    /// An operator acted on one saga at fx-trade (reemit).
+    TradeIntervened,
+    /// An operator acted on one saga at fx-usd (reemit, refuse-credit).
+    UsdIntervened,
 }
 
 impl EventKind {
     /// Every kind: in flow order, then the kinds added later.
-    pub const ALL: [EventKind; 16] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::ExchangeRequested,
         EventKind::KrwHeld,
         EventKind::KrwRejected,
@@ -65,6 +71,9 @@ impl EventKind {
         // Last, not in flow order: positions are stored codes (fx-tracker's timelines), so a
         // new kind takes the next one.
         EventKind::TradeReversed,
+        EventKind::KrwIntervened,
+        EventKind::TradeIntervened,
+        EventKind::UsdIntervened,
     ];
 
     /// The subject's domain token: `exchange`, `krw`, `trade` or `usd`.
@@ -75,17 +84,20 @@ impl EventKind {
             | EventKind::KrwRejected
             | EventKind::KrwCommitted
             | EventKind::KrwReleased
-            | EventKind::KrwDeposited => "krw",
+            | EventKind::KrwDeposited
+            | EventKind::KrwIntervened => "krw",
             EventKind::TradeFilled
             | EventKind::TradeFailed
             | EventKind::TradeCancelled
-            | EventKind::TradeReversed => "trade",
+            | EventKind::TradeReversed
+            | EventKind::TradeIntervened => "trade",
             EventKind::UsdCredited
             | EventKind::UsdCreditFailed
             | EventKind::UsdDebited
             | EventKind::UsdDeposited
             | EventKind::UsdFrozen
-            | EventKind::UsdUnfrozen => "usd",
+            | EventKind::UsdUnfrozen
+            | EventKind::UsdIntervened => "usd",
         }
     }
 
@@ -107,6 +119,9 @@ impl EventKind {
             EventKind::UsdDebited => "debited",
             EventKind::UsdFrozen => "frozen",
             EventKind::UsdUnfrozen => "unfrozen",
+            EventKind::KrwIntervened | EventKind::TradeIntervened | EventKind::UsdIntervened => {
+                "intervened"
+            }
         }
     }
 
@@ -130,6 +145,15 @@ impl EventKind {
         EventKind::ALL
             .into_iter()
             .find(|k| k.domain() == domain && k.name() == name)
+    }
+
+    /// True for the operator's interventions on one saga (`<domain>.intervened`): records of
+    /// who did what and why, which no service reacts to.
+    pub fn is_intervention(self) -> bool {
+        matches!(
+            self,
+            EventKind::KrwIntervened | EventKind::TradeIntervened | EventKind::UsdIntervened
+        )
     }
 
     /// The kind named `domain.event`, e.g. `krw.held`.

@@ -367,6 +367,73 @@ async fn each_identity_is_refused_what_it_does_not_need() {
     }
 }
 
+/// Interventions on a saga are admin requests: only `admin` may send them, each service
+/// answers only its own endpoints, and each records its `<domain>.intervened` under its own
+/// identity (`fx.<its domain>.>`, no new grant).
+#[tokio::test]
+async fn only_admin_may_intervene_on_a_saga() {
+    let sys = System::start_secured().await;
+    let ids = sys.identities.clone().unwrap();
+    let url = sys.nats.url();
+    sys.deposit_krw("alice", "5000000").await;
+    let saga = SagaId::new_v7();
+    assert_eq!(
+        sys.exchange_saga("alice", "1400000", None, saga)
+            .await
+            .state,
+        "COMPLETED"
+    );
+    let endpoints = [
+        "fxadmin.krw.saga_cancel",
+        "fxadmin.krw.saga_reemit",
+        "fxadmin.trade.saga_reemit",
+        "fxadmin.usd.saga_reemit",
+        "fxadmin.usd.saga_refuse_credit",
+    ];
+    for who in ["client", "tracker", "krw", "trade", "usd"] {
+        let w = Watched::connect(&ids, &url, who).await;
+        for subject in endpoints {
+            w.publish_refused(subject).await;
+        }
+    }
+    // A service cannot answer (and so cannot fake) another service's intervention.
+    let krw = Watched::connect(&ids, &url, "krw").await;
+    krw.subscribe_refused("fxadmin.usd.saga_refuse_credit")
+        .await;
+    let usd = Watched::connect(&ids, &url, "usd").await;
+    usd.subscribe_refused("fxadmin.krw.saga_cancel").await;
+
+    // admin may: every service re-emits and records it under its own identity.
+    let out = fxctl::intervene(
+        &sys.client,
+        saga,
+        &uid("alice"),
+        events::InterventionAction::Reemit,
+        "audit trail check",
+        "admin",
+    )
+    .await
+    .unwrap();
+    for service in ["krw", "trade", "usd"] {
+        assert_eq!(out[service]["outcome"], "done", "{out}");
+    }
+    for kind in [
+        EventKind::KrwIntervened,
+        EventKind::TradeIntervened,
+        EventKind::UsdIntervened,
+    ] {
+        sys.wait_for_event(saga, kind).await;
+    }
+    // The only violations are the refusals above: no service was refused a publish on fx.>.
+    let refused_on_fx: Vec<String> = sys
+        .nats
+        .log()
+        .into_iter()
+        .filter(|l| l.contains("Violation") && l.contains("Subject \"fx."))
+        .collect();
+    assert!(refused_on_fx.is_empty(), "{refused_on_fx:#?}");
+}
+
 #[tokio::test]
 async fn a_full_saga_completes_under_per_service_identities() {
     let mut sys = System::start_secured().await;

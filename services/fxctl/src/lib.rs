@@ -48,7 +48,7 @@ impl CtlError {
 impl From<AdminError> for CtlError {
     fn from(e: AdminError) -> Self {
         match e.code {
-            400 | 404 | 421 => CtlError::Refused(e.message),
+            400 | 404 | 409 | 421 => CtlError::Refused(e.message),
             503 => CtlError::Unavailable(e.message),
             _ => CtlError::Failed(e.message),
         }
@@ -589,6 +589,97 @@ pub async fn saga(
     .map_err(|e| CtlError::Unavailable(e.to_string()))?
 }
 
+/// fx-krw's view of one saga (`fxadmin.krw.saga`): user, status, pinned, amount.
+pub async fn krw_saga(
+    client: &async_nats::Client,
+    saga_id: SagaId,
+    user_id: &UserId,
+    actor: &str,
+) -> CtlResult<serde_json::Value> {
+    let at = owner(client, user_id).await?;
+    let body = json!({ "saga_id": saga_id, "user_id": user_id });
+    user_request(client, "krw", "saga", actor, &body, at).await
+}
+
+/// The services an intervention goes to, in order: `reemit` to every service, `cancel` to
+/// fx-krw, `refuse_credit` to fx-usd.
+pub fn intervention_services(action: events::InterventionAction) -> &'static [&'static str] {
+    use events::InterventionAction as A;
+    match action {
+        A::Reemit => &["krw", "trade", "usd"],
+        A::Cancel => &["krw"],
+        A::RefuseCredit => &["usd"],
+    }
+}
+
+/// `fxctl saga <action> ID --reason TEXT`: the admin request of `action` to the services that
+/// own it (see [`intervention_services`]); each decides from its own records. The answer maps
+/// each service to its reply (`outcome` `done` or `already_done`, and the events emitted), or
+/// to `{"refused": "<reason>: <message>"}`. A refusal is `CtlError::Refused` (exit 4), except
+/// for `reemit`, where a service that has nothing for the saga is reported and the others
+/// still re-emit: it is refused only when every service refused.
+///
+/// `refuse_credit` first asks fx-krw: it answers a fill of a saga that holds KRW, so a saga
+/// fx-krw has not held (unknown, rejected), that ended, or that belongs to another user is
+/// refused here, before fx-usd records anything (fx-usd, which may never have seen the fill,
+/// takes the saga's user from the request).
+pub async fn intervene(
+    client: &async_nats::Client,
+    saga_id: SagaId,
+    user_id: &UserId,
+    action: events::InterventionAction,
+    reason: &str,
+    actor: &str,
+) -> CtlResult<serde_json::Value> {
+    let at = owner(client, user_id).await?;
+    if action == events::InterventionAction::RefuseCredit {
+        let krw = match krw_saga(client, saga_id, user_id, actor).await {
+            Ok(v) => v,
+            Err(CtlError::Refused(m)) => {
+                return Err(CtlError::Refused(format!("unknown_saga: {m}")))
+            }
+            Err(e) => return Err(e),
+        };
+        if krw["user_id"] != json!(user_id) {
+            return Err(CtlError::Refused(format!(
+                "user_mismatch: saga {saga_id} belongs to {} at fx-krw, not {user_id}",
+                krw["user_id"]
+            )));
+        }
+        if krw["status"]["state"] != "held" {
+            return Err(CtlError::Refused(format!(
+                "finished: fx-krw holds no KRW for saga {saga_id} (status {}); refuse-credit \
+                 answers a fill of a saga whose KRW is held",
+                krw["status"]
+            )));
+        }
+    }
+    let endpoint = match action {
+        events::InterventionAction::Reemit => runtime::intervention::REEMIT_ENDPOINT,
+        events::InterventionAction::Cancel => runtime::intervention::CANCEL_ENDPOINT,
+        events::InterventionAction::RefuseCredit => runtime::intervention::REFUSE_CREDIT_ENDPOINT,
+    };
+    let body = json!({ "saga_id": saga_id, "user_id": user_id, "reason": reason });
+    let mut out = serde_json::Map::new();
+    let mut refusals = Vec::new();
+    for service in intervention_services(action) {
+        match admin::request_to(client, service, at, endpoint, actor, &body).await {
+            Ok(v) => {
+                out.insert((*service).into(), v);
+            }
+            Err(e) if matches!(e.code, 400 | 404 | 409 | 421) => {
+                refusals.push(format!("fx-{service}: {}", e.message));
+                out.insert((*service).into(), json!({ "refused": e.message }));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if out.values().all(|v| v.get("refused").is_some()) {
+        return Err(CtlError::Refused(refusals.join("; ")));
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
 /// One line of `fxctl tail`: stream sequence, subject, and the event's key fields.
 pub fn describe(seq: u64, e: &Event) -> String {
     let detail = match e {
@@ -622,6 +713,13 @@ pub fn describe(seq: u64, e: &Event) -> String {
         Event::UsdDeposited(d) => format!("usd={} by {}", d.usd_amount, d.actor),
         Event::UsdFrozen(f) => format!("by {}", f.actor),
         Event::UsdUnfrozen(f) => format!("by {}", f.actor),
+        Event::KrwIntervened(i) | Event::TradeIntervened(i) | Event::UsdIntervened(i) => format!(
+            "{} by {}: {} [{}]",
+            i.action.as_str(),
+            i.actor,
+            i.reason,
+            i.events.join(", ")
+        ),
     };
     format!(
         "#{seq:<8} {:<22} {:<12} {}  {}",

@@ -91,10 +91,21 @@ enum Cmd {
     },
     /// Check every invariant in fx-krw and fx-usd; exit 0 only when all hold.
     Audit,
-    /// A saga's state and timeline, from the tracker.
+    /// A saga: `saga show ID` (or `saga ID`) prints its state and timeline from the tracker;
+    /// `saga reemit|cancel|refuse-credit ID --reason TEXT` acts on it (admin).
+    #[command(
+        after_help = "Actions (each recorded with your identity and reason, shown on the saga's timeline):\n  reemit         every service republishes its last word for the saga, same event ids\n  cancel         fx-krw releases a hold no fill has pinned (refused after the pivot)\n  refuse-credit  fx-usd answers a fill it has not credited with usd.credit_failed(operator)"
+    )]
     Saga {
-        /// The saga id.
-        id: String,
+        /// `show`, `reemit`, `cancel` or `refuse-credit`, then the saga id; or only the id.
+        #[arg(num_args = 1..=2, value_names = ["ACTION", "ID"])]
+        args: Vec<String>,
+        /// Why (required for an action; recorded in the `<domain>.intervened` event).
+        #[arg(long)]
+        reason: Option<String>,
+        /// The saga's user (routes to its partition); asked of the tracker when omitted.
+        #[arg(long)]
+        user: Option<String>,
     },
     /// Follow events live from the FX stream.
     Tail {
@@ -159,6 +170,71 @@ fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
 }
 
+/// What `fxctl saga ARGS` asks for: `show` or an intervention, and the saga id.
+fn saga_args(args: &[String]) -> CtlResult<(Option<events::InterventionAction>, &str)> {
+    use events::InterventionAction as A;
+    let (action, id) = match args {
+        [id] => (None, id),
+        [verb, id] => match verb.as_str() {
+            "show" => (None, id),
+            "reemit" => (Some(A::Reemit), id),
+            "cancel" => (Some(A::Cancel), id),
+            "refuse-credit" | "refuse_credit" => (Some(A::RefuseCredit), id),
+            other => {
+                return Err(CtlError::Usage(format!(
+                    "unknown saga action {other:?}: show, reemit, cancel or refuse-credit"
+                )))
+            }
+        },
+        _ => return Err(CtlError::Usage("fxctl saga [ACTION] ID".into())),
+    };
+    Ok((action, id))
+}
+
+/// `fxctl saga <action> ID --reason TEXT`: the intervention's admin requests (see
+/// `fxctl::intervene`), then each service's answer.
+async fn intervene(
+    cli: &Cli,
+    action: events::InterventionAction,
+    id: events::SagaId,
+    reason: Option<&str>,
+    user: Option<&str>,
+) -> CtlResult<()> {
+    let reason = reason.ok_or_else(|| {
+        CtlError::Usage("an action needs --reason TEXT (recorded with your identity)".into())
+    })?;
+    let user = match user {
+        Some(u) => fxctl::user(u)?,
+        None => {
+            let s = fxctl::saga(&cli.tracker_url, id, cli.tracker_token.as_deref()).await?;
+            fxctl::user(s["user_id"].as_str().unwrap_or_default())?
+        }
+    };
+    let client = fxctl::connect(&cli.nats_url).await?;
+    let out = fxctl::intervene(&client, id, &user, action, reason, &cli.actor).await?;
+    if cli.json {
+        print_json(&out);
+    } else {
+        for (service, v) in out.as_object().into_iter().flatten() {
+            match v.get("refused") {
+                Some(r) => println!("fx-{service:<6} refused  {}", r.as_str().unwrap_or("?")),
+                None => println!(
+                    "fx-{service:<6} {:<8} {}",
+                    v["outcome"].as_str().unwrap_or("?"),
+                    v["events"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|e| e.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `fxctl saga`: the tracker only, so it needs no broker connection or credentials.
 async fn saga(cli: &Cli, id: &str) -> CtlResult<()> {
     let id = events::SagaId::parse(id).map_err(|e| CtlError::Usage(e.to_string()))?;
@@ -198,14 +274,29 @@ async fn saga(cli: &Cli, id: &str) -> CtlResult<()> {
                 e["type"].as_str().unwrap_or("?"),
                 e["subject"].as_str().unwrap_or("?")
             );
+            if let Some(i) = e.get("intervention").filter(|i| i.is_object()) {
+                println!(
+                    "             {} by {}: {}",
+                    i["action"].as_str().unwrap_or("?"),
+                    i["actor"].as_str().unwrap_or("?"),
+                    i["reason"].as_str().unwrap_or("?")
+                );
+            }
         }
     }
     Ok(())
 }
 
 async fn run(cli: Cli) -> CtlResult<()> {
-    if let Cmd::Saga { id } = &cli.cmd {
-        return saga(&cli, id).await;
+    if let Cmd::Saga { args, reason, user } = &cli.cmd {
+        let (action, id) = saga_args(args)?;
+        return match action {
+            None => saga(&cli, id).await,
+            Some(action) => {
+                let id = events::SagaId::parse(id).map_err(|e| CtlError::Usage(e.to_string()))?;
+                intervene(&cli, action, id, reason.as_deref(), user.as_deref()).await
+            }
+        };
     }
     let client = fxctl::connect(&cli.nats_url).await?;
     match cli.cmd {

@@ -143,7 +143,7 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn unchanged(state: &State, outcome: Handled) -> Decision {
+    pub(crate) fn unchanged(state: &State, outcome: Handled) -> Decision {
         Decision {
             state: state.clone(),
             events: Vec::new(),
@@ -618,7 +618,7 @@ fn commit(d: &mut Decision, saga_id: SagaId, now_ms: u64) -> Result<(), KrwError
 
 /// TCC cancel: held -> available, giving the day's limit back if the hold counted today;
 /// emits krw.released.
-fn release(
+pub(crate) fn release(
     d: &mut Decision,
     saga_id: SagaId,
     reason: ReleaseReason,
@@ -799,7 +799,7 @@ fn describe_request(fp: &RequestFingerprint) -> String {
 }
 
 /// The wire name of a reason enum (its serde form), for messages.
-fn snake<T: serde::Serialize>(v: &T) -> String {
+pub(crate) fn snake<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))

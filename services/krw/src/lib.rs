@@ -17,6 +17,7 @@ mod audit;
 mod config;
 pub mod decide;
 mod error;
+pub mod intervene;
 pub mod records;
 pub mod server;
 mod service;

@@ -5,10 +5,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use events::{Krw, SagaId, UserId};
+use events::{InterventionAction, Krw, SagaId, UserId};
 use runtime::admin::{
     handler, job_handler, serve_admin, AdminError, AdminHandler, AdminRequest, Progress,
 };
+use runtime::intervention;
 use runtime::{Clock, Handled, Runtime, RuntimeConfig, Store};
 use serde::Deserialize;
 use serde_json::json;
@@ -46,8 +47,8 @@ pub async fn serve(
         rt.client(),
         "krw",
         rt.partitioning(),
-        "fx-krw admin: deposit, balance, audit",
-        endpoints(store.clone(), clock.clone()),
+        "fx-krw admin: deposit, balance, audit, saga, saga_cancel, saga_reemit",
+        endpoints(rt.participant(), store.clone(), clock.clone()),
     )
     .await?;
     let sweeper = sweep(rt.participant(), store, clock, sweep_ms);
@@ -88,6 +89,11 @@ struct UserBody {
 }
 
 #[derive(Deserialize)]
+struct SagaBody {
+    saga_id: SagaId,
+}
+
+#[derive(Deserialize)]
 struct DepositBody {
     user_id: UserId,
     krw_amount: Krw,
@@ -106,7 +112,35 @@ fn account_json(store: &Store, user: &UserId) -> Result<serde_json::Value, Admin
     })
 }
 
-fn endpoints(store: Arc<Store>, clock: Clock) -> Vec<(&'static str, AdminHandler)> {
+/// The handler of one intervention, decided by [`KrwService::intervene`].
+fn intervention(
+    service: Arc<KrwService>,
+    store: Arc<Store>,
+    clock: Clock,
+    action: InterventionAction,
+) -> AdminHandler {
+    intervention::endpoint("krw", store, action, move |tx, body, actor| {
+        service.intervene(tx, action, body, actor, clock())
+    })
+}
+
+fn endpoints(
+    service: Arc<KrwService>,
+    store: Arc<Store>,
+    clock: Clock,
+) -> Vec<(&'static str, AdminHandler)> {
+    let cancel = intervention(
+        service.clone(),
+        store.clone(),
+        clock.clone(),
+        InterventionAction::Cancel,
+    );
+    let reemit = intervention(
+        service,
+        store.clone(),
+        clock.clone(),
+        InterventionAction::Reemit,
+    );
     let s = store.clone();
     let deposit = handler(move |req: AdminRequest| {
         let (store, clock) = (s.clone(), clock.clone());
@@ -125,6 +159,26 @@ fn endpoints(store: Arc<Store>, clock: Clock) -> Vec<(&'static str, AdminHandler
             let mut v = account_json(&store, &body.user_id)?;
             v["deposit_id"] = json!(id);
             Ok(v)
+        }
+    });
+    let s = store.clone();
+    let saga = handler(move |req: AdminRequest| {
+        let store = s.clone();
+        async move {
+            let body: SagaBody = req.json()?;
+            let rec: Option<crate::SagaRecord> = store
+                .get(&crate::records::saga_key(body.saga_id))
+                .map_err(AdminError::internal)?;
+            let rec = rec.ok_or_else(|| {
+                AdminError::not_found(format!("fx-krw has no record of saga {}", body.saga_id))
+            })?;
+            Ok(json!({
+                "saga_id": body.saga_id,
+                "user_id": rec.user,
+                "status": rec.status,
+                "pinned": rec.pinned,
+                "krw_amount": rec.hold_amount(),
+            }))
         }
     });
     let s = store.clone();
@@ -148,5 +202,12 @@ fn endpoints(store: Arc<Store>, clock: Clock) -> Vec<(&'static str, AdminHandler
             serde_json::to_value(a).map_err(AdminError::internal)
         }
     });
-    vec![("deposit", deposit), ("balance", balance), ("audit", audit)]
+    vec![
+        ("deposit", deposit),
+        ("balance", balance),
+        ("audit", audit),
+        ("saga", saga),
+        (intervention::CANCEL_ENDPOINT, cancel),
+        (intervention::REEMIT_ENDPOINT, reemit),
+    ]
 }

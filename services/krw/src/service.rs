@@ -4,7 +4,8 @@
 
 use std::future::Future;
 
-use events::{DecodeError, Event, EventKind, RejectReason, SagaId};
+use events::{DecodeError, Event, EventKind, InterventionAction, RejectReason, SagaId, UserId};
+use runtime::intervention::{check_reason, InterventionRequest, Refusal, Verdict};
 use runtime::{abort, Handled, Participant, ReadRecords, Records, Store, TxResult};
 
 use crate::decide::{decide, Decision, Input, InvalidRequest, State};
@@ -70,6 +71,59 @@ impl KrwService {
         self.apply(r, &Input::Expire { saga_id }, &causation, now_ms)
     }
 
+    /// An operator's `cancel` or `reemit` of one saga (see [`crate::intervene`]), in the
+    /// caller's transaction: decides from the saga's records, then writes, journals and emits
+    /// like an event would (caused by the intervention's own event id). A refusal writes
+    /// nothing; `refuse_credit` is fx-usd's, so fx-krw refuses it.
+    pub fn intervene<R: Records>(
+        &self,
+        r: &R,
+        action: InterventionAction,
+        req: &InterventionRequest,
+        actor: &str,
+        now_ms: u64,
+    ) -> TxResult<Result<Verdict, Refusal>> {
+        if let Err(refusal) = check_reason(&req.reason) {
+            return Ok(Err(refusal));
+        }
+        let saga_id = req.saga_id;
+        let before = load_saga(r, saga_id, Some(&req.user_id))?;
+        let cause = saga_id.intervention_id(EventKind::KrwIntervened, action);
+        match action {
+            InterventionAction::Cancel => {
+                let decision = match crate::intervene::decide_cancel(
+                    &before,
+                    saga_id,
+                    actor,
+                    &req.reason,
+                    now_ms,
+                ) {
+                    Ok(Ok(Some(d))) => d,
+                    Ok(Ok(None)) => return Ok(Ok(Verdict::AlreadyDone)),
+                    Ok(Err(refusal)) => return Ok(Err(refusal)),
+                    Err(e) => return abort(e.into()),
+                };
+                write(r, saga_id, &before, &decision, &cause, now_ms)?;
+                Ok(Ok(Verdict::Done(decision.events)))
+            }
+            InterventionAction::Reemit => {
+                match crate::intervene::decide_reemit(&before, saga_id, actor, &req.reason) {
+                    Ok(events) => {
+                        for e in &events {
+                            r.emit(e, &cause, now_ms)?;
+                        }
+                        Ok(Ok(Verdict::Done(events)))
+                    }
+                    Err(refusal) => Ok(Err(refusal)),
+                }
+            }
+            InterventionAction::RefuseCredit => Ok(Err(Refusal::new(
+                runtime::intervention::reasons::WRONG_SERVICE,
+                "refuse-credit is fx-usd's action, not fx-krw's",
+            ))),
+        }
+    }
+
     /// Sagas whose expiry index entry is due at `now_ms` (expiry plus grace reached), oldest
     /// first. Reading outside a transaction is safe: `expire` re-checks inside its own.
     pub fn due_expiries(&self, store: &Store, now_ms: u64) -> runtime::Result<Vec<SagaId>> {
@@ -102,9 +156,13 @@ impl KrwService {
 }
 
 fn load<R: Records>(r: &R, input: &Input<'_>) -> TxResult<State> {
-    let saga: Option<SagaRecord> = r.get(&saga_key(input.saga_id()))?;
+    load_saga(r, input.saga_id(), input.user())
+}
+
+fn load_saga<R: Records>(r: &R, saga_id: SagaId, named: Option<&UserId>) -> TxResult<State> {
+    let saga: Option<SagaRecord> = r.get(&saga_key(saga_id))?;
     // Money of a saga moves on the account of the user who holds it, whoever the event names.
-    let user = saga.as_ref().map(|s| &s.user).or(input.user());
+    let user = saga.as_ref().map(|s| &s.user).or(named);
     let account = match user {
         Some(u) => r.get(&account_key(u))?,
         None => None,

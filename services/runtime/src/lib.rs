@@ -19,6 +19,7 @@ mod config;
 pub mod durable;
 mod error;
 mod fault;
+pub mod intervention;
 mod participant;
 mod runtime;
 mod store;

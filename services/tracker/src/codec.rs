@@ -6,7 +6,9 @@
 //! later layout can read old records (or refuse them, which makes the tracker rebuild).
 //!
 //! Versions: 1 is the original layout; 2 appends the reversal (trade.reversed's terms) as an
-//! option. A version-1 record reads as one with no reversal recorded.
+//! option; 3 stores the seen-set in four bytes instead of two (the intervention kinds are bits
+//! 16 to 18). A version-1 record reads as one with no reversal recorded; versions 1 and 2 read
+//! their two-byte set into the wider one.
 
 use std::str::FromStr;
 
@@ -16,11 +18,13 @@ use uuid::Uuid;
 
 use crate::projection::{
     kind_index, FailureReason, KindSet, Reversal, SagaRecord, SagaState, TimelineEntry,
-    REASON_CODES,
+    REASON_CODES, UNKNOWN_REASON,
 };
 
 /// The layout written by [`encode`].
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
+/// The layout before the seen-set was widened to 32 bits; still read.
+const VERSION_2: u8 = 2;
 /// The layout before the reversal was kept; still read.
 const VERSION_1: u8 = 1;
 
@@ -179,7 +183,7 @@ pub fn encode(rec: &SagaRecord, out: &mut Vec<u8>) {
         let code = REASON_CODES
             .iter()
             .position(|c| *c == f.code)
-            .unwrap_or(REASON_CODES.len() - 1);
+            .unwrap_or(UNKNOWN_REASON);
         o.push(code as u8);
     });
     put_varint(out, rec.started_at_ms);
@@ -223,16 +227,22 @@ pub fn encode(rec: &SagaRecord, out: &mut Vec<u8>) {
 pub fn decode(bytes: &[u8]) -> Result<SagaRecord, CodecError> {
     let mut r = Reader::new(bytes);
     let version = r.u8()?;
-    if version != VERSION && version != VERSION_1 {
+    if ![VERSION_1, VERSION_2, VERSION].contains(&version) {
         return err(&format!(
-            "format version {version}, this build reads {VERSION_1} and {VERSION}"
+            "format version {version}, this build reads {VERSION_1} to {VERSION}"
         ));
     }
     let id: [u8; 16] = r.bytes(16)?.try_into().expect("16 bytes");
     let saga_id = SagaId::from(Uuid::from_bytes(id));
     let user_id = UserId::parse(r.str()?).map_err(|e| CodecError(e.to_string()))?;
     let state = SagaState::from_index(r.u8()? as usize).ok_or(CodecError("bad state".into()))?;
-    let seen = KindSet(u16::from_le_bytes(r.bytes(2)?.try_into().expect("2 bytes")));
+    let seen = if version == VERSION {
+        KindSet(u32::from_le_bytes(r.bytes(4)?.try_into().expect("4 bytes")))
+    } else {
+        KindSet(u32::from(u16::from_le_bytes(
+            r.bytes(2)?.try_into().expect("2 bytes"),
+        )))
+    };
     let requested_krw = r.opt(krw)?;
     let min_usd_amount = r.opt(usd)?;
     let held_krw = r.opt(krw)?;
@@ -379,9 +389,18 @@ mod tests {
         assert!(buf.len() < 400, "{} bytes", buf.len());
         assert!(decode(&buf[..buf.len() - 1]).is_err());
 
-        // A version-1 record (stored before reversals were kept) is this layout without the
-        // trailing reversal option: it still reads, with no reversal.
-        let mut v1 = buf.clone();
+        // A version-2 record (stored before the seen-set was widened) is this layout with a
+        // two-byte set: it still reads, with the same set.
+        let seen_at = 1 + 16 + 1 + rec.user_id.as_str().len() + 1;
+        assert_eq!(&buf[seen_at..seen_at + 4], &rec.seen.0.to_le_bytes());
+        let mut v2 = buf.clone();
+        v2.drain(seen_at + 2..seen_at + 4);
+        v2[0] = 2;
+        assert_eq!(decode(&v2).unwrap(), rec);
+
+        // A version-1 record (stored before reversals were kept) is the version-2 layout
+        // without the trailing reversal option: it still reads, with no reversal.
+        let mut v1 = v2.clone();
         assert_eq!(
             v1.pop(),
             Some(0),
@@ -405,6 +424,29 @@ mod tests {
             at + 100,
         );
         assert!(rec.reversal.is_some());
+        buf.clear();
+        encode(&rec, &mut buf);
+        assert_eq!(decode(&buf).unwrap(), rec);
+
+        // An intervention (a kind past bit 15) round-trips, on the timeline and in the set,
+        // and changes no state.
+        let state = rec.state;
+        apply(
+            &mut rec,
+            &Event::UsdIntervened(Intervened {
+                saga_id: saga,
+                user_id: alice.clone(),
+                action: InterventionAction::Reemit,
+                actor: "admin".into(),
+                reason: "lost on node 2".into(),
+                events: vec!["usd.credit_failed".into()],
+            }),
+            2001,
+            at + 101,
+        );
+        assert!(rec.seen.contains(EventKind::UsdIntervened));
+        assert_eq!(rec.state, state);
+        assert_eq!(rec.timeline.last().unwrap().kind, EventKind::UsdIntervened);
         buf.clear();
         encode(&rec, &mut buf);
         assert_eq!(decode(&buf).unwrap(), rec);

@@ -262,13 +262,20 @@ async fn get_saga(State(app): State<AppState>, Path(id): Path<String>) -> Respon
         );
     };
     match app.model.get(saga_id) {
-        Ok(Some(rec)) => Json(SagaView::of(
-            &rec,
-            app.model.now_ms(),
-            app.model.stuck_after_ms(),
-            true,
-        ))
-        .into_response(),
+        Ok(Some(rec)) => {
+            let mut view = SagaView::of(&rec, app.model.now_ms(), app.model.stuck_after_ms(), true);
+            // An operator's intervention shows who acted and why: its body, from the stream.
+            if let (Some(stream), Some(events)) = (&app.stream, view.events.as_mut()) {
+                for (entry, v) in rec.timeline.iter().zip(events.iter_mut()) {
+                    if entry.kind.is_intervention() {
+                        v.intervention = fetch_body(stream, entry.seq)
+                            .await
+                            .and_then(|b| serde_json::from_str(&b.text).ok());
+                    }
+                }
+            }
+            Json(view).into_response()
+        }
         Ok(None) => json_error(
             StatusCode::NOT_FOUND,
             format!("no saga {saga_id}: the tracker has seen no event of it"),

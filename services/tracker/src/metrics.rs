@@ -57,7 +57,8 @@ pub mod names {
     pub const FX_PNL_KRW: &str = "fx_tracker_fx_pnl_krw";
 }
 
-/// Whether a kind is a success, a failure or a compensation step (`None`: admin).
+/// Whether a kind is a success, a failure or a compensation step (`None`: admin, and an
+/// operator's intervention record).
 fn step_class(kind: EventKind) -> Option<&'static str> {
     match kind {
         EventKind::ExchangeRequested
@@ -75,7 +76,10 @@ fn step_class(kind: EventKind) -> Option<&'static str> {
         EventKind::KrwDeposited
         | EventKind::UsdDeposited
         | EventKind::UsdFrozen
-        | EventKind::UsdUnfrozen => None,
+        | EventKind::UsdUnfrozen
+        | EventKind::KrwIntervened
+        | EventKind::TradeIntervened
+        | EventKind::UsdIntervened => None,
     }
 }
 

@@ -110,13 +110,13 @@ impl Serialize for SagaState {
     }
 }
 
-/// A set of event kinds, one bit per position in `EventKind::ALL` (16 kinds: every bit of a
-/// `u16` is taken; a test fails when a 17th kind is added).
+/// A set of event kinds, one bit per position in `EventKind::ALL` (a `u32`: room for 32 kinds;
+/// codec version 3 stores all four bytes, versions 1 and 2 stored the 16 bits of a `u16`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct KindSet(pub u16);
+pub struct KindSet(pub u32);
 
 impl KindSet {
-    fn bit(kind: EventKind) -> u16 {
+    fn bit(kind: EventKind) -> u32 {
         1 << kind_index(kind)
     }
 
@@ -155,6 +155,9 @@ pub fn kind_index(kind: EventKind) -> usize {
         EventKind::UsdFrozen => 13,
         EventKind::UsdUnfrozen => 14,
         EventKind::TradeReversed => 15,
+        EventKind::KrwIntervened => 16,
+        EventKind::TradeIntervened => 17,
+        EventKind::UsdIntervened => 18,
     }
 }
 
@@ -200,7 +203,7 @@ impl fmt::Display for FailureReason {
 }
 
 /// Every reason code of the contract, so a stored index maps back to a `&'static str`.
-pub(crate) const REASON_CODES: [&str; 20] = [
+pub(crate) const REASON_CODES: [&str; 21] = [
     "invalid_request",
     "user_mismatch",
     "unknown_user",
@@ -219,10 +222,16 @@ pub(crate) const REASON_CODES: [&str; 20] = [
     "account_frozen",
     "insufficient_liquidity",
     "order_cancelled",
-    // Spares keep stored indices stable if the contract grows.
+    // Index 18 was a spare ("unknown") that no record ever stored: encode falls back to the
+    // last index for a code it does not know.
+    "operator",
     "unknown",
-    "unknown",
+    // Codes added later go after the fallback, so stored indices never move.
+    "credit_refused",
 ];
+
+/// Index of `"unknown"` in [`REASON_CODES`]: what a code not in the table is stored as.
+pub(crate) const UNKNOWN_REASON: usize = 19;
 
 fn reject_code(r: RejectReason) -> &'static str {
     match r {
@@ -241,6 +250,7 @@ fn release_code(r: ReleaseReason) -> &'static str {
         ReleaseReason::TradeFailed => "trade_failed",
         ReleaseReason::TradeCancelled => "trade_cancelled",
         ReleaseReason::Expired => "expired",
+        ReleaseReason::Operator => "operator",
     }
 }
 
@@ -250,6 +260,7 @@ fn trade_fail_code(r: TradeFailReason) -> &'static str {
         TradeFailReason::VenueUnavailable => "venue_unavailable",
         TradeFailReason::HoldExpiring => "hold_expiring",
         TradeFailReason::HoldReleased => "hold_released",
+        TradeFailReason::CreditRefused => "credit_refused",
     }
 }
 
@@ -265,6 +276,7 @@ fn credit_fail_code(r: CreditFailReason) -> &'static str {
         CreditFailReason::AccountFrozen => "account_frozen",
         CreditFailReason::InsufficientLiquidity => "insufficient_liquidity",
         CreditFailReason::OrderCancelled => "order_cancelled",
+        CreditFailReason::Operator => "operator",
     }
 }
 
@@ -867,6 +879,10 @@ pub fn apply(rec: &mut SagaRecord, event: &Event, seq: u64, at_ms: u64) -> Appli
         Event::UsdCredited(e) => rec.witness_usd(kind, e.usd_amount),
         Event::UsdCreditFailed(e) => fail(rec, credit_fail_code(e.reason)),
         Event::UsdDebited(e) => rec.witness_usd(kind, e.usd_amount),
+        // The operator's record of an intervention: on the timeline (its body, with the
+        // reason, is read back from the stream), never a step of the flow. What the action
+        // caused (krw.released, usd.credit_failed) is applied as its own event.
+        Event::KrwIntervened(_) | Event::TradeIntervened(_) | Event::UsdIntervened(_) => {}
         Event::KrwDeposited(_)
         | Event::UsdDeposited(_)
         | Event::UsdFrozen(_)
@@ -1037,7 +1053,7 @@ mod tests {
         for (i, kind) in EventKind::ALL.into_iter().enumerate() {
             assert_eq!(kind_index(kind), i, "{kind}");
         }
-        assert!(EventKind::ALL.len() <= 16, "KindSet holds 16 kinds");
+        assert!(EventKind::ALL.len() <= 32, "KindSet holds 32 kinds");
     }
 
     #[test]

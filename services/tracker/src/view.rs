@@ -166,6 +166,10 @@ pub struct EventView {
     pub at: u64,
     /// ms since the previous entry (`null` for the first).
     pub since_previous_ms: Option<u64>,
+    /// For an operator's intervention (`<domain>.intervened`): its body, read back from the
+    /// stream (`action`, `actor`, `reason`, `events`). Absent for other events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intervention: Option<serde_json::Value>,
 }
 
 impl SagaView {
@@ -214,6 +218,7 @@ pub fn events_of(rec: &SagaRecord) -> Vec<EventView> {
                 seq: e.seq,
                 at: e.at_ms,
                 since_previous_ms: prev.map(|p| e.at_ms.saturating_sub(p)),
+                intervention: None,
             };
             prev = Some(e.at_ms);
             v

@@ -40,9 +40,9 @@ pub use breaker::{Admission, BreakerConfig, BreakerState, CircuitBreaker};
 pub use config::TradeConfig;
 pub use http_venue::HttpVenue;
 pub use order::{
-    decide, hold_expiring, order_key, Decision, Fill, OrderRecord, OrderState, Quote, Reversal,
-    HOUSE_ACCOUNT, ORDER_PREFIX, PNL_ACCOUNT, POSITION_ACCOUNT, REVERSAL_RETRY_MAX_MS,
-    VENUE_ACCOUNT,
+    decide, hold_expiring, order_key, reemit_events, Decision, Fill, OrderRecord, OrderState,
+    Quote, Reversal, HOUSE_ACCOUNT, ORDER_PREFIX, PNL_ACCOUNT, POSITION_ACCOUNT,
+    REVERSAL_RETRY_MAX_MS, VENUE_ACCOUNT,
 };
 pub use reconcile::{combine, reconcile, report, ReconcileError, TradeReport, VenueReconciliation};
 pub use venue::{
@@ -88,6 +88,55 @@ pub fn apply<R: Records>(
         records.emit(e, &cause, now_ms)?;
     }
     Ok(decision.handled)
+}
+
+/// An operator's `reemit` of one saga at fx-trade, in the caller's transaction: its last word
+/// from `order:<saga_id>` (see [`reemit_events`]), then trade.intervened, caused by the
+/// intervention's own event id. Changes no record; `cancel` and `refuse_credit` are fx-krw's
+/// and fx-usd's.
+pub fn intervene<R: Records>(
+    records: &R,
+    action: events::InterventionAction,
+    req: &runtime::intervention::InterventionRequest,
+    actor: &str,
+    now_ms: u64,
+) -> TxResult<Result<runtime::intervention::Verdict, runtime::intervention::Refusal>> {
+    use runtime::intervention::{check_reason, intervened, reasons, Refusal, Verdict};
+    if let Err(refusal) = check_reason(&req.reason) {
+        return Ok(Err(refusal));
+    }
+    if action != events::InterventionAction::Reemit {
+        return Ok(Err(Refusal::new(
+            reasons::WRONG_SERVICE,
+            format!("{} is not fx-trade's action", action.as_str()),
+        )));
+    }
+    let Some(order) = records.get::<OrderRecord>(&order_key(req.saga_id))? else {
+        return Ok(Err(Refusal::new(
+            reasons::UNKNOWN_SAGA,
+            format!(
+                "fx-trade has no record of saga {}: it has not answered a krw.held of it",
+                req.saga_id
+            ),
+        )));
+    };
+    let mut events = reemit_events(req.saga_id, &order);
+    events.push(intervened(
+        EventKind::TradeIntervened,
+        req.saga_id,
+        &order.user_id,
+        action,
+        actor,
+        &req.reason,
+        &events,
+    ));
+    let cause = req
+        .saga_id
+        .intervention_id(EventKind::TradeIntervened, action);
+    for e in &events {
+        records.emit(e, &cause, now_ms)?;
+    }
+    Ok(Ok(Verdict::Done(events)))
 }
 
 /// The fx-trade participant: config, an injected venue and the breaker around it.

@@ -40,8 +40,8 @@
 //! as `fx_pnl`.
 
 use events::{
-    CancelReason, Event, Krw, KrwHeld, KrwReleased, Rate, SagaId, TradeCancelled, TradeFailReason,
-    TradeFailed, TradeFilled, TradeReversed, Usd, UserId,
+    CancelReason, CreditFailReason, Event, Krw, KrwHeld, KrwReleased, Rate, SagaId, TradeCancelled,
+    TradeFailReason, TradeFailed, TradeFilled, TradeReversed, Usd, UserId,
 };
 use runtime::{Handled, JournalEntry};
 use serde::{Deserialize, Serialize};
@@ -277,7 +277,16 @@ pub fn decide(
     match (order.map(|o| &o.state), event) {
         (None, Event::KrwHeld(held)) => decide_held(held, quote, now_ms, config),
         (None, Event::KrwReleased(rel)) => decide_released(rel, quote, now_ms, config),
-        (Some(state), Event::KrwReleased(rel)) if state.unverified() => verify(
+        (
+            Some(
+                state @ OrderState::Failed {
+                    reason: failed_reason,
+                    ..
+                },
+            ),
+            Event::KrwReleased(rel),
+        ) if state.unverified() => verify(
+            *failed_reason,
             order.map(|o| &o.user_id).unwrap_or(&rel.user_id),
             rel,
             quote,
@@ -291,6 +300,30 @@ pub fn decide(
             CancelReason::HoldReleased,
             now_ms,
         ),
+        // fx-usd refused the credit (an operator's refuse-credit) before any fill: the saga is
+        // never filled. The tombstone is announced now, so fx-krw releases, and a later
+        // krw.held never reaches the venue. It stays unverified: a delivery of krw.held whose
+        // fill was lost in a crash may have executed, so the krw.released that follows asks
+        // the venue (and reverses what it finds), as after venue_unavailable.
+        (None, Event::UsdCreditFailed(cf)) if cf.reason == CreditFailReason::Operator => {
+            let mut d = failed(
+                cf.saga_id,
+                &cf.user_id,
+                TradeFailReason::CreditRefused,
+                "fx-usd refused the credit before fx-trade filled; this exchange will not be \
+                 filled"
+                    .into(),
+                now_ms,
+            );
+            if let Some(OrderRecord {
+                state: OrderState::Failed { unverified, .. },
+                ..
+            }) = d.order.as_mut()
+            {
+                *unverified = true;
+            }
+            d
+        }
         (Some(OrderState::Filled(fill)), Event::UsdCreditFailed(cf)) => cancel(
             cf.saga_id,
             order.map(|o| &o.user_id).unwrap_or(&cf.user_id),
@@ -318,8 +351,8 @@ pub fn decide(
         // - krw.held again (redelivery, or after the tombstone: already answered; prepare did
         //   not call the venue for it, since the record exists);
         // - krw.released after trade.failed / trade.cancelled: the normal compensation echo;
-        // - usd.credit_failed after a cancel, or before any fill (fx-usd only answers our own
-        //   events, so this cannot happen; there is nothing to reverse either way);
+        // - usd.credit_failed after a cancel or a failure, or before any fill for any reason
+        //   but an operator's (fx-usd answers only our fills then; nothing to reverse);
         // - trade.cancelled again after its reversal was booked (a redelivery).
         _ => Decision::ignored(),
     }
@@ -494,6 +527,7 @@ fn decide_released(
 /// business with the venue, so no event. While the venue cannot answer, ask again later: no
 /// one waits on this answer, so there is no deadline.
 fn verify(
+    failed_reason: TradeFailReason,
     user_id: &UserId,
     rel: &KrwReleased,
     quote: &Quote,
@@ -532,7 +566,7 @@ fn verify(
         order: Some(OrderRecord {
             user_id: user_id.clone(),
             state: OrderState::Failed {
-                reason: TradeFailReason::VenueUnavailable,
+                reason: failed_reason,
                 unverified: false,
                 reversed,
                 reversal,
@@ -739,6 +773,47 @@ fn cancel(
     Decision::applied(record, event, Some(journal))
 }
 
+/// `fxctl saga reemit` at fx-trade: its last word for the saga, rebuilt from the order record
+/// with the original event ids (trade.filled; trade.failed; trade.cancelled; and
+/// trade.reversed once booked). trade.failed's human message is not kept, so its re-emit says
+/// so; its reason is the original's. `None` when fx-trade has no record of the saga.
+pub fn reemit_events(saga_id: SagaId, order: &OrderRecord) -> Vec<Event> {
+    let user_id = &order.user_id;
+    match &order.state {
+        OrderState::Filled(fill) => filled_parts(saga_id, user_id, fill.clone(), 0).events,
+        OrderState::Failed {
+            reason,
+            reversed,
+            reversal,
+            ..
+        } => {
+            let mut events = vec![Event::TradeFailed(TradeFailed {
+                saga_id,
+                user_id: user_id.clone(),
+                reason: *reason,
+                message: "re-emitted by an operator; fx-trade keeps the reason, not the \
+                          original message"
+                    .into(),
+            })];
+            if let (Some(fill), Some(r)) = (reversed, reversal) {
+                events.push(reversed_event(saga_id, user_id, fill, r));
+            }
+            events
+        }
+        OrderState::Cancelled {
+            fill,
+            reason,
+            reversal,
+        } => {
+            let mut events = cancel(saga_id, user_id, fill, *reason, 0).events;
+            if let Some(r) = reversal {
+                events.push(reversed_event(saga_id, user_id, fill, r));
+            }
+            events
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -789,6 +864,69 @@ mod tests {
 
     fn config() -> TradeConfig {
         TradeConfig::default()
+    }
+
+    #[test]
+    fn a_credit_refused_before_any_fill_fails_the_saga_for_good_and_verifies_on_release() {
+        let refused = Event::UsdCreditFailed(UsdCreditFailed {
+            saga_id: saga(),
+            user_id: alice(),
+            reason: events::CreditFailReason::Operator,
+            message: "an operator refused this credit".into(),
+        });
+        let d = decide(None, &refused, &Quote::NotNeeded, NOW, &config());
+        let [Event::TradeFailed(f)] = d.events.as_slice() else {
+            panic!("{:?}", d.events)
+        };
+        assert_eq!(f.reason, TradeFailReason::CreditRefused);
+        let order = d.order.expect("tombstone");
+        assert!(order.state.unverified(), "the release asks the venue");
+        // A later krw.held never fills: the record answers it.
+        let later = decide(
+            Some(&order),
+            &held(None, 60_000),
+            &Quote::NotNeeded,
+            NOW + 1,
+            &config(),
+        );
+        assert_eq!(later.handled, Handled::Ignored);
+        // The release that follows verifies, keeping the reason.
+        let v = decide(
+            Some(&order),
+            &released(),
+            &Quote::NoExecution,
+            NOW + 2,
+            &config(),
+        );
+        assert!(matches!(
+            v.order.unwrap().state,
+            OrderState::Failed {
+                reason: TradeFailReason::CreditRefused,
+                unverified: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn reemit_rebuilds_the_events_that_were_emitted() {
+        let d = decide(
+            None,
+            &held(None, 60_000),
+            &Quote::Rate(rate(1400)),
+            NOW,
+            &config(),
+        );
+        let filled = d.order.unwrap();
+        assert_eq!(reemit_events(saga(), &filled), d.events);
+        let c = decide(
+            Some(&filled),
+            &credit_failed(),
+            &Quote::NotNeeded,
+            NOW + 1,
+            &config(),
+        );
+        assert_eq!(reemit_events(saga(), &c.order.unwrap()), c.events);
     }
 
     fn the_event(d: &Decision) -> &Event {

@@ -3,7 +3,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use events::InterventionAction;
 use runtime::admin::{job_handler, serve_admin, AdminError, Progress};
+use runtime::intervention;
 use runtime::{Runtime, RuntimeConfig};
 
 use crate::{HttpVenue, SimulatedVenue, TradeConfig, TradeService, Venue};
@@ -84,12 +86,21 @@ pub async fn serve(
             serde_json::to_value(a).map_err(AdminError::internal)
         }
     });
+    let (store, clock) = (rt.store(), rt.clock());
+    let reemit = intervention::endpoint(
+        "trade",
+        store,
+        InterventionAction::Reemit,
+        move |tx, body, actor| {
+            crate::intervene(tx, InterventionAction::Reemit, body, actor, clock())
+        },
+    );
     let admin = serve_admin(
         rt.client(),
         "trade",
         rt.partitioning(),
-        "fx-trade admin: audit (books and venue reconciliation)",
-        vec![("audit", audit)],
+        "fx-trade admin: audit (books and venue reconciliation), saga_reemit",
+        vec![("audit", audit), (intervention::REEMIT_ENDPOINT, reemit)],
     )
     .await?;
     tokio::select! {

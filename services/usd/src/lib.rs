@@ -15,6 +15,7 @@ mod admin;
 mod audit;
 mod config;
 mod decide;
+pub mod intervene;
 pub mod model;
 pub mod server;
 
@@ -79,6 +80,61 @@ pub fn apply<R: Records>(records: &R, event: &Event, now_ms: u64) -> TxResult<Ha
         records.emit(e, &cause, now_ms)?;
     }
     Ok(decision.handled)
+}
+
+/// An operator's `refuse_credit` or `reemit` of one saga (see [`intervene`]), in the caller's
+/// transaction: decides from `credit:<saga_id>`, writes the record and emits (caused by the
+/// intervention's own event id). A refusal writes nothing; `cancel` is fx-krw's.
+pub fn intervene<R: Records>(
+    records: &R,
+    action: events::InterventionAction,
+    req: &runtime::intervention::InterventionRequest,
+    actor: &str,
+    now_ms: u64,
+) -> TxResult<Result<runtime::intervention::Verdict, runtime::intervention::Refusal>> {
+    use events::InterventionAction as A;
+    use runtime::intervention::{check_reason, reasons, Refusal, Verdict};
+    if let Err(refusal) = check_reason(&req.reason) {
+        return Ok(Err(refusal));
+    }
+    let key = credit_key(req.saga_id);
+    let record: Option<CreditRecord> = records.get(&key)?;
+    let cause = req
+        .saga_id
+        .intervention_id(EventKind::UsdIntervened, action);
+    let events = match action {
+        A::RefuseCredit => match intervene::decide_refuse_credit(
+            record.as_ref(),
+            req.saga_id,
+            &req.user_id,
+            actor,
+            &req.reason,
+            now_ms,
+        ) {
+            Ok(Some((record, events))) => {
+                records.put(&key, &record)?;
+                events
+            }
+            Ok(None) => return Ok(Ok(Verdict::AlreadyDone)),
+            Err(refusal) => return Ok(Err(refusal)),
+        },
+        A::Reemit => {
+            match intervene::decide_reemit(record.as_ref(), req.saga_id, actor, &req.reason) {
+                Ok(events) => events,
+                Err(refusal) => return Ok(Err(refusal)),
+            }
+        }
+        A::Cancel => {
+            return Ok(Err(Refusal::new(
+                reasons::WRONG_SERVICE,
+                "cancel is fx-krw's action, not fx-usd's",
+            )))
+        }
+    };
+    for e in &events {
+        records.emit(e, &cause, now_ms)?;
+    }
+    Ok(Ok(Verdict::Done(events)))
 }
 
 /// The fx-usd participant.

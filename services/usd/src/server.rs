@@ -3,8 +3,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use events::{SagaId, Usd, UserId};
+use events::{InterventionAction, SagaId, Usd, UserId};
 use runtime::admin::{handler, job_handler, serve_admin, AdminError, AdminRequest, Progress};
+use runtime::intervention;
 use runtime::{Clock, Runtime, RuntimeConfig, Store};
 use serde::Deserialize;
 use serde_json::json;
@@ -41,7 +42,7 @@ pub async fn serve(
         rt.client(),
         "usd",
         rt.partitioning(),
-        "fx-usd admin: deposit, balance, freeze, unfreeze, audit",
+        "fx-usd admin: deposit, balance, freeze, unfreeze, audit, saga_refuse_credit, saga_reemit",
         endpoints(store, clock),
     )
     .await?;
@@ -79,6 +80,7 @@ fn account_json(store: &Store, user: &UserId) -> Result<serde_json::Value, Admin
 }
 
 fn endpoints(store: Arc<Store>, clock: Clock) -> Vec<(&'static str, runtime::admin::AdminHandler)> {
+    let (store2, clock2) = (store.clone(), clock.clone());
     let s = store.clone();
     let c = clock.clone();
     let deposit = handler(move |req: AdminRequest| {
@@ -153,5 +155,28 @@ fn endpoints(store: Arc<Store>, clock: Clock) -> Vec<(&'static str, runtime::adm
         ("freeze", freeze_handler(true)),
         ("unfreeze", freeze_handler(false)),
         ("audit", audit),
+        (
+            intervention::REFUSE_CREDIT_ENDPOINT,
+            intervention_handler(
+                store2.clone(),
+                clock2.clone(),
+                InterventionAction::RefuseCredit,
+            ),
+        ),
+        (
+            intervention::REEMIT_ENDPOINT,
+            intervention_handler(store2, clock2, InterventionAction::Reemit),
+        ),
     ]
+}
+
+/// The handler of one intervention, decided by [`crate::intervene`].
+fn intervention_handler(
+    store: Arc<Store>,
+    clock: Clock,
+    action: InterventionAction,
+) -> runtime::admin::AdminHandler {
+    intervention::endpoint("usd", store, action, move |tx, body, actor| {
+        crate::intervene(tx, action, body, actor, clock())
+    })
 }

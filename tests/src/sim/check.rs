@@ -194,7 +194,11 @@ struct SagaEvents {
 impl SagaEvents {
     fn push(&mut self, e: &Event) {
         // Requests are the user's, not the choreography's: krw.held says which one counts.
-        if e.kind() == EventKind::ExchangeRequested || self.kinds.contains(&e.kind()) {
+        // An operator's intervention record is no step of the flow (checked on its own).
+        if e.kind() == EventKind::ExchangeRequested
+            || e.kind().is_intervention()
+            || self.kinds.contains(&e.kind())
+        {
             return;
         }
         self.kinds.push(e.kind());
@@ -548,10 +552,13 @@ pub fn check(world: &World) -> Report {
         if let Some(r) = &reversed {
             let ok = ev.filled.is_none()
                 && ev.cancelled.is_none()
-                && ev
-                    .failed
-                    .as_ref()
-                    .is_some_and(|f| f.reason == events::TradeFailReason::VenueUnavailable)
+                && ev.failed.as_ref().is_some_and(|f| {
+                    matches!(
+                        f.reason,
+                        events::TradeFailReason::VenueUnavailable
+                            | events::TradeFailReason::CreditRefused
+                    )
+                })
                 && ev
                     .held
                     .as_ref()
@@ -653,6 +660,65 @@ pub fn check(world: &World) -> Report {
                     world.venue.executed_rate(saga)
                 ));
             }
+        }
+
+        // An operator's interventions: what they caused ends the usual way, with the money
+        // right (checked above for the outcome), and each is recorded with who and why.
+        let acts: Vec<(EventKind, events::InterventionAction)> = world
+            .stream()
+            .iter()
+            .filter(|m| m.event.saga_id() == saga)
+            .filter_map(|m| m.event.intervention().map(|i| (m.event.kind(), i.action)))
+            .collect();
+        let recorded =
+            |kind: EventKind, action: events::InterventionAction| acts.contains(&(kind, action));
+        let mut operator = Vec::new();
+        if ev
+            .released
+            .as_ref()
+            .is_some_and(|r| r.reason == events::ReleaseReason::Operator)
+        {
+            if outcome != SagaOutcome::Compensated {
+                operator.push("released by an operator's cancel but not COMPENSATED");
+            }
+            if !recorded(EventKind::KrwIntervened, events::InterventionAction::Cancel) {
+                operator.push("krw.released(operator) without its krw.intervened(cancel)");
+            }
+        }
+        if ev
+            .credit_failed
+            .as_ref()
+            .is_some_and(|f| f.reason == events::CreditFailReason::Operator)
+        {
+            if outcome != SagaOutcome::Compensated {
+                operator.push("credit refused by an operator but not COMPENSATED");
+            }
+            if u.contains_key("credit") {
+                operator.push("credit refused by an operator, yet fx-usd credited");
+            }
+            if !recorded(
+                EventKind::UsdIntervened,
+                events::InterventionAction::RefuseCredit,
+            ) {
+                operator.push("usd.credit_failed(operator) without its usd.intervened");
+            }
+        }
+        if ev
+            .failed
+            .as_ref()
+            .is_some_and(|f| f.reason == events::TradeFailReason::CreditRefused)
+            && !ev
+                .credit_failed
+                .as_ref()
+                .is_some_and(|f| f.reason == events::CreditFailReason::Operator)
+        {
+            operator.push("trade.failed(credit_refused) without an operator's refusal");
+        }
+        for what in operator {
+            out.push(format!(
+                "saga {name}: {what} (events: {kinds}; {})",
+                ops_desc()
+            ));
         }
 
         // fx-krw's own record of the saga agrees with the outcome and with krw.held.

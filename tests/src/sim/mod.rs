@@ -7,7 +7,9 @@
 //! transaction and flush semantics ([`store`]), wired by a simulated broker that reorders,
 //! duplicates and redelivers, with crashes that lose unflushed work (also between flush and
 //! ack), relays that republish, inbox pruning, per-node clock skew, a clock that jumps past
-//! hold expiries, and faults at the venue and in USD accounts ([`world`]). After the faults
+//! hold expiries, faults at the venue and in USD accounts, and operator interventions on
+//! random sagas at random moments (reemit, cancel, refuse-credit, through the services' own
+//! decisions) ([`world`]). After the faults
 //! heal and the system is quiescent, [`check`] verifies invariants 1 to 4 of DESIGN.md, that
 //! only conflicting requests are dead-lettered, and that every venue execution is booked; one
 //! seed in [`AUDIT_EVERY`] also runs the services' own audits.
@@ -80,6 +82,7 @@ enum Action {
     Crash,
     Fault,
     Prune,
+    Intervene,
 }
 
 /// Runs one seed to the end and checks it; with `trace`, records every step.
@@ -242,6 +245,9 @@ fn notable(e: &Event) -> Option<String> {
         Event::TradeCancelled(c) => format!("trade.cancelled {:?}", c.reason),
         Event::UsdCreditFailed(f) => format!("usd.credit_failed {:?}", f.reason),
         Event::UsdDebited(_) => "usd.debited".into(),
+        Event::KrwIntervened(i) | Event::TradeIntervened(i) | Event::UsdIntervened(i) => {
+            format!("{} {}", e.kind(), i.action.as_str())
+        }
         _ => return None,
     })
 }
@@ -281,6 +287,8 @@ fn step(
         table.push((Action::Leap, ws.leap));
         table.push((Action::Fault, ws.fault));
         table.push((Action::Prune, ws.prune));
+        // An operator acts on a saga at a random moment, about as often as a fault.
+        table.push((Action::Intervene, ws.fault));
     }
     // A few tries to find a step that applies; if none does, let time pass (the only thing
     // left to do when everything waits for a redelivery delay or an expiry).
@@ -470,6 +478,20 @@ fn try_action(
                 }
             }
             *coverage.entry("step fault".into()).or_default() += 1;
+            true
+        }
+        Action::Intervene => {
+            let Some(req) = world.requests().choose(rng).cloned() else {
+                return false;
+            };
+            let action = *events::InterventionAction::ALL
+                .choose(rng)
+                .expect("non-empty");
+            for answer in world.intervene(action, req.saga_id, &req.user_id) {
+                *coverage
+                    .entry(format!("operator {} {answer}", action.as_str()))
+                    .or_default() += 1;
+            }
             true
         }
         Action::Prune => {

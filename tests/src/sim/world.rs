@@ -506,6 +506,74 @@ impl World {
         self.flush(NodeId::Usd, false);
     }
 
+    /// An operator's intervention on one saga (`fxctl saga <action>`), through the services'
+    /// own code: `reemit` asks fx-krw, fx-trade and fx-usd; `cancel` fx-krw; `refuse_credit`
+    /// fx-usd, after fxctl's check that fx-krw holds the saga's KRW. Each is one admin
+    /// transaction, then a flush (the admin endpoint's). Returns what each service answered:
+    /// `done`, `already_done`, or the refusal's reason.
+    pub fn intervene(
+        &mut self,
+        action: events::InterventionAction,
+        saga_id: SagaId,
+        user_id: &UserId,
+    ) -> Vec<String> {
+        use events::InterventionAction as A;
+        use runtime::intervention::{InterventionRequest, Verdict};
+        use runtime::Records;
+        let req = InterventionRequest {
+            saga_id,
+            user_id: user_id.clone(),
+            reason: format!("sim operator: {}", action.as_str()),
+        };
+        let nodes: &[NodeId] = match action {
+            A::Reemit => &[NodeId::Krw, NodeId::Trade, NodeId::Usd],
+            A::Cancel => &[NodeId::Krw],
+            A::RefuseCredit => {
+                let held = self.admin(NodeId::Krw, |tx, _| {
+                    tx.get::<krw::SagaRecord>(&krw::records::saga_key(saga_id))
+                });
+                if held.is_none_or(|r| r.status != krw::SagaStatus::Held || &r.user != user_id) {
+                    self.note(|w| {
+                        format!(
+                            "operator refuse_credit {}: fxctl refuses, fx-krw holds nothing \
+                             for this user",
+                            w.saga_name(saga_id)
+                        )
+                    });
+                    return vec!["finished".into()];
+                }
+                &[NodeId::Usd]
+            }
+        };
+        let mut answers = Vec::new();
+        for &node in nodes {
+            let krw_service = self.krw.clone();
+            let verdict = self.admin(node, |tx, now| match node {
+                NodeId::Krw => krw_service.intervene(tx, action, &req, "sim-operator", now),
+                NodeId::Trade => trade::intervene(tx, action, &req, "sim-operator", now),
+                NodeId::Usd => usd::intervene(tx, action, &req, "sim-operator", now),
+            });
+            let answer = match &verdict {
+                Ok(Verdict::Done(_)) => "done".to_owned(),
+                Ok(Verdict::AlreadyDone) => "already_done".to_owned(),
+                Err(r) => r.code.to_owned(),
+            };
+            self.note(|w| {
+                format!(
+                    "operator {} {} at {}: {answer}",
+                    action.as_str(),
+                    w.saga_name(saga_id),
+                    node.name()
+                )
+            });
+            if matches!(verdict, Ok(Verdict::Done(_))) {
+                self.flush(node, false);
+            }
+            answers.push(answer);
+        }
+        answers
+    }
+
     // ---- the venue ---------------------------------------------------------------------------
 
     /// Takes the venue down or brings it back.
@@ -899,7 +967,7 @@ impl World {
             ));
         }
         if let Some(first) = self.by_id.get(&entry.event_id).cloned() {
-            if *first != *event {
+            if !same_decision(&first, &event) {
                 // The same event id with another body: a decision was made twice differently,
                 // which "publish only what is durable" exists to prevent.
                 self.violate(format!(
@@ -1120,4 +1188,26 @@ fn describe_outcome(o: &Outcome) -> String {
         Outcome::Duplicate => "duplicate (inbox)".into(),
         Outcome::Failed(e) => format!("HANDLER FAILED: {e}"),
     }
+}
+
+/// True when `again`, published under the id of `first`, says the same decision: the same
+/// body; or an operator's re-emit of a final word whose human message the service does not
+/// keep (same reason, the message says it was re-emitted); or another intervention record
+/// (each operator act under one id per action; the broker's window drops a repeat).
+fn same_decision(first: &Event, again: &Event) -> bool {
+    if first == again || (first.kind().is_intervention() && again.kind().is_intervention()) {
+        return true;
+    }
+    let body = |e: &Event| {
+        let mut v: serde_json::Value = serde_json::from_slice(&e.to_json()).expect("JSON");
+        let reemitted = v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("re-emitted by an operator"));
+        if let Some(o) = v.as_object_mut() {
+            o.remove("message");
+        }
+        (v, reemitted)
+    };
+    let ((a, first_reemitted), (b, again_reemitted)) = (body(first), body(again));
+    a == b && (first_reemitted || again_reemitted)
 }

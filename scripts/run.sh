@@ -7,6 +7,11 @@
 # Data lives under ./.fx/ (git-ignored) and is reused: running it twice continues where the
 # first run stopped.
 #
+# --prometheus also starts a Prometheus on loopback (FX_PROMETHEUS_PORT, default 9090) that
+# scrapes every process and evaluates the alert rules of config/prometheus/ (its data in
+# .fx/prometheus; installed from Debian's package where it can be, skipped with a message where
+# it can't).
+#
 # The broker it starts runs config/nats.conf: no anonymous access, one identity per process
 # (docs/security.md). Dev passwords are generated on the first run into
 # ./.fx/nats-passwords.env (mode 600, never committed) and reused. With $NATS_URL, the broker
@@ -25,6 +30,19 @@ mkdir -p "$logs"
 script=run.sh
 # shellcheck source=scripts/lib.sh
 . "$root/scripts/lib.sh"
+
+with_prometheus=0
+for arg in "$@"; do
+  case "$arg" in
+    --prometheus) with_prometheus=1 ;;
+    -h | --help)
+      echo "usage: scripts/run.sh [--prometheus]"
+      exit 0
+      ;;
+    *) die "unknown option $arg (usage: scripts/run.sh [--prometheus])" ;;
+  esac
+done
+prometheus_port="${FX_PROMETHEUS_PORT:-9090}"
 
 say "building (release)"
 cargo build --release --quiet -p krw -p trade -p usd -p tracker -p fxctl -p venue
@@ -172,6 +190,32 @@ else
   say "demo accounts exist (data reused from .fx/)"
 fi
 
+prometheus_line=""
+if ((with_prometheus)); then
+  if prometheus_bin="$(scripts/ensure-prometheus.sh)"; then
+    port_open 127.0.0.1 "$prometheus_port" \
+      && die "port $prometheus_port is taken (another Prometheus?); set FX_PROMETHEUS_PORT"
+    # The config as shipped, with the addresses this run uses and the rules by absolute path.
+    mkdir -p "$fx_dir/prometheus"
+    venue_target="${FX_VENUE_URL#*://}"
+    venue_target="${venue_target%%/*}"
+    sed -e "s|127.0.0.1:8080|127.0.0.1:$tracker_port|" \
+        -e "s|127.0.0.1:9104|$venue_target|" \
+        -e "s|^  - alerts.yml|  - $root/config/prometheus/alerts.yml|" \
+        config/prometheus/prometheus.yml >"$fx_dir/prometheus/prometheus.yml"
+    say "starting Prometheus on 127.0.0.1:$prometheus_port (config/prometheus, data in .fx/prometheus)"
+    "$prometheus_bin" --config.file="$fx_dir/prometheus/prometheus.yml" \
+      --storage.tsdb.path="$fx_dir/prometheus/data" \
+      --web.listen-address="127.0.0.1:$prometheus_port" >"$logs/prometheus.log" 2>&1 &
+    pids+=($!)
+    wait_until "Prometheus" 30 port_open 127.0.0.1 "$prometheus_port"
+    prometheus_line="
+  Prometheus:  http://127.0.0.1:$prometheus_port/alerts   (rules: config/prometheus/alerts.yml; runbook: docs/runbook.md)"
+  else
+    say "Prometheus is not available here; running without it (see the message above)"
+  fi
+fi
+
 say "sample exchanges"
 echo "-- alice sells 1,500,000 KRW (ends COMPLETED):"
 client exchange --user alice --krw 1500000 --min-usd 1000.00 --wait || true
@@ -202,7 +246,7 @@ cat <<TXT
   Dashboard:   http://127.0.0.1:$tracker_port/
   JSON API:    http://127.0.0.1:$tracker_port/api/sagas   /api/stats   /metrics
   Broker:      $NATS_URL   (data in .fx/, logs in .fx/logs/)
-  Venue:       $FX_VENUE_URL/v1/executions   (docs/venue.md)
+  Venue:       $FX_VENUE_URL/v1/executions   (docs/venue.md)$prometheus_line
 $creds_hint
   Try next:
     $fxctl exchange --user alice --krw 250000 --wait

@@ -2,7 +2,8 @@
 # The project's one test command (the README's, and CI's through .ci/run).
 #
 # Installs what the tests need (a nats-server >= 2.10, the nats CLI v0.5.0 built with Go and
-# nats-py into .tools/; chromium and fuse3 from Debian where it can), then checks formatting,
+# nats-py into .tools/; chromium, fuse3 and prometheus from Debian where it can), checks the
+# Prometheus config and alert rules with promtool, then checks formatting,
 # lints, and runs every test against real parts: a real nats-server per test, sled in temp dirs.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -55,6 +56,19 @@ else
   echo "fusermount3 not installed and apt-get not usable here; the power-cut tests will be skipped"
 fi
 [[ -e /dev/fuse ]] || echo "/dev/fuse is missing; the power-cut tests will be skipped"
+
+step "promtool: config/prometheus (the scrape config, the alert rules and their unit tests)"
+if PROMETHEUS_BIN="$(scripts/ensure-prometheus.sh)"; then
+  export PROMETHEUS_BIN
+  promtool="$(dirname "$PROMETHEUS_BIN")/promtool"
+  [[ -x "$promtool" ]] || promtool="$(command -v promtool)"
+  "$promtool" check config config/prometheus/prometheus.yml
+  "$promtool" check rules config/prometheus/alerts.yml
+  "$promtool" test rules config/prometheus/alerts_test.yml
+else
+  unset PROMETHEUS_BIN
+  echo "Prometheus could not be installed: promtool's checks and the real-Prometheus test are skipped"
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

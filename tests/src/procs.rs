@@ -1,5 +1,5 @@
 //! Service binaries as processes, for the tests that kill them for real (SIGKILL, SIGSTOP):
-//! the chaos test and the partitioned cluster test.
+//! the chaos test, the partitioned cluster test and the real-Prometheus test.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -65,6 +65,25 @@ pub fn service_env(
     env
 }
 
+/// The environment of fx-venue as a process: its order book under `data_root/venue`, its HTTP
+/// (API and `/metrics`) on `http_port`, then `market` (the `FX_VENUE_*` knobs of the test).
+pub fn venue_env(
+    data_root: &Path,
+    http_port: u16,
+    market: &[(&str, String)],
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        (
+            "FX_DATA_DIR".into(),
+            data_root.join("venue").display().to_string(),
+        ),
+        ("FX_HTTP_ADDR".into(), format!("127.0.0.1:{http_port}")),
+    ];
+    env.extend(market.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+    env.push(("RUST_LOG".into(), "warn".into()));
+    env
+}
+
 /// The broker redelivers an unacked message after this (`FX_ACK_WAIT_MS` of [`service_env`]).
 pub const ACK_WAIT_MS: u64 = 2_000;
 
@@ -72,6 +91,8 @@ pub const ACK_WAIT_MS: u64 = 2_000;
 pub struct Service {
     pub name: &'static str,
     pub bin: PathBuf,
+    /// Command-line arguments (none for the services, which read the environment).
+    pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub log: PathBuf,
     pub child: Option<Child>,
@@ -90,6 +111,7 @@ impl Service {
         Service {
             name,
             bin: bins.join(format!("fx-{name}")),
+            args: Vec::new(),
             env,
             log: logs.join(format!("{name}.log")),
             child: None,
@@ -105,6 +127,7 @@ impl Service {
             .open(&self.log)
             .unwrap();
         let child = Command::new(&self.bin)
+            .args(&self.args)
             .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

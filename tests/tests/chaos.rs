@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use common::Identities;
 use events::{Krw, SagaId, Usd, UserId};
-use fx_tests::procs::{all_sagas, binaries, dec, http_get, service_env, Service, ACK_WAIT_MS};
+use fx_tests::procs::{
+    all_sagas, binaries, dec, http_get, service_env, venue_env, Service, ACK_WAIT_MS,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rust_decimal::Decimal;
@@ -86,23 +88,13 @@ async fn chaos_loses_nothing() {
     let url = broker.url();
     // The venue in its own process, its order book on the same filesystem as everything else.
     let venue_port = free_port();
-    let mut venue = Service::new(
-        &bins,
-        "venue",
-        vec![
-            (
-                "FX_DATA_DIR".into(),
-                root.join("venue").display().to_string(),
-            ),
-            ("FX_HTTP_ADDR".into(), format!("127.0.0.1:{venue_port}")),
-            ("FX_VENUE_FAILURE_RATE".into(), "0.03".into()),
-            ("FX_VENUE_VOLATILITY_BPS".into(), "20".into()),
-            ("FX_VENUE_SEED".into(), seed.to_string()),
-            ("RUST_LOG".into(), "warn".into()),
-        ],
-        dir.path(),
-        venue_port,
-    );
+    let market = [
+        ("FX_VENUE_FAILURE_RATE", "0.03".to_owned()),
+        ("FX_VENUE_VOLATILITY_BPS", "20".to_owned()),
+        ("FX_VENUE_SEED", seed.to_string()),
+    ];
+    let env = venue_env(&root, venue_port, &market);
+    let mut venue = Service::new(&bins, "venue", env, dir.path(), venue_port);
     venue.spawn();
     let mut services: HashMap<&'static str, Service> = HashMap::new();
     for name in SERVICES {
@@ -370,6 +362,7 @@ async fn chaos_loses_nothing() {
     let mut rebuilt = Service {
         name: "tracker-rebuilt",
         bin: bins.join("fx-tracker"),
+        args: Vec::new(),
         env: service_env("tracker-rebuilt", &url, identity, dir.path(), rebuilt_port),
         log: dir.path().join("tracker-rebuilt.log"),
         child: None,

@@ -93,6 +93,7 @@ async fn partitions_keep_running_through_a_leader_kill_and_an_instance_kill() {
         let mut s = Service {
             name,
             bin: bins.join(format!("fx-{bin}")),
+            args: Vec::new(),
             env,
             log: dir.path().join(format!("{name}.log")),
             child: None,

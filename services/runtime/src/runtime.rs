@@ -45,6 +45,9 @@ const PULL_EXPIRES_MS: u64 = 30_000;
 const MAX_ACK_PENDING: i64 = 20_000;
 /// Most often the outbox depth and age gauges are refreshed while the relay is busy.
 const OUTBOX_GAUGE_INTERVAL_MS: u64 = 1_000;
+/// How often a service asks the broker about its own durable consumer, for the consumer
+/// gauges (one small request a second, like the pull heartbeat).
+const CONSUMER_GAUGE_INTERVAL_MS: u64 = 1_000;
 /// Relay retry policy: first and largest delay after a failed publish.
 const RELAY_RETRY_MIN_MS: u64 = 50;
 const RELAY_RETRY_MAX_MS: u64 = 5_000;
@@ -342,6 +345,7 @@ async fn consume_loop<P: Participant>(
         },
     )
     .await?;
+    let _gauges = AbortOnDrop(tokio::spawn(consumer_gauges(service, consumer.clone())));
     let batch_max = config.batch_max.max(1);
     let mut pipe = Pipeline::new(
         participant.clone(),
@@ -414,6 +418,39 @@ async fn consume_loop<P: Participant>(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Aborts the task when dropped: a helper task that lives as long as the loop that spawned it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sets the consumer gauges (pending, ack pending, redelivered) from the broker's view of
+/// this service's durable consumer, every [`CONSUMER_GAUGE_INTERVAL_MS`]. While the broker
+/// does not answer they keep their last values; the broker's own view of a stopped service is
+/// `nats consumer report FX`.
+async fn consumer_gauges(service: &'static str, consumer: jetstream::consumer::PullConsumer) {
+    let name = consumer.cached_info().name.clone();
+    let mut tick = tokio::time::interval(Duration::from_millis(CONSUMER_GAUGE_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match consumer.get_info().await {
+            Ok(info) => {
+                let labels = [("service", service.to_owned()), ("consumer", name.clone())];
+                metrics::gauge!(names::CONSUMER_PENDING, &labels).set(info.num_pending as f64);
+                metrics::gauge!(names::CONSUMER_ACK_PENDING, &labels)
+                    .set(info.num_ack_pending as f64);
+                metrics::gauge!(names::CONSUMER_REDELIVERED, &labels)
+                    .set(info.num_redelivered as f64);
+            }
+            Err(e) => tracing::debug!(service, error = %e, "consumer info"),
         }
     }
 }

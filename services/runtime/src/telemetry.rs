@@ -29,6 +29,15 @@ pub mod names {
     pub const OUTBOX_DEPTH: &str = "fx_outbox_depth";
     /// Gauge: age of the oldest outbox entry in seconds, by `service`.
     pub const OUTBOX_OLDEST_AGE: &str = "fx_outbox_oldest_age_seconds";
+    /// Gauge: messages on the stream this service's durable consumer has yet to receive
+    /// (the broker's `num_pending`), by `service` and `consumer`.
+    pub const CONSUMER_PENDING: &str = "fx_consumer_pending_messages";
+    /// Gauge: messages delivered to the consumer and not acked yet (`num_ack_pending`), by
+    /// `service` and `consumer`.
+    pub const CONSUMER_ACK_PENDING: &str = "fx_consumer_ack_pending_messages";
+    /// Gauge: messages the broker redelivered that are not acked yet (`num_redelivered`), by
+    /// `service` and `consumer`.
+    pub const CONSUMER_REDELIVERED: &str = "fx_consumer_redelivered_messages";
     /// Histogram: messages per group commit, by `service`.
     pub const BATCH_SIZE: &str = "fx_batch_size";
     /// Histogram: seconds to handle one message (decode, prepare, transaction), by `service`.

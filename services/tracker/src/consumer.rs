@@ -191,11 +191,12 @@ fn to_stream_message(msg: &jetstream::Message) -> Option<StreamMessage> {
     })
 }
 
-/// Asks the stream for its last sequence every `every`, for the lag gauge, and refreshes the
-/// gauges (STUCK depends on the clock, so it changes without events).
+/// Asks the stream for its last sequence every `every`, for the lag gauge, and `FX_DLQ` for its
+/// depth, and refreshes the gauges (STUCK depends on the clock, so it changes without events).
 pub async fn watch_stream(
     model: Arc<ReadModel>,
     mut stream: stream::Stream,
+    mut dlq: stream::Stream,
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -209,6 +210,10 @@ pub async fn watch_stream(
         match stream.info().await {
             Ok(info) => model.set_stream_last_seq(info.state.last_sequence),
             Err(e) => debug!(error = %e, "stream info"),
+        }
+        match dlq.info().await {
+            Ok(info) => m::set_dlq_messages(info.state.messages),
+            Err(e) => debug!(error = %e, "FX_DLQ stream info"),
         }
         m::set_gauges(&model);
     }

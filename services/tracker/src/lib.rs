@@ -181,6 +181,7 @@ pub struct Tracker {
     config: TrackerConfig,
     model: Arc<ReadModel>,
     stream: async_nats::jetstream::stream::Stream,
+    dlq: async_nats::jetstream::stream::Stream,
     http_addr: SocketAddr,
     http: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
     health: runtime::telemetry::Health,
@@ -212,6 +213,13 @@ impl Tracker {
             js.get_stream(runtime::STREAM)
                 .await
                 .map_err(|e| runtime::RuntimeError::js("get stream FX", e))
+        })
+        .await?;
+        // FX_DLQ's depth is a gauge (`fx_tracker_dlq_messages`): the tracker only reads its info.
+        let dlq = runtime::broker::retry_setup("get stream FX_DLQ", timeout_ms, || async {
+            js.get_stream(runtime::DLQ_STREAM)
+                .await
+                .map_err(|e| runtime::RuntimeError::js("get stream FX_DLQ", e))
         })
         .await?;
         let model = Arc::new(ReadModel::open(
@@ -253,6 +261,7 @@ impl Tracker {
             config,
             model,
             stream,
+            dlq,
             http_addr,
             http: Box::pin(http),
             health,
@@ -282,6 +291,7 @@ impl Tracker {
         let watcher = tokio::spawn(consumer::watch_stream(
             self.model.clone(),
             self.stream.clone(),
+            self.dlq.clone(),
             Duration::from_millis(WATCH_INTERVAL_MS),
             stop.clone(),
         ));

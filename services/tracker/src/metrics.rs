@@ -38,8 +38,16 @@ pub mod names {
     pub const COMPENSATION_LATENCY: &str = "fx_tracker_compensation_latency_seconds";
     /// Histogram: seconds from a saga's first event to its terminal event, per `outcome`.
     pub const SAGA_DURATION: &str = "fx_tracker_saga_duration_seconds";
-    /// Gauge: sagas STUCK now.
+    /// Gauge: sagas STUCK now (no event for longer than `FX_STUCK_AFTER_MS`), per
+    /// non-terminal `state`.
     pub const STUCK: &str = "fx_tracker_stuck_sagas";
+    /// Gauge: per non-terminal `state`, the longest time since a saga in it saw an event,
+    /// seconds (0 when none is in it): what STUCK alerts with a threshold per state compare.
+    pub const OLDEST_IDLE: &str = "fx_tracker_oldest_idle_seconds";
+    /// Gauge: the longest a saga now COMPENSATING has been compensating, seconds.
+    pub const OLDEST_COMPENSATING: &str = "fx_tracker_oldest_compensating_seconds";
+    /// Gauge: messages in `FX_DLQ` (the dead letters kept).
+    pub const DLQ_MESSAGES: &str = "fx_tracker_dlq_messages";
     /// Gauge: sagas INCONSISTENT.
     pub const INCONSISTENT: &str = "fx_tracker_inconsistent_sagas";
     /// Gauge: last stream sequence processed.
@@ -129,7 +137,18 @@ pub fn describe() {
         Unit::Seconds,
         "First event to terminal event, stream time."
     );
-    describe_gauge!(names::STUCK, "Sagas STUCK now.");
+    describe_gauge!(names::STUCK, "Sagas STUCK now, per non-terminal state.");
+    describe_gauge!(
+        names::OLDEST_IDLE,
+        Unit::Seconds,
+        "Per non-terminal state, the longest time since a saga in it saw an event."
+    );
+    describe_gauge!(
+        names::OLDEST_COMPENSATING,
+        Unit::Seconds,
+        "The longest a saga now COMPENSATING has been compensating."
+    );
+    describe_gauge!(names::DLQ_MESSAGES, "Messages in FX_DLQ.");
     describe_gauge!(names::INCONSISTENT, "Sagas INCONSISTENT.");
     describe_gauge!(names::LAST_SEQ, "Last FX stream sequence processed.");
     describe_gauge!(
@@ -182,6 +201,11 @@ pub fn record_batch(report: &BatchReport) {
     }
 }
 
+/// Sets the FX_DLQ depth (from the stream's info, on the periodic tick).
+pub fn set_dlq_messages(messages: u64) {
+    gauge!(names::DLQ_MESSAGES).set(messages as f64);
+}
+
 /// Sets the gauges from the model (after each batch and on the periodic tick).
 pub fn set_gauges(model: &ReadModel) {
     let stats = model.stats();
@@ -189,7 +213,12 @@ pub fn set_gauges(model: &ReadModel) {
         gauge!(names::SAGAS, "state" => state.as_str()).set(stats.by_state[state.as_str()] as f64);
     }
     gauge!(names::COMPENSATION_RATE).set(stats.compensation_rate);
-    gauge!(names::STUCK).set(stats.stuck as f64);
+    let waiting = model.waiting();
+    for (state, w) in &waiting.by_state {
+        gauge!(names::STUCK, "state" => state.as_str()).set(w.stuck as f64);
+        gauge!(names::OLDEST_IDLE, "state" => state.as_str()).set(w.oldest_idle_ms as f64 / 1000.0);
+    }
+    gauge!(names::OLDEST_COMPENSATING).set(waiting.oldest_compensating_ms as f64 / 1000.0);
     gauge!(names::INCONSISTENT).set(stats.inconsistent as f64);
     gauge!(names::LAST_SEQ).set(stats.last_seq as f64);
     gauge!(names::LAG).set(stats.lag as f64);

@@ -112,6 +112,25 @@ pub struct Page {
     pub next_cursor: Option<u64>,
 }
 
+/// What [`ReadModel::waiting`] reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Waiting {
+    /// Every non-terminal state, in [`SagaState::ALL`] order, with what waits in it.
+    pub by_state: Vec<(SagaState, StateWaiting)>,
+    /// The longest a saga now COMPENSATING has been compensating (since the event that started
+    /// its compensation), ms; 0 when none is.
+    pub oldest_compensating_ms: u64,
+}
+
+/// The sagas in one non-terminal state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateWaiting {
+    /// How many are STUCK (no event for longer than `FX_STUCK_AFTER_MS`).
+    pub stuck: u64,
+    /// The longest time since one's last event, ms; 0 when the state is empty.
+    pub oldest_idle_ms: u64,
+}
+
 /// The projection of every saga (see the module docs).
 pub struct ReadModel {
     store: Store,
@@ -456,6 +475,38 @@ impl ReadModel {
         (stuck.into_iter().take(limit).cloned().collect(), total)
     }
 
+    /// How long the sagas that are not over have waited, at the clock's now: per non-terminal
+    /// state, how many are STUCK and the longest time since one's last event; and the longest
+    /// a COMPENSATING saga has been compensating. What the alerts with per-state thresholds
+    /// read (`fx_tracker_oldest_idle_seconds`, `fx_tracker_oldest_compensating_seconds`).
+    pub fn waiting(&self) -> Waiting {
+        let now = self.now_ms();
+        let mut w = Waiting {
+            by_state: SagaState::ALL
+                .into_iter()
+                .filter(|s| !s.is_terminal())
+                .map(|s| (s, StateWaiting::default()))
+                .collect(),
+            oldest_compensating_ms: 0,
+        };
+        let inner = self.read();
+        for r in inner.sagas.values().map(|s| &s.rec) {
+            let Some((_, sw)) = w.by_state.iter_mut().find(|(s, _)| *s == r.state) else {
+                continue;
+            };
+            let idle = now.saturating_sub(r.last_event_at_ms);
+            sw.oldest_idle_ms = sw.oldest_idle_ms.max(idle);
+            if r.is_stuck(now, self.stuck_after_ms) {
+                sw.stuck += 1;
+            }
+            if r.state == SagaState::Compensating {
+                let since = r.compensation_started_at_ms.unwrap_or(r.last_event_at_ms);
+                w.oldest_compensating_ms = w.oldest_compensating_ms.max(now.saturating_sub(since));
+            }
+        }
+        w
+    }
+
     /// INCONSISTENT sagas, newest first, at most `limit`; and how many in all.
     pub fn inconsistent(&self, limit: usize) -> Result<(Vec<SagaRecord>, u64), TrackerError> {
         let (ids, total): (Vec<SagaId>, u64) = {
@@ -682,5 +733,78 @@ mod tests {
         let model = open();
         assert_eq!(model.stats(), want);
         assert_eq!(pending_listing(&model), [pending]);
+    }
+
+    #[test]
+    fn waiting_reports_per_state_the_stuck_the_longest_idle_and_the_longest_compensating() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Arc::new(AtomicU64::new(0));
+        let clock: Clock = {
+            let now = now.clone();
+            Arc::new(move || now.load(Ordering::Relaxed))
+        };
+        let model = ReadModel::open(dir.path(), 10, 60_000, clock).unwrap();
+        let (held, alice) = saga("alice");
+        let (compensating, bob) = saga("bob");
+        // alice's saga is held at t=1000; bob's is filled, then cancelled at t=5000.
+        let mut timed: Vec<(u64, Event)> = vec![(1000, cancelled(held, &alice).remove(0))];
+        for (at, e) in [1000, 2000, 5000]
+            .into_iter()
+            .zip(cancelled(compensating, &bob))
+        {
+            timed.push((at, e));
+        }
+        let batch: Vec<StreamMessage> = timed
+            .iter()
+            .enumerate()
+            .map(|(i, (at, e))| StreamMessage {
+                seq: i as u64 + 1,
+                at_ms: *at,
+                subject: e.subject(),
+                payload: e.to_json().into(),
+            })
+            .collect();
+        model.ingest(&batch).unwrap();
+        let state_of = |id| model.get(id).unwrap().unwrap().state;
+        assert_eq!(state_of(held), SagaState::KrwHeld);
+        assert_eq!(state_of(compensating), SagaState::Compensating);
+
+        now.store(62_000, Ordering::Relaxed);
+        let w = model.waiting();
+        let of = |state| w.by_state.iter().find(|(s, _)| *s == state).unwrap().1;
+        assert_eq!(
+            w.by_state.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            [
+                SagaState::Requested,
+                SagaState::KrwHeld,
+                SagaState::OrderPlaced,
+                SagaState::UsdCredited,
+                SagaState::Compensating
+            ],
+            "every non-terminal state, and only those"
+        );
+        assert_eq!(
+            of(SagaState::KrwHeld),
+            StateWaiting {
+                stuck: 1,
+                oldest_idle_ms: 61_000
+            },
+            "idle past the 60 s threshold: STUCK"
+        );
+        assert_eq!(
+            of(SagaState::Compensating),
+            StateWaiting {
+                stuck: 0,
+                oldest_idle_ms: 57_000
+            }
+        );
+        assert_eq!(of(SagaState::Requested), StateWaiting::default());
+        let started = model
+            .get(compensating)
+            .unwrap()
+            .unwrap()
+            .compensation_started_at_ms
+            .unwrap();
+        assert_eq!(w.oldest_compensating_ms, 62_000 - started);
     }
 }

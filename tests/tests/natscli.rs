@@ -250,6 +250,20 @@ fn expectations() -> Vec<Expect> {
             ],
         ),
         expect(
+            "nats --context fx-admin stream view FX --subject 'fx.*.*.alice'",
+            Run::Terminal,
+            &[
+                "[1] Subject: fx.krw.deposited.alice",
+                "[6] Subject: fx.krw.committed.alice",
+                "Reached apparent end of data",
+            ],
+        ),
+        expect(
+            "nats --context fx-admin stream info FX_DLQ",
+            Run::Once,
+            &["Information for Stream FX_DLQ", "Messages: 0"],
+        ),
+        expect(
             "nats --context fx-admin consumer report FX",
             Run::Once,
             &[

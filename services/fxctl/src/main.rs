@@ -439,6 +439,14 @@ async fn run(cli: Cli) -> CtlResult<()> {
                             "FAILED"
                         };
                         println!("{name}: {verdict}");
+                        if verdict != "ok"
+                            && a[runtime::admin::CHANGED_DURING_AUDIT].as_bool() == Some(true)
+                        {
+                            println!(
+                                "  (the store changed during this audit: sagas were in flight, and a \
+                                 difference may be one of them; audit again when traffic is quiet to confirm)"
+                            );
+                        }
                         print_failures(a);
                         if svc == "trade" {
                             print_venue_part(a);

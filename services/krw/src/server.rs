@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use events::{InterventionAction, Krw, SagaId, UserId};
 use runtime::admin::{
-    handler, job_handler, serve_admin, AdminError, AdminHandler, AdminRequest, Progress,
+    audit_json, handler, job_handler, serve_admin, walk_store, AdminError, AdminHandler,
+    AdminRequest, Progress,
 };
 use runtime::intervention;
 use runtime::{Clock, Handled, Runtime, RuntimeConfig, Store};
@@ -194,12 +195,8 @@ fn endpoints(
     let audit = job_handler(move |progress: Progress| {
         let store = store.clone();
         async move {
-            let a =
-                tokio::task::spawn_blocking(move || crate::audit_with_progress(&store, &progress))
-                    .await
-                    .map_err(AdminError::internal)?
-                    .map_err(AdminError::internal)?;
-            serde_json::to_value(a).map_err(AdminError::internal)
+            let (a, changed) = walk_store(store, progress, crate::audit_with_progress).await?;
+            audit_json(a, changed)
         }
     });
     vec![

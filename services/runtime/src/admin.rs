@@ -276,7 +276,11 @@ where
                 };
             }
             if let Some(job) = guard.as_ref().filter(|j| j.outcome.is_none()) {
-                return job.status();
+                // Joined, not started: it began before this request, so a caller that wants an
+                // audit of what it just did waits for it and then starts its own.
+                let mut status = job.status()?;
+                status["joined"] = true.into();
+                return Ok(status);
             }
             let id = guard.as_ref().map_or(1, |j| j.id + 1);
             let progress = Progress::default();
@@ -303,6 +307,38 @@ where
     })
 }
 
+/// Runs `walk` (an audit) over `store` on a blocking thread, so the async workers keep serving,
+/// counting on `progress`. Also says whether the store committed anything during the walk: an
+/// audit reads its trees one after another, not a snapshot, so a difference found while
+/// sagas were in flight may be one of them, and only a walk of a store at rest is exact.
+pub async fn walk_store<T: Send + 'static>(
+    store: Arc<crate::Store>,
+    progress: Progress,
+    walk: impl FnOnce(&crate::Store, &Progress) -> Result<T> + Send + 'static,
+) -> std::result::Result<(T, bool), AdminError> {
+    tokio::task::spawn_blocking(move || {
+        let before = store.commits();
+        let found = walk(&store, &progress)?;
+        Ok((found, store.commits() != before))
+    })
+    .await
+    .map_err(AdminError::internal)?
+    .map_err(|e: RuntimeError| AdminError::internal(e))
+}
+
+/// The field of an audit report that says the store changed during its walk.
+pub const CHANGED_DURING_AUDIT: &str = "store_changed_during_audit";
+
+/// An audit report as JSON, with [`CHANGED_DURING_AUDIT`].
+pub fn audit_json<T: Serialize>(
+    report: T,
+    changed: bool,
+) -> std::result::Result<serde_json::Value, AdminError> {
+    let mut v = serde_json::to_value(report).map_err(AdminError::internal)?;
+    v[CHANGED_DURING_AUDIT] = changed.into();
+    Ok(v)
+}
+
 /// How often [`request_job_to`] asks a running job how far it got.
 pub const JOB_POLL_MS: u64 = 250;
 
@@ -318,14 +354,27 @@ pub async fn request_job_to(
     actor: &str,
     mut progress: impl FnMut(u64, u64),
 ) -> std::result::Result<serde_json::Value, AdminError> {
-    let mut body = serde_json::json!({});
+    let start = serde_json::json!({});
+    let mut body = start.clone();
+    // A job that was already running when asked began before this call: follow it to its end,
+    // then start one of our own.
+    let mut joined = false;
     loop {
         let state = request_to(client, service, partition, endpoint, actor, &body).await?;
-        progress(
-            state["done"].as_u64().unwrap_or(0),
-            state["elapsed_ms"].as_u64().unwrap_or(0),
-        );
+        if body == start {
+            joined = state["joined"] == true;
+        }
+        if !joined {
+            progress(
+                state["done"].as_u64().unwrap_or(0),
+                state["elapsed_ms"].as_u64().unwrap_or(0),
+            );
+        }
         if state["state"] == "done" {
+            if joined {
+                body = start.clone();
+                continue;
+            }
             return Ok(state["result"].clone());
         }
         body = serde_json::json!({ "job": state["job"] });

@@ -97,6 +97,9 @@ pub struct Store {
     /// Highest outbox key known to be flushed; the relay publishes up to it and no further.
     watermark: watch::Sender<u64>,
     flusher: Flusher,
+    /// Write transactions committed since the store opened: an audit compares it before and
+    /// after its walk to tell whether the store changed under it.
+    commits: std::sync::atomic::AtomicU64,
 }
 
 /// Allocations at or above this many bytes get their own mapping from glibc's malloc, returned
@@ -282,6 +285,7 @@ impl Store {
             flusher: Flusher::start(db, files)?,
             write_lock: Mutex::new(()),
             watermark: watch::Sender::new(0),
+            commits: std::sync::atomic::AtomicU64::new(0),
         };
         let tail = store.outbox_tail()?;
         store.watermark.send_replace(tail);
@@ -352,10 +356,21 @@ impl Store {
             },
         );
         match result {
-            Ok(v) => Ok(v),
+            Ok(v) => {
+                self.commits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(v)
+            }
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(RuntimeError::Store(e)),
         }
+    }
+
+    /// Write transactions committed since the store opened. An audit walks trees one after
+    /// another, not a snapshot: when this moved during its walk, a difference it reports may be
+    /// a saga that was in flight.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The group-commit point: makes every committed transaction durable, then lets the relay

@@ -62,9 +62,10 @@ async fn a_long_job_answers_at_once_with_its_progress_and_then_its_result() {
     })
     .await;
     assert_eq!(seen["state"], "running");
+    let joined = ask(json!({})).await.unwrap();
     assert_eq!(
-        ask(json!({})).await.unwrap()["job"],
-        1,
+        (joined["job"].clone(), joined["joined"].clone()),
+        (json!(1), json!(true)),
         "joined, not a second job"
     );
     let unknown = ask(json!({ "job": 7 })).await.unwrap_err();
@@ -95,5 +96,22 @@ async fn a_long_job_answers_at_once_with_its_progress_and_then_its_result() {
     assert_eq!(result, json!({ "ok": true, "checked": 3 }));
     assert!(!reports.is_empty());
     assert_eq!(ask(json!({ "job": 2 })).await.unwrap()["state"], "done");
+
+    // A caller that finds a job running (3, started by someone else) waits for it to end and
+    // then runs its own (4): what it gets began after it asked.
+    assert_eq!(ask(json!({})).await.unwrap()["job"], 3);
+    finish.add_permits(2);
+    let result = request_job_to(
+        &client,
+        "jobs",
+        Partitioning::SINGLE,
+        "audit",
+        "test",
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(result["ok"], true);
+    assert_eq!(ask(json!({ "job": 4 })).await.unwrap()["state"], "done");
     served.abort();
 }

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use events::InterventionAction;
-use runtime::admin::{job_handler, serve_admin, AdminError, Progress};
+use runtime::admin::{audit_json, job_handler, serve_admin, walk_store, AdminError, Progress};
 use runtime::intervention;
 use runtime::{Runtime, RuntimeConfig};
 
@@ -73,17 +73,11 @@ pub async fn serve(
         let store = store.clone();
         let venue = venue.clone();
         async move {
-            let books = {
-                let store = store.clone();
-                let progress = progress.clone();
-                tokio::task::spawn_blocking(move || crate::audit_with_progress(&store, &progress))
-                    .await
-                    .map_err(AdminError::internal)?
-                    .map_err(AdminError::internal)?
-            };
+            let (books, changed) =
+                walk_store(store.clone(), progress, crate::audit_with_progress).await?;
             let venue_part = crate::reconcile(&store, &*venue, partitioning).await;
             let a = crate::combine(books, venue_part).map_err(AdminError::internal)?;
-            serde_json::to_value(a).map_err(AdminError::internal)
+            audit_json(a, changed)
         }
     });
     let (store, clock) = (rt.store(), rt.clock());

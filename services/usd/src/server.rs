@@ -4,7 +4,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use events::{InterventionAction, SagaId, Usd, UserId};
-use runtime::admin::{handler, job_handler, serve_admin, AdminError, AdminRequest, Progress};
+use runtime::admin::{
+    audit_json, handler, job_handler, serve_admin, walk_store, AdminError, AdminRequest, Progress,
+};
 use runtime::intervention;
 use runtime::{Clock, Runtime, RuntimeConfig, Store};
 use serde::Deserialize;
@@ -141,12 +143,8 @@ fn endpoints(store: Arc<Store>, clock: Clock) -> Vec<(&'static str, runtime::adm
     let audit = job_handler(move |progress: Progress| {
         let store = s.clone();
         async move {
-            let a =
-                tokio::task::spawn_blocking(move || crate::audit_with_progress(&store, &progress))
-                    .await
-                    .map_err(AdminError::internal)?
-                    .map_err(AdminError::internal)?;
-            serde_json::to_value(a).map_err(AdminError::internal)
+            let (a, changed) = walk_store(store, progress, crate::audit_with_progress).await?;
+            audit_json(a, changed)
         }
     });
     vec![

@@ -476,41 +476,148 @@ impl Market {
     }
 }
 
-/// A [`Book`] in memory.
+/// A [`Book`] in memory, compact: the embedded venue of a long run holds one row per execution
+/// for the life of the process (about 100 bytes each, against 280 for whole [`Execution`]s
+/// keyed by their text ids: fx-trade's resident memory grew by that much per saga). The ids
+/// fx-trade derives from a saga are kept as the saga's 16 bytes; any other id as text.
 #[derive(Default)]
 pub struct MemoryBook {
-    by_id: HashMap<ClientOrderId, usize>,
-    executions: Vec<Execution>,
+    /// Buy and sale of each saga-derived id, as row indices.
+    by_saga: HashMap<SagaId, [Option<u32>; 2]>,
+    /// Rows of ids not derived from a saga (orders placed by hand in tests).
+    by_text: HashMap<ClientOrderId, u32>,
+    /// Executions in sequence order (row `i` has sequence number `i + 1`).
+    rows: Vec<Row>,
+    /// Each user once; rows refer to them by index.
+    users: Vec<UserId>,
+    user_index: HashMap<UserId, u32>,
+    texts: Vec<ClientOrderId>,
+}
+
+/// One execution of a [`MemoryBook`].
+struct Row {
+    id: RowId,
+    user: u32,
+    side: Side,
+    rate: Rate,
+    krw_amount: Krw,
+    usd_amount: Usd,
+    executed_at_ms: u64,
+}
+
+enum RowId {
+    Saga(SagaId),
+    Text(u32),
+}
+
+impl MemoryBook {
+    /// The saga an id is derived from, when it is exactly the buy's or the reversal's id.
+    fn saga_of(id: &ClientOrderId, side: Side) -> Option<SagaId> {
+        let text = id.as_str();
+        let saga = match side {
+            Side::Buy => text,
+            Side::Sell => text.strip_suffix(".reversal")?,
+        };
+        SagaId::parse(saga).ok().filter(|s| match side {
+            Side::Buy => ClientOrderId::buy(*s) == *id,
+            Side::Sell => ClientOrderId::reversal(*s) == *id,
+        })
+    }
+
+    fn slot(side: Side) -> usize {
+        match side {
+            Side::Buy => 0,
+            Side::Sell => 1,
+        }
+    }
+
+    fn row_of(&self, id: &ClientOrderId) -> Option<usize> {
+        for side in [Side::Buy, Side::Sell] {
+            let found =
+                Self::saga_of(id, side).and_then(|saga| self.by_saga.get(&saga)?[Self::slot(side)]);
+            if let Some(i) = found {
+                return Some(i as usize);
+            }
+        }
+        // A saga-shaped id on the other side (a sale under a buy's id) is kept as text.
+        self.by_text.get(id).map(|&i| i as usize)
+    }
+
+    fn execution(&self, i: usize) -> Execution {
+        let r = &self.rows[i];
+        Execution {
+            seq: i as u64 + 1,
+            client_order_id: match r.id {
+                RowId::Saga(saga) => match r.side {
+                    Side::Buy => ClientOrderId::buy(saga),
+                    Side::Sell => ClientOrderId::reversal(saga),
+                },
+                RowId::Text(t) => self.texts[t as usize].clone(),
+            },
+            user_id: self.users[r.user as usize].clone(),
+            side: r.side,
+            rate: r.rate,
+            krw_amount: r.krw_amount,
+            usd_amount: r.usd_amount,
+            executed_at_ms: r.executed_at_ms,
+        }
+    }
+
+    fn since(&self, after_seq: u64, limit: usize) -> Vec<Execution> {
+        let from = usize::try_from(after_seq).unwrap_or(usize::MAX);
+        (from..self.rows.len().min(from.saturating_add(limit)))
+            .map(|i| self.execution(i))
+            .collect()
+    }
+
+    fn count(&self, side: Side) -> usize {
+        self.rows.iter().filter(|r| r.side == side).count()
+    }
 }
 
 impl Book for MemoryBook {
     type Error = std::convert::Infallible;
 
     fn get(&self, id: &ClientOrderId) -> Result<Option<Execution>, Self::Error> {
-        Ok(self.by_id.get(id).map(|&i| self.executions[i].clone()))
+        Ok(self.row_of(id).map(|i| self.execution(i)))
     }
 
     fn last_seq(&self) -> Result<u64, Self::Error> {
-        Ok(self.executions.len() as u64)
+        Ok(self.rows.len() as u64)
     }
 
-    fn insert(&mut self, execution: &Execution) -> Result<(), Self::Error> {
-        self.by_id
-            .insert(execution.client_order_id.clone(), self.executions.len());
-        self.executions.push(execution.clone());
+    fn insert(&mut self, e: &Execution) -> Result<(), Self::Error> {
+        let row = u32::try_from(self.rows.len()).expect("fewer than 4 billion executions");
+        let id = match Self::saga_of(&e.client_order_id, e.side) {
+            Some(saga) => {
+                self.by_saga.entry(saga).or_default()[Self::slot(e.side)] = Some(row);
+                RowId::Saga(saga)
+            }
+            None => {
+                self.by_text.insert(e.client_order_id.clone(), row);
+                self.texts.push(e.client_order_id.clone());
+                RowId::Text(self.texts.len() as u32 - 1)
+            }
+        };
+        let user = match self.user_index.get(&e.user_id) {
+            Some(&u) => u,
+            None => {
+                self.users.push(e.user_id.clone());
+                let u = self.users.len() as u32 - 1;
+                self.user_index.insert(e.user_id.clone(), u);
+                u
+            }
+        };
+        self.rows.push(Row {
+            id,
+            user,
+            side: e.side,
+            rate: e.rate,
+            krw_amount: e.krw_amount,
+            usd_amount: e.usd_amount,
+            executed_at_ms: e.executed_at_ms,
+        });
         Ok(())
-    }
-}
-
-impl MemoryBook {
-    fn since(&self, after_seq: u64, limit: usize) -> Vec<Execution> {
-        let from = usize::try_from(after_seq).unwrap_or(usize::MAX);
-        self.executions
-            .iter()
-            .skip(from)
-            .take(limit)
-            .cloned()
-            .collect()
     }
 }
 
@@ -641,8 +748,7 @@ impl SimulatedVenue {
     }
 
     fn count(&self, side: Side) -> usize {
-        let s = self.lock();
-        s.book.executions.iter().filter(|e| e.side == side).count()
+        self.lock().book.count(side)
     }
 
     /// The rate a saga's buy executed at, if it did.
@@ -658,7 +764,8 @@ impl SimulatedVenue {
 
     /// Every execution, in sequence order.
     pub fn all_executions(&self) -> Vec<Execution> {
-        self.lock().book.executions.clone()
+        let s = self.lock();
+        s.book.since(0, usize::MAX)
     }
 
     /// How many order calls reached the venue (executed, repeated, refused or failed).
@@ -988,5 +1095,42 @@ mod tests {
         assert!(json.contains(r#""side":"buy""#), "{json}");
         let back: VenueOrder = serde_json::from_str(&json).unwrap();
         assert_eq!(back, order(1));
+    }
+
+    #[test]
+    fn the_memory_book_gives_back_every_execution_whole_whatever_its_id() {
+        let v = SimulatedVenue::new(&VenueConfig::default());
+        let manual = VenueOrder {
+            client_order_id: ClientOrderId::parse("manual-1").unwrap(),
+            user_id: UserId::parse("bob").unwrap(),
+            side: OrderSide::Buy {
+                krw_amount: Krw::parse("14000").unwrap(),
+                min_usd_amount: None,
+            },
+        };
+        // Not a saga's id, though it parses like one once ".reversal" is cut: kept as text.
+        let odd = VenueOrder {
+            client_order_id: ClientOrderId::parse(&format!("{}.reversal", id(9))).unwrap(),
+            ..manual.clone()
+        };
+        let placed: Vec<Execution> = [
+            order(1),
+            manual,
+            VenueOrder::reversal(id(1), alice(), Usd::parse("1071.42").unwrap()),
+            odd,
+        ]
+        .iter()
+        .map(|o| match block_on(v.order(o)) {
+            Ok(OrderOutcome::Executed(e)) => e,
+            other => panic!("expected an execution, got {other:?}"),
+        })
+        .collect();
+        assert_eq!(block_on(v.executions(0, 10)).unwrap(), placed);
+        for e in &placed {
+            assert_eq!(v.executed(&e.client_order_id).as_ref(), Some(e));
+        }
+        assert_eq!(placed[1].user_id.as_str(), "bob");
+        assert_eq!((v.orders_executed(), v.reversals_executed()), (3, 1));
+        assert_eq!(v.executed(&ClientOrderId::buy(id(2))), None);
     }
 }

@@ -54,7 +54,8 @@ while (($#)); do
 done
 
 cargo build --release --quiet -p krw -p trade -p usd -p fxctl -p venue
-bin="$root/target/release"
+# Where cargo put the build: $CARGO_TARGET_DIR when set, else ./target.
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
 work="$(mktemp -d)"
 pids=()
 cleanup() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }

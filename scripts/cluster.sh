@@ -101,7 +101,8 @@ done
 
 say "building (release)"
 cargo build --release --quiet -p krw -p trade -p usd -p tracker -p fxctl
-bin="$root/target/release"
+# Where cargo put the build: $CARGO_TARGET_DIR when set, else ./target.
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
 fxctl="$bin/fxctl"
 nats_bin="$(scripts/ensure-nats.sh)"
 

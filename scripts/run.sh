@@ -46,7 +46,8 @@ prometheus_port="${FX_PROMETHEUS_PORT:-9090}"
 
 say "building (release)"
 cargo build --release --quiet -p krw -p trade -p usd -p tracker -p fxctl -p venue
-bin="$root/target/release"
+# Where cargo put the build: $CARGO_TARGET_DIR when set, else ./target.
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
 fxctl="$bin/fxctl"
 
 passwords="$fx_dir/nats-passwords.env"

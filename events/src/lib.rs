@@ -8,6 +8,7 @@
 
 mod error;
 mod event;
+pub mod fnv;
 mod ids;
 mod kind;
 mod money;

@@ -230,11 +230,7 @@ fn write<R: Records>(
 /// FNV-1a (64 bit) of subject and body: a stable fingerprint of an unreadable request. Not a
 /// security boundary; it only tells a redelivery from a different request on the same saga.
 fn digest(subject: &str, payload: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in subject.bytes().chain([0xff]).chain(payload.iter().copied()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = events::fnv::fnv1a_64(subject.bytes().chain([0xff]).chain(payload.iter().copied()));
     format!("fnv1a64:{h:016x}")
 }
 

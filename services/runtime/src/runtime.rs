@@ -1031,12 +1031,7 @@ pub fn publish_message(e: &OutboxEntry) -> PublishMessage {
 /// W3C trace context: the trace id is the saga UUID, the span id a stable hash of the event id
 /// (so a republished event carries the same span).
 pub fn traceparent(e: &OutboxEntry) -> String {
-    // FNV-1a, 64 bits: tiny, stable across versions and platforms.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in e.event_id.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let mut h = events::fnv::fnv1a_64(e.event_id.bytes());
     if h == 0 {
         h = 1; // an all-zero span id is invalid
     }

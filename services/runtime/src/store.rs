@@ -258,9 +258,8 @@ impl Store {
             // sled's resident memory settles near twice this (its accounting counts on-disk
             // sizes); the working set is the recent sagas, so a small cache costs no throughput
             // (see DEFAULT_CACHE_MIB).
-            .cache_capacity(cache_mib.saturating_mul(1024 * 1024))
-            // Kept for intent only: sled 0.34.7 reads `mode` nowhere, so it changes nothing.
-            .mode(sled::Mode::HighThroughput);
+            .cache_capacity(cache_mib.saturating_mul(1024 * 1024));
+        // No `mode`: sled 0.34.7 reads it nowhere.
         let path = dir.join("sled");
         let db = durable::open(config, &path).map_err(|e| match e {
             durable::OpenError::Store(e) => RuntimeError::Store(e),

@@ -203,9 +203,7 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, TrackerError> {
         // Opened durably (conf and directories fsynced) so that a power cut leaves a store
         // sled can reopen; its writes need no fsync (see the module comment).
-        let config = sled::Config::new()
-            .cache_capacity(SLED_CACHE_BYTES)
-            .mode(sled::Mode::HighThroughput);
+        let config = sled::Config::new().cache_capacity(SLED_CACHE_BYTES);
         let db = runtime::durable::open(config, dir).map_err(|e| match e {
             runtime::durable::OpenError::Store(e) => TrackerError::Store(e),
             runtime::durable::OpenError::Sync(e) => TrackerError::DataDir {

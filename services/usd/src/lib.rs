@@ -153,12 +153,6 @@ impl UsdService {
     pub fn config(&self) -> &UsdConfig {
         &self.config
     }
-
-    /// Deposits the configured house float if it never was (call once at start, in a
-    /// transaction, before consuming).
-    pub fn seed<R: Records>(&self, records: &R, now_ms: u64) -> TxResult<AdminOutcome> {
-        seed_house_float(records, self.config.house_float, now_ms)
-    }
 }
 
 impl Participant for UsdService {

@@ -61,7 +61,10 @@ impl Harness {
             svc: UsdService::new(UsdConfig::new(usd(float))),
             admin_events: Default::default(),
         };
-        let outcome = h.store.transact(|tx| h.svc.seed(&*tx, T0)).unwrap();
+        let outcome = h
+            .store
+            .transact(|tx| seed_house_float(&*tx, usd(float), T0))
+            .unwrap();
         assert_eq!(outcome, AdminOutcome::Done);
         h
     }

@@ -53,11 +53,14 @@ pub async fn serve(
     )
     .await?;
     let sweeper = sweep(rt.participant(), store, clock, sweep_ms);
-    tokio::select! {
-        r = rt.run(shutdown) => r,
-        _ = admin => Ok(()),
-        r = sweeper => r,
-    }
+    // Beside the consumer, inside the runtime: whichever ends, the stop is the graceful one.
+    rt.with_task("admin server", async move {
+        admin.await;
+        Ok(())
+    })
+    .with_task("expiry sweeper", sweeper)
+    .run(shutdown)
+    .await
 }
 
 /// Releases unpinned holds past `expires_at + grace`, each in its own transaction (the same

@@ -37,6 +37,15 @@ pub enum RuntimeError {
     /// A test's fault hook asked the runtime to die here, as a crash would.
     #[error("injected crash at {0:?}")]
     Crashed(crate::FaultPoint),
+    /// A task that runs beside the consumer (the admin server, a timer) ended; the runtime
+    /// stopped gracefully after it.
+    #[error("{task} stopped: {reason}")]
+    TaskEnded {
+        /// The task's name, as registered with `Runtime::with_task`.
+        task: &'static str,
+        /// Why: its error, or that it returned.
+        reason: String,
+    },
 }
 
 impl RuntimeError {

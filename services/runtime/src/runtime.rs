@@ -71,7 +71,12 @@ pub struct Runtime<P: Participant> {
     clock: Clock,
     faults: FaultHook,
     health: Health,
+    /// Tasks run beside the consumer (the admin server, timers), by name.
+    tasks: Vec<(&'static str, SideTask)>,
 }
+
+/// A task run beside the consumer; it is not expected to end.
+type SideTask = std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send>>;
 
 impl<P: Participant> Runtime<P> {
     /// Connects (with retry), provisions the streams, and opens the store.
@@ -104,7 +109,21 @@ impl<P: Participant> Runtime<P> {
             clock: system_clock(),
             faults: crate::no_faults(),
             health: Health::default(),
+            tasks: Vec::new(),
         })
+    }
+
+    /// Runs `task` (the admin server, a timer) beside the consumer for as long as the runtime
+    /// runs. If it ends first, with an error or not, the runtime stops the graceful way (the
+    /// batch in flight commits, flushes and is acked, the outbox drains) and then returns
+    /// [`RuntimeError::TaskEnded`].
+    pub fn with_task(
+        mut self,
+        name: &'static str,
+        task: impl Future<Output = Result<()>> + Send + 'static,
+    ) -> Self {
+        self.tasks.push((name, Box::pin(task)));
+        self
     }
 
     /// Replaces the clock (tests).
@@ -152,7 +171,7 @@ impl<P: Participant> Runtime<P> {
     /// Runs until `shutdown` resolves (then stops gracefully: finish the batch, flush, ack,
     /// drain the relay, within the deadline) or until a task fails (then returns the error at
     /// once, as a crash would, leaving unacked messages to the broker's redelivery).
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let service = self.participant.name();
         let (stop_consume_tx, stop_consume) = watch::channel(false);
         let (stop_relay_tx, stop_relay) = watch::channel(false);
@@ -201,11 +220,29 @@ impl<P: Participant> Runtime<P> {
         // Each task handle is awaited at most once; `None` once it has completed.
         let mut consumer = Some(consumer);
         let mut relay = Some(relay);
+        let mut side: futures::stream::FuturesUnordered<_> = self
+            .tasks
+            .drain(..)
+            .map(|(name, task)| async move { (name, task.await) })
+            .collect();
+        let has_side = !side.is_empty();
+        // A side task that ended: the graceful stop runs, then its end is the result.
+        let mut ended: Option<RuntimeError> = None;
         let outcome = tokio::select! {
             _ = shutdown => Ok(()),
             r = consumer.as_mut().expect("running") => { consumer = None; flatten(r) }
             r = relay.as_mut().expect("running") => { relay = None; flatten(r) }
+            Some((task, r)) = side.next(), if has_side => {
+                let reason = match r {
+                    Ok(()) => "it returned".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                error!(service, task, %reason, "a task beside the consumer ended; stopping gracefully");
+                ended = Some(RuntimeError::TaskEnded { task, reason });
+                Ok(())
+            }
         };
+        drop(side);
         let result = match outcome {
             Ok(()) => {
                 info!(
@@ -258,7 +295,10 @@ impl<P: Participant> Runtime<P> {
             h.abort();
         }
         self.health.set_ready(false);
-        result
+        match ended {
+            Some(e) => result.and(Err(e)),
+            None => result,
+        }
     }
 }
 

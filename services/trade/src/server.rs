@@ -97,8 +97,11 @@ pub async fn serve(
         vec![("audit", audit), (intervention::REEMIT_ENDPOINT, reemit)],
     )
     .await?;
-    tokio::select! {
-        r = rt.run(shutdown) => r,
-        _ = admin => Ok(()),
-    }
+    // Beside the consumer, inside the runtime: if it ends, the stop is the graceful one.
+    rt.with_task("admin server", async move {
+        admin.await;
+        Ok(())
+    })
+    .run(shutdown)
+    .await
 }

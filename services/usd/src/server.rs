@@ -48,10 +48,13 @@ pub async fn serve(
         endpoints(store, clock),
     )
     .await?;
-    tokio::select! {
-        r = rt.run(shutdown) => r,
-        _ = admin => Ok(()),
-    }
+    // Beside the consumer, inside the runtime: if it ends, the stop is the graceful one.
+    rt.with_task("admin server", async move {
+        admin.await;
+        Ok(())
+    })
+    .run(shutdown)
+    .await
 }
 
 #[derive(Deserialize)]

@@ -76,11 +76,11 @@ async fn sweep(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match service.expire_due(&store, clock()) {
-            Ok(0) => {}
-            Ok(n) => {
+        match service.expire_due(&*store, clock()) {
+            Ok(released) if released.is_empty() => {}
+            Ok(released) => {
                 store.flush().await?;
-                tracing::info!(released = n, "expired holds released");
+                tracing::info!(released = released.len(), "expired holds released");
             }
             Err(e) => warn!(error = %e, "expiry sweep failed; retrying at the next tick"),
         }

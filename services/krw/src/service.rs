@@ -5,8 +5,9 @@
 use std::future::Future;
 
 use events::{DecodeError, Event, EventKind, InterventionAction, RejectReason, SagaId, UserId};
+use runtime::core::Storage;
 use runtime::intervention::{check_reason, InterventionRequest, Refusal, Verdict};
-use runtime::{abort, Handled, Participant, ReadRecords, Records, Store, TxResult};
+use runtime::{abort, Handled, Participant, ReadRecords, Records, TxResult};
 
 use crate::decide::{decide, Decision, Input, InvalidRequest, State};
 use crate::records::{
@@ -125,10 +126,16 @@ impl KrwService {
     }
 
     /// Sagas whose expiry index entry is due at `now_ms` (expiry plus grace reached), oldest
-    /// first. Reading outside a transaction is safe: `expire` re-checks inside its own.
-    pub fn due_expiries(&self, store: &Store, now_ms: u64) -> runtime::Result<Vec<SagaId>> {
+    /// first, streamed from the index up to the first entry not yet due. Reading outside a
+    /// transaction is safe: `expire` re-checks inside its own.
+    pub fn due_expiries<V: ReadRecords>(
+        &self,
+        records: &V,
+        now_ms: u64,
+    ) -> runtime::Result<Vec<SagaId>> {
         let mut due = Vec::new();
-        for (key, _) in store.scan::<serde_json::Value>(EXPIRY_PREFIX)? {
+        for key in records.keys_with_prefix(EXPIRY_PREFIX) {
+            let key = key?;
             match parse_expiry_key(&key) {
                 Some((at, saga_id)) if expiry_due(at, self.config.hold_grace_ms, now_ms) => {
                     due.push(saga_id)
@@ -141,14 +148,19 @@ impl KrwService {
         Ok(due)
     }
 
-    /// One sweep: expires every due hold, one transaction per saga. Returns how many holds
-    /// were released. The caller flushes the store afterwards (the released events are
+    /// The timer's step: expires every due hold, one transaction per saga, over any store the
+    /// core commits through (sled here, memory in the simulation). Returns the sagas whose
+    /// hold it released. The caller flushes the store afterwards (the released events are
     /// published only after that flush, like any other).
-    pub fn expire_due(&self, store: &Store, now_ms: u64) -> runtime::Result<usize> {
-        let mut released = 0;
+    pub fn expire_due<S: Storage + ReadRecords>(
+        &self,
+        store: &S,
+        now_ms: u64,
+    ) -> runtime::Result<Vec<SagaId>> {
+        let mut released = Vec::new();
         for saga_id in self.due_expiries(store, now_ms)? {
-            if store.transact(|tx| self.expire(tx, saga_id, now_ms))? == Handled::Applied {
-                released += 1;
+            if store.transact(|tx| self.expire(&*tx, saga_id, now_ms))? == Handled::Applied {
+                released.push(saga_id);
             }
         }
         Ok(released)

@@ -67,7 +67,14 @@ fn event(stage: usize, saga: SagaId, i: usize) -> Event {
 
 /// What the consumer loop runs per event inside the transaction: the inbox, then the service.
 fn handle(svc: &KrwService, tx: &runtime::Tx<'_>, e: &Event) -> runtime::TxResult<Handled> {
-    Ok(runtime::handle_once(svc, tx, e, &(), T0)?.expect("no duplicates in the bench"))
+    let input = runtime::core::Input::Decoded {
+        event: e,
+        prepared: &(),
+    };
+    match runtime::core::handle_message(svc, tx, &input, T0)? {
+        runtime::core::Outcome::Handled(h) => Ok(h),
+        runtime::core::Outcome::Duplicate => panic!("no duplicates in the bench"),
+    }
 }
 
 async fn run(batched: bool) {

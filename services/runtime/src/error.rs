@@ -28,9 +28,27 @@ pub enum RuntimeError {
     /// A second journal entry for one (saga, operation): invariant 4 would break. A bug.
     #[error("journal already has an entry {key:?}; an effect would happen twice")]
     JournalConflict { key: String },
+    /// The store failed under a group commit: every message of the group is retried.
+    #[error("store failed under a group commit: {0}")]
+    StoreFailed(String),
     /// A handler refused to go on with a bad state; the transaction was rolled back.
     #[error("handler aborted: {0}")]
     Handler(String),
+    /// The store's flush thread could not start or is gone: restart the service.
+    #[error("flush thread: {0}")]
+    FlushThread(String),
+    /// A participant's `prepare` panicked (a bug): the message is retried later.
+    #[error("prepare panicked: {0}")]
+    PreparePanicked(String),
+    /// A task of the runtime (consumer, relay) panicked (a bug).
+    #[error("task panicked: {0}")]
+    TaskPanicked(String),
+    /// The consumer did not finish its batch within the shutdown deadline.
+    #[error("the consumer did not stop within {deadline_ms} ms")]
+    StopTimedOut {
+        /// The deadline, `FX_SHUTDOWN_DEADLINE_MS`.
+        deadline_ms: u64,
+    },
     /// The HTTP server could not start (address in use, bad address).
     #[error("http server on {addr}: {message}")]
     Http { addr: String, message: String },

@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod broker;
 mod config;
+pub mod core;
 pub mod durable;
 mod error;
 mod fault;
@@ -31,10 +32,9 @@ pub use error::{Result, RuntimeError};
 pub use fault::{no_faults, FaultAction, FaultHook, FaultPoint};
 pub use participant::{Handled, Participant};
 pub use runtime::{
-    consumer_config, durable_name, handle_once, publish_message, system_clock, traceparent, Clock,
-    Runtime,
+    consumer_config, durable_name, publish_message, system_clock, traceparent, Clock, Runtime,
 };
 pub use store::{
-    abort, outbox_entry, JournalEntry, OutboxEntry, ReadRecords, Records, SagaGroup, SagaKey,
-    Store, Tx, TxResult,
+    abort, aborted, outbox_entry, JournalEntry, OutboxEntry, ReadRecords, Records, SagaGroup,
+    SagaKey, Store, Tx, TxResult,
 };

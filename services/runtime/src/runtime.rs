@@ -1,6 +1,6 @@
 //! The participant runtime: consumer loop with group commit, relay, inbox pruning, HTTP.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::broker::{self, DeadLetter};
+use crate::core;
 use crate::telemetry::{self, names, Health};
 use crate::{
     FaultAction, FaultHook, FaultPoint, Handled, OutboxEntry, Participant, Result, RuntimeConfig,
@@ -51,9 +52,6 @@ const CONSUMER_GAUGE_INTERVAL_MS: u64 = 1_000;
 /// Relay retry policy: first and largest delay after a failed publish.
 const RELAY_RETRY_MIN_MS: u64 = 50;
 const RELAY_RETRY_MAX_MS: u64 = 5_000;
-/// Nak delays for a transient store failure, and for a handler bug that must not lose the event.
-const TRANSIENT_NAK_MIN_MS: u64 = 100;
-const TRANSIENT_NAK_MAX_MS: u64 = 30_000;
 
 /// The durable consumer name of a service.
 pub fn durable_name(service: &str) -> String {
@@ -259,9 +257,9 @@ impl<P: Participant> Runtime<P> {
                             consumer = None;
                             flatten(r)
                         }
-                        Err(_) => Err(RuntimeError::Handler(
-                            "consumer did not stop in time".into(),
-                        )),
+                        Err(_) => Err(RuntimeError::StopTimedOut {
+                            deadline_ms: self.config.shutdown_deadline_ms,
+                        }),
                     },
                 };
                 let _ = stop_relay_tx.send(true);
@@ -306,7 +304,7 @@ fn flatten(r: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result
     match r {
         Ok(r) => r,
         Err(e) if e.is_cancelled() => Ok(()),
-        Err(e) => Err(RuntimeError::Handler(format!("task panicked: {e}"))),
+        Err(e) => Err(RuntimeError::TaskPanicked(e.to_string())),
     }
 }
 
@@ -532,6 +530,22 @@ struct Slot<Pr> {
     stage: Stage<Pr>,
 }
 
+impl<Pr> Slot<Pr> {
+    /// The message as the core handles it; only ready slots are committed.
+    fn input(&self) -> core::Input<'_, Pr> {
+        match &self.stage {
+            Stage::Ready(Ok((event, prepared))) => core::Input::Decoded { event, prepared },
+            Stage::Ready(Err(error)) => core::Input::Undecodable {
+                subject: self.msg.subject.as_str(),
+                payload: &self.msg.payload,
+                error,
+            },
+            Stage::Panicked(e) => core::Input::PreparePanicked(e),
+            Stage::Running(_) => unreachable!("only ready slots are committed"),
+        }
+    }
+}
+
 /// The consumer's pipeline: messages are admitted in delivery order and their `prepare`s start
 /// at once, concurrently (at most `max_running` at a time); whatever has finished preparing is
 /// committed as one group, in delivery order, while slower prepares keep running. A call that
@@ -755,8 +769,8 @@ impl<P: Participant> Pipeline<P> {
     }
 }
 
-/// Commits one group: every ready message in one transaction (each rolls back alone), one
-/// flush, then dead letters and acks.
+/// Commits one group through the core: every ready message in one transaction (each rolls
+/// back alone), one flush, then dead letters and acks.
 async fn commit_group<P: Participant>(
     participant: &P,
     store: &Store,
@@ -766,70 +780,27 @@ async fn commit_group<P: Participant>(
 ) -> Result<()> {
     let service = participant.name();
     metrics::histogram!(names::BATCH_SIZE, "service" => service).record(group.len() as f64);
-    let mut kinds: Vec<AckKind> = Vec::with_capacity(group.len());
-    // (index in the group, reason, message, stream sequence) of messages to dead-letter.
-    let mut dead: Vec<(usize, &'static str, String, u64)> = Vec::new();
-    let outcomes = store.transact_each(&group, |tx, slot| handle_in_tx(participant, tx, slot));
-    let outcomes: Vec<Result<Outcome>> = match outcomes {
-        Ok(v) => v,
-        // A storage failure fails the whole group: every message of it is retried.
-        Err(RuntimeError::Store(e)) => group
-            .iter()
-            .map(|_| Err(RuntimeError::Store(e.clone())))
-            .collect(),
-        Err(e) => return Err(e),
+    let run: Vec<(core::Input<'_, P::Prepared>, u64)> = group
+        .iter()
+        .map(|slot| (slot.input(), slot.now_ms))
+        .collect();
+    let outcomes = {
+        let _span = info_span!("commit", service, messages = group.len()).entered();
+        core::commit_run(participant, store, &run)
     };
+    drop(run);
+    let mut answers = core::Group::default();
     for (i, (slot, outcome)) in group.iter().zip(outcomes).enumerate() {
-        let (stream_seq, delivered) = match slot.msg.info() {
-            Ok(info) => (info.stream_sequence, info.delivered),
-            Err(_) => (0, 1),
-        };
+        let (stream_seq, delivered) = delivery_info(&slot.msg);
         if delivered > 1 {
             metrics::counter!(names::REDELIVERIES, "service" => service).increment(1);
         }
-        let kind = match outcome {
-            Ok(Outcome::Handled(Handled::Applied)) => {
-                count(service, "applied");
-                AckKind::Ack
-            }
-            Ok(Outcome::Handled(Handled::Ignored)) => {
-                count(service, "ignored");
-                AckKind::Ack
-            }
-            Ok(Outcome::Duplicate) => {
-                count(service, "duplicate");
-                metrics::counter!(names::DUPLICATES, "service" => service).increment(1);
-                AckKind::Ack
-            }
-            Ok(Outcome::Handled(Handled::RetryAfter { delay_ms })) => {
-                count(service, "retry");
-                AckKind::Nak(Some(Duration::from_millis(delay_ms)))
-            }
-            Ok(Outcome::Handled(Handled::DeadLetter { reason, message })) => {
-                // Stored only after the flush below: the verdict may rest on state this
-                // group wrote (a conflicting request beside the accepted one), and if a
-                // crash undid that state, the redelivery must be able to decide again.
-                dead.push((i, reason, message, stream_seq));
-                AckKind::Term
-            }
-            Err(e) => {
-                // A store failure is transient; anything else is a bug. Either way the
-                // event must not be lost: nak it and try again later, loudly.
-                count(service, "error");
-                match e {
-                    RuntimeError::Store(_) => {
-                        warn!(service, error = %e, stream_seq, "transient failure")
-                    }
-                    _ => {
-                        error!(service, error = %e, stream_seq, "handler failed; the event will be retried")
-                    }
-                }
-                AckKind::Nak(Some(transient_delay(delivered)))
-            }
-        };
+        count_outcome(service, &outcome, stream_seq);
         metrics::histogram!(names::HANDLER_SECONDS, "service" => service)
             .record(slot.started.elapsed().as_secs_f64());
-        kinds.push(kind);
+        // Never anything to send before the flush (the core holds the answers).
+        let now = answers.handled(i, core::answer(&outcome, delivered));
+        debug_assert!(now.is_empty());
     }
     // Group commit: one flush makes every transaction of the group durable and releases their
     // outbox entries to the relay; only then may the broker forget the messages.
@@ -840,105 +811,94 @@ async fn commit_group<P: Participant>(
     if faults(FaultPoint::AfterCommitBeforeAck) == FaultAction::Crash {
         return Err(RuntimeError::Crashed(FaultPoint::AfterCommitBeforeAck));
     }
-    for (i, reason, message, stream_seq) in dead {
+    for (i, answer) in answers.flushed() {
         let msg = &group[i].msg;
-        warn!(service, reason, %message, subject = %msg.subject, stream_seq, "dead-lettering");
-        let letter = DeadLetter {
-            service,
-            reason,
-            message: &message,
-            subject: msg.subject.as_str(),
-            headers: msg.headers.as_ref(),
-            payload: msg.payload.clone(),
-            stream_seq,
+        let kind = match answer {
+            core::Answer::Ack => AckKind::Ack,
+            core::Answer::Nak { delay_ms } => AckKind::Nak(Some(Duration::from_millis(delay_ms))),
+            core::Answer::DeadLetter { reason, message } => {
+                dead_letter(service, js, msg, reason, &message).await
+            }
         };
-        match broker::publish_dead_letter(js, &letter).await {
-            Ok(_) => {
-                count(service, "dead_lettered");
-                metrics::counter!(names::DEAD_LETTERED, "service" => service, "reason" => reason)
-                    .increment(1);
-            }
-            Err(e) => {
-                // Not stored: keep the message on the stream and try again later.
-                warn!(service, error = %e, "dead letter not stored; will retry");
-                kinds[i] = AckKind::Nak(Some(transient_delay(2)));
-            }
-        }
-    }
-    for (slot, kind) in group.into_iter().zip(kinds) {
         // A lost ack only means a redelivery, which the inbox and per-saga state absorb.
-        if let Err(e) = slot.msg.ack_with(kind).await {
+        if let Err(e) = msg.ack_with(kind).await {
             debug!(service, error = %e, "ack not sent");
         }
     }
     Ok(())
 }
 
+/// The message's stream sequence and delivery count (0 and 1 when it has no JetStream info).
+fn delivery_info(msg: &jetstream::Message) -> (u64, u64) {
+    match msg.info() {
+        Ok(info) => (info.stream_sequence, info.delivered.max(1) as u64),
+        Err(_) => (0, 1),
+    }
+}
+
+/// Stores `msg` whole in `FX_DLQ`; the ack to send after: term, or a nak when the dead letter
+/// could not be stored (the message stays on the stream and is tried again later).
+async fn dead_letter(
+    service: &'static str,
+    js: &jetstream::Context,
+    msg: &jetstream::Message,
+    reason: &'static str,
+    message: &str,
+) -> AckKind {
+    let (stream_seq, _) = delivery_info(msg);
+    warn!(service, reason, %message, subject = %msg.subject, stream_seq, "dead-lettering");
+    let letter = DeadLetter {
+        service,
+        reason,
+        message,
+        subject: msg.subject.as_str(),
+        headers: msg.headers.as_ref(),
+        payload: msg.payload.clone(),
+        stream_seq,
+    };
+    match broker::publish_dead_letter(js, &letter).await {
+        Ok(_) => {
+            count(service, "dead_lettered");
+            metrics::counter!(names::DEAD_LETTERED, "service" => service, "reason" => reason)
+                .increment(1);
+            AckKind::Term
+        }
+        Err(e) => {
+            warn!(service, error = %e, "dead letter not stored; will retry");
+            AckKind::Nak(Some(Duration::from_millis(core::store_failed_nak_ms())))
+        }
+    }
+}
+
+/// Counts one message's outcome, and logs a failure: a store failure is transient, anything
+/// else is a bug; either way the message is retried, not lost.
+fn count_outcome(service: &'static str, outcome: &Result<core::Outcome>, stream_seq: u64) {
+    use core::Outcome as O;
+    match outcome {
+        Ok(O::Handled(Handled::Applied)) => count(service, "applied"),
+        Ok(O::Handled(Handled::Ignored)) => count(service, "ignored"),
+        Ok(O::Duplicate) => {
+            count(service, "duplicate");
+            metrics::counter!(names::DUPLICATES, "service" => service).increment(1);
+        }
+        Ok(O::Handled(Handled::RetryAfter { .. })) => count(service, "retry"),
+        Ok(O::Handled(Handled::DeadLetter { .. })) => {}
+        Err(e) => {
+            count(service, "error");
+            match e {
+                RuntimeError::StoreFailed(_) => {
+                    warn!(service, error = %e, stream_seq, "transient failure")
+                }
+                _ => {
+                    error!(service, error = %e, stream_seq, "handler failed; the event will be retried")
+                }
+            }
+        }
+    }
+}
+
 fn count(service: &'static str, outcome: &'static str) {
     metrics::counter!(names::CONSUMED, "service" => service, "outcome" => outcome).increment(1);
-}
-
-fn transient_delay(delivered: i64) -> Duration {
-    let exp = (delivered.max(1) - 1).min(16) as u32;
-    Duration::from_millis((TRANSIENT_NAK_MIN_MS << exp).min(TRANSIENT_NAK_MAX_MS))
-}
-
-enum Outcome {
-    Handled(Handled),
-    Duplicate,
-}
-
-/// Handles one message inside the group's transaction: the inbox check, then the participant.
-fn handle_in_tx<P: Participant>(
-    participant: &P,
-    tx: &mut crate::Tx<'_>,
-    u: &Slot<P::Prepared>,
-) -> crate::TxResult<Outcome> {
-    let msg = &u.msg;
-    let (event, prepared) = match &u.stage {
-        Stage::Ready(Ok(ok)) => ok,
-        Stage::Ready(Err(err)) => {
-            let h =
-                participant.undecodable(tx, msg.subject.as_str(), &msg.payload, err, u.now_ms)?;
-            return Ok(Outcome::Handled(h));
-        }
-        // A panicking prepare is a bug: the message is retried later, as for a failing handler.
-        Stage::Panicked(e) => {
-            return crate::store::abort(RuntimeError::Handler(format!("prepare panicked: {e}")))
-        }
-        Stage::Running(_) => unreachable!("only ready slots are committed"),
-    };
-    let _span = info_span!("handle", saga_id = %event.saga_id(), kind = %event.kind()).entered();
-    Ok(
-        match handle_once(participant, tx, event, prepared, u.now_ms)? {
-            Some(h) => Outcome::Handled(h),
-            None => Outcome::Duplicate,
-        },
-    )
-}
-
-/// Handles one decoded event inside `tx`, with the inbox around it: `None` when the event id
-/// was already handled (a duplicate, nothing done), else what the participant made of it.
-/// What the consumer loop runs per event; public so that benchmarks measure the same path.
-pub fn handle_once<P: Participant>(
-    participant: &P,
-    tx: &crate::Tx<'_>,
-    event: &Event,
-    prepared: &P::Prepared,
-    now_ms: u64,
-) -> crate::TxResult<Option<Handled>> {
-    let event_id = event.id();
-    // Requests are deduplicated by KRW's per-saga record, not by event id: a user's retry with
-    // a different body must reach the handler to be refused as a conflict.
-    let use_inbox = event.kind() != EventKind::ExchangeRequested;
-    if use_inbox && tx.seen(&event_id)? {
-        return Ok(None);
-    }
-    let h = participant.handle(tx, event, prepared, now_ms)?;
-    if use_inbox && matches!(h, Handled::Applied | Handled::Ignored) {
-        tx.mark_seen(&event_id, now_ms)?;
-    }
-    Ok(Some(h))
 }
 
 /// Publishes flushed outbox entries in order, pipelined, removing each only after its PubAck.
@@ -951,12 +911,13 @@ async fn relay_loop(
     faults: FaultHook,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
+    let relay = core::Relay::default();
     let mut watermark = store.watermark();
     let mut retry_ms = 0u64;
     let mut gauges_due_ms = 0u64;
     loop {
-        let up_to = *watermark.borrow_and_update();
-        let entries = store.outbox_batch(up_to, window.max(1))?;
+        let flushed = *watermark.borrow_and_update();
+        let entries = relay.batch(&*store, flushed, window)?;
         // Counting the outbox walks the whole tree: do it at most once per interval, not on
         // every pass of the hot loop.
         let now_ms = clock();
@@ -977,17 +938,14 @@ async fn relay_loop(
             }
             continue;
         }
-        let (mut done, failure) = publish_window(&js, &entries).await;
-        // A record goes only once every entry of it is acknowledged; the acknowledged part of
-        // a record cut short is published again with it (the broker drops the duplicates).
-        if let Some((cut, _)) = entries.get(done.len()) {
-            done.retain(|k| k != cut);
-        }
+        let (acked, failure) = publish_window(&js, &entries).await;
+        let done = core::Relay::settled(&entries, acked);
         if !done.is_empty() {
             if faults(FaultPoint::AfterPublishBeforeRemove) == FaultAction::Crash {
                 return Err(RuntimeError::Crashed(FaultPoint::AfterPublishBeforeRemove));
             }
-            metrics::counter!(names::PUBLISHED, "service" => service).increment(done.len() as u64);
+            let published = entries.iter().filter(|(k, _)| done.contains(k)).count();
+            metrics::counter!(names::PUBLISHED, "service" => service).increment(published as u64);
             store.outbox_remove(&done)?;
         }
         match failure {
@@ -1017,18 +975,18 @@ fn is_connected(js: &jetstream::Context) -> bool {
     js.client().connection_state() == async_nats::connection::State::Connected
 }
 
-/// Sends a window of entries without waiting, then awaits the PubAcks in order. Returns the
-/// keys acknowledged before the first failure (later ones are retried, and deduplicated by
-/// their `Nats-Msg-Id` if they did land).
+/// Sends a window of entries without waiting, then awaits the PubAcks in order. Returns how
+/// many entries were acknowledged before the first failure (later ones are retried, and
+/// deduplicated by their `Nats-Msg-Id` if they did land).
 async fn publish_window(
     js: &jetstream::Context,
     entries: &[(u64, OutboxEntry)],
-) -> (Vec<u64>, Option<String>) {
+) -> (usize, Option<String>) {
     let mut pending = Vec::with_capacity(entries.len());
     let mut failure = None;
-    for (key, e) in entries {
+    for (_, e) in entries {
         match js.send_publish(e.subject.clone(), publish_message(e)).await {
-            Ok(ack) => pending.push((*key, ack)),
+            Ok(ack) => pending.push(ack),
             Err(err) => {
                 failure = Some(err.to_string());
                 break;
@@ -1038,24 +996,19 @@ async fn publish_window(
     // Await every PubAck together: each one's timeout starts when it is awaited, so awaiting
     // them one by one would stall the relay for one timeout per lost message (while a cluster
     // elects a new stream leader, every message of the window can be lost).
-    let acks = futures::future::join_all(
-        pending
-            .into_iter()
-            .map(|(key, ack)| async move { (key, ack.await) }),
-    )
-    .await;
-    let mut done = Vec::with_capacity(acks.len());
-    for (key, ack) in acks {
+    let acks = futures::future::join_all(pending.into_iter().map(IntoFuture::into_future)).await;
+    let mut acked = 0;
+    for ack in acks {
         if failure.is_some() {
             // Count nothing after a failure; those entries are published again.
-            continue;
+            break;
         }
         match ack {
-            Ok(_) => done.push(key),
+            Ok(_) => acked += 1,
             Err(err) => failure = Some(err.to_string()),
         }
     }
-    (done, failure)
+    (acked, failure)
 }
 
 /// The message for an outbox entry, with the contract's headers.

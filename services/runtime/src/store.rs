@@ -32,6 +32,16 @@ pub fn abort<T>(err: RuntimeError) -> TxResult<T> {
     Err(ConflictableTransactionError::Abort(err))
 }
 
+/// What an aborted unit of a transaction returns to its caller: the abort's error, or the
+/// store's own failure.
+pub fn aborted(e: ConflictableTransactionError<RuntimeError>) -> RuntimeError {
+    match e {
+        ConflictableTransactionError::Abort(e) => e,
+        ConflictableTransactionError::Storage(e) => RuntimeError::Store(e),
+        other => RuntimeError::StoreFailed(format!("{other:?}")),
+    }
+}
+
 /// One double-entry journal line: `amount` of `currency` leaves `debit` and enters `credit`.
 /// Keyed by `(saga_id, op)`, so a second entry for one operation is refused (invariant 4).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,7 +198,7 @@ impl Flusher {
                     }
                 }
             })
-            .map_err(|e| RuntimeError::Handler(format!("cannot start the flush thread: {e}")))?;
+            .map_err(|e| RuntimeError::FlushThread(format!("cannot start: {e}")))?;
         Ok(Flusher {
             requests: Some(requests),
             thread: Some(thread),
@@ -201,10 +211,10 @@ impl Flusher {
             .as_ref()
             .expect("requests live until drop")
             .send(done)
-            .map_err(|_| RuntimeError::Handler("the flush thread is gone".into()))?;
+            .map_err(|_| RuntimeError::FlushThread("gone".into()))?;
         outcome
             .await
-            .map_err(|_| RuntimeError::Handler("the flush thread is gone".into()))??;
+            .map_err(|_| RuntimeError::FlushThread("gone".into()))??;
         Ok(())
     }
 }
@@ -660,6 +670,31 @@ impl Store {
     }
 }
 
+/// The core commits and relays through the sled store (see [`crate::core`]).
+impl crate::core::Storage for Store {
+    type Tx<'t> = Tx<'t>;
+
+    fn transact_each<I, T>(
+        &self,
+        items: &[I],
+        f: impl Fn(&mut Tx<'_>, &I) -> TxResult<T>,
+    ) -> Result<Vec<Result<T>>> {
+        Store::transact_each(self, items, f)
+    }
+
+    fn outbox_batch(&self, up_to: u64, max: usize) -> Result<Vec<(u64, OutboxEntry)>> {
+        Store::outbox_batch(self, up_to, max)
+    }
+
+    fn outbox_remove(&self, keys: &[u64]) -> Result<()> {
+        Store::outbox_remove(self, keys)
+    }
+
+    fn outbox_committed(&self) -> Result<u64> {
+        self.outbox_tail()
+    }
+}
+
 /// Read-only access to a service's committed records outside any transaction: what
 /// [`crate::Participant::prepare`] sees before it calls the outside world (fx-trade reads
 /// `order:<saga_id>` so that a saga it already answered never reaches the venue again).
@@ -680,11 +715,27 @@ pub trait ReadRecords {
     {
         self.read_raw(key)?.map(|v| decode(key, &v)).transpose()
     }
+
+    /// The keys of the state records that start with `prefix`, in key order, streamed (a
+    /// timer reads an index with it and stops at the first entry not yet due).
+    fn keys_with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = Result<String>> + 'a
+    where
+        Self: Sized;
 }
 
 impl ReadRecords for Store {
     fn read_raw(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.state.get(key.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    fn keys_with_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = Result<String>> + 'a {
+        self.state
+            .scan_prefix(prefix.as_bytes())
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
     }
 }
 
@@ -809,20 +860,24 @@ impl Tx<'_> {
         appended.extend(pending.outbox);
         Ok(())
     }
+}
 
-    /// True when an event with this id was already handled (and not yet pruned).
-    pub fn seen(&self, event_id: &str) -> TxResult<bool> {
+impl crate::core::MessageTx for Tx<'_> {
+    fn seen(&self, event_id: &str) -> TxResult<bool> {
         Ok(self.read(Space::Inbox, event_id.as_bytes())?.is_some())
     }
 
-    /// Records that the event was handled, at `now_ms` (for pruning).
-    pub fn mark_seen(&self, event_id: &str, now_ms: u64) -> TxResult<()> {
+    fn mark_seen(&self, event_id: &str, now_ms: u64) -> TxResult<()> {
         self.write(
             Space::Inbox,
             event_id.as_bytes(),
             Some(now_ms.to_be_bytes().to_vec()),
         );
         Ok(())
+    }
+
+    fn discard(&self) {
+        *self.pending.borrow_mut() = Pending::default();
     }
 }
 
@@ -988,6 +1043,7 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::MessageTx;
     use events::{EventKind, Krw, KrwCommitted, UserId};
     use std::sync::Arc;
 

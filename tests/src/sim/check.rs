@@ -385,7 +385,7 @@ pub fn check(world: &World) -> Report {
     let usd_data = world.node(NodeId::Usd).store.durable();
 
     // ---- invariant 1 and 2: records, journal replay, and their agreement --------------------
-    if let Err(e) = krw_conservation(krw_data, world.krw_deposits().values()) {
+    if let Err(e) = krw_conservation(&krw_data, world.krw_deposits().values()) {
         out.push(format!("invariant 1: {e}"));
     }
     let usd_deposits = world
@@ -394,7 +394,7 @@ pub fn check(world: &World) -> Report {
         .copied()
         .chain([world.house_float()])
         .collect::<Vec<_>>();
-    if let Err(e) = usd_conservation(usd_data, usd_deposits.iter()) {
+    if let Err(e) = usd_conservation(&usd_data, usd_deposits.iter()) {
         out.push(format!("invariant 1: {e}"));
     }
     let krw_accounts: Vec<(String, krw::Account)> = krw_data.scan(KRW_ACCOUNT_PREFIX);
@@ -439,9 +439,9 @@ pub fn check(world: &World) -> Report {
             seen.entry(m.event.saga_id()).or_default().push(&m.event);
         }
     }
-    let krw_ops = ops_by_saga(krw_data);
-    let trade_ops = ops_by_saga(trade_data);
-    let usd_ops = ops_by_saga(usd_data);
+    let krw_ops = ops_by_saga(&krw_data);
+    let trade_ops = ops_by_saga(&trade_data);
+    let usd_ops = ops_by_saga(&usd_data);
     let none = BTreeMap::new();
     let mut outcomes = BTreeMap::new();
     let mut committed_krw: BTreeMap<UserId, Decimal> = BTreeMap::new();
@@ -876,7 +876,7 @@ pub fn service_audits(world: &World) -> Vec<String> {
     let mut out = Vec::new();
     for node in NodeId::ALL {
         let data = world.node(node).store.durable();
-        let store = match copy_to_sled(data) {
+        let store = match copy_to_sled(&data) {
             Ok(s) => s,
             Err(e) => {
                 out.push(format!("{}: cannot copy records to sled: {e}", node.name()));

@@ -359,7 +359,7 @@ fn try_action(
         Action::Publish => {
             let ready: Vec<NodeId> = NodeId::ALL
                 .into_iter()
-                .filter(|n| !world.node(*n).relay.is_empty())
+                .filter(|n| world.relay_backlog(*n) > 0)
                 .collect();
             let Some(node) = pick_node(rng, &ready) else {
                 return false;

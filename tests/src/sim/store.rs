@@ -13,6 +13,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use events::Event;
+use runtime::core::{MessageTx, Storage};
 use runtime::{
     abort, outbox_entry, JournalEntry, OutboxEntry, ReadRecords, Records, RuntimeError, TxResult,
 };
@@ -101,82 +102,77 @@ impl Commit {
     }
 }
 
-/// A node's store: durable data, live data, and the committed-but-unflushed work between them.
+/// A node's store: durable data, live data, the committed-but-unflushed work between them,
+/// and the outbox. Interior mutability because the runtime's core drives it through
+/// [`Storage`], whose methods take `&self` as sled's do (the simulation is single-threaded).
 #[derive(Debug, Default)]
 pub struct MemStore {
+    inner: RefCell<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
     durable: Data,
     live: Data,
     /// Committed transactions not yet flushed (the redo list from durable to live).
     unflushed: Vec<Commit>,
-    /// Outbox entries of those transactions, in commit order: lost on a crash, handed to the
-    /// relay by a flush.
-    unflushed_outbox: Vec<OutboxEntry>,
+    /// The outbox, by key in commit order. Entries with keys above `flushed_up_to` are lost
+    /// in a crash; the rest stay until the relay removes them.
+    outbox: BTreeMap<u64, OutboxEntry>,
+    /// The last outbox key handed out.
+    last_key: u64,
+    /// The flushed watermark: the relay publishes up to it and no further.
+    flushed_up_to: u64,
 }
 
 impl MemStore {
-    /// Runs `f` as one transaction over the live data. On `Ok` its writes, journal entries,
-    /// inbox mark and outbox entries are committed (live, not yet durable); on `Err` nothing is.
-    pub fn transact<T>(&mut self, f: impl FnOnce(&MemTx<'_>) -> TxResult<T>) -> TxResult<T> {
-        let tx = MemTx {
-            base: &self.live,
-            writes: RefCell::default(),
-            journal: RefCell::default(),
-            outbox: RefCell::default(),
-            inbox: RefCell::default(),
-        };
-        let out = f(&tx)?;
-        let outbox = tx.outbox.into_inner();
-        let commit = Commit {
-            writes: tx.writes.into_inner(),
-            journal: tx.journal.into_inner(),
-            inbox: tx.inbox.into_inner(),
-        };
-        self.unflushed_outbox.extend(outbox);
-        if !commit.is_empty() {
-            commit.apply_to(&mut self.live);
-            self.unflushed.push(commit);
+    /// The group-commit point: makes every committed transaction durable and moves the
+    /// outbox's flushed watermark to its last entry. Returns how many entries were released
+    /// to the relay.
+    pub fn flush(&self) -> usize {
+        let mut s = self.inner.borrow_mut();
+        let s = &mut *s;
+        for c in s.unflushed.drain(..) {
+            c.apply_to(&mut s.durable);
         }
-        Ok(out)
+        let released = s.outbox.range(s.flushed_up_to + 1..).count();
+        s.flushed_up_to = s.last_key;
+        released
     }
 
-    /// The group-commit point: makes every committed transaction durable and returns their
-    /// outbox entries, which only now may be published.
-    pub fn flush(&mut self) -> Vec<OutboxEntry> {
-        for c in self.unflushed.drain(..) {
-            c.apply_to(&mut self.durable);
-        }
-        std::mem::take(&mut self.unflushed_outbox)
-    }
-
-    /// A crash: committed but unflushed transactions are lost. Returns how many.
-    pub fn crash(&mut self) -> usize {
-        let lost = self.unflushed.len();
-        self.unflushed.clear();
-        self.unflushed_outbox.clear();
+    /// A crash: committed but unflushed transactions and their outbox entries are lost.
+    /// Returns how many transactions.
+    pub fn crash(&self) -> usize {
+        let mut s = self.inner.borrow_mut();
+        let lost = s.unflushed.len();
+        s.unflushed.clear();
+        let flushed = s.flushed_up_to;
+        s.outbox.retain(|k, _| *k <= flushed);
         if lost > 0 {
-            self.live = self.durable.clone();
+            s.live = s.durable.clone();
         }
         lost
     }
 
-    /// True when nothing committed is waiting for a flush.
-    pub fn is_flushed(&self) -> bool {
-        self.unflushed.is_empty() && self.unflushed_outbox.is_empty()
+    /// The flushed watermark (what the relay may publish up to).
+    pub fn flushed_up_to(&self) -> u64 {
+        self.inner.borrow().flushed_up_to
     }
 
-    /// Takes the outbox entries committed since the last flush, before any flush (only for
-    /// the `PublishBeforeFlush` mutation: the runtime never does this).
-    pub fn take_unflushed_outbox(&mut self) -> Vec<OutboxEntry> {
-        std::mem::take(&mut self.unflushed_outbox)
+    /// True when nothing committed is waiting for a flush.
+    pub fn is_flushed(&self) -> bool {
+        let s = self.inner.borrow();
+        s.unflushed.is_empty() && s.last_key == s.flushed_up_to
     }
 
     /// Forgets every consumed event id, durable and live (inbox pruning is a plain batch
     /// outside any transaction). Returns how many ids the live inbox had.
-    pub fn prune_inbox(&mut self) -> usize {
-        let n = self.live.inbox.len();
-        self.live.inbox.clear();
-        self.durable.inbox.clear();
-        for c in &mut self.unflushed {
+    pub fn prune_inbox(&self) -> usize {
+        let mut s = self.inner.borrow_mut();
+        let n = s.live.inbox.len();
+        s.live.inbox.clear();
+        s.durable.inbox.clear();
+        for c in &mut s.unflushed {
             c.inbox = None;
         }
         n
@@ -184,30 +180,120 @@ impl MemStore {
 
     /// Transactions committed since the last flush that changed something.
     pub fn unflushed_commits(&self) -> usize {
-        self.unflushed.len()
+        self.inner.borrow().unflushed.len()
     }
 
     /// Outbox entries committed since the last flush, in commit order.
-    pub fn unflushed_outbox(&self) -> &[OutboxEntry] {
-        &self.unflushed_outbox
+    pub fn unflushed_outbox(&self) -> Vec<OutboxEntry> {
+        let s = self.inner.borrow();
+        s.outbox
+            .range(s.flushed_up_to + 1..)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// Outbox entries with keys up to `up_to` (the flushed watermark: what survives a crash
+    /// and the relay may publish).
+    pub fn outbox_len_up_to(&self, up_to: u64) -> usize {
+        self.inner.borrow().outbox.range(..=up_to).count()
     }
 
     /// What a crash would keep.
-    pub fn durable(&self) -> &Data {
-        &self.durable
+    pub fn durable(&self) -> std::cell::Ref<'_, Data> {
+        std::cell::Ref::map(self.inner.borrow(), |s| &s.durable)
     }
 
     /// What the service sees now.
-    pub fn live(&self) -> &Data {
-        &self.live
+    pub fn live(&self) -> std::cell::Ref<'_, Data> {
+        std::cell::Ref::map(self.inner.borrow(), |s| &s.live)
     }
 }
 
-/// What `prepare` reads: the live records, committed but not necessarily flushed, as
-/// `runtime::Store` reads sled's state tree outside a transaction.
+/// The runtime's core commits through this store exactly as through sled: each item of a run
+/// in its own overlay over the live data, merged only when the service's code returns `Ok`
+/// (an abort leaves nothing behind, as a rolled-back sled transaction does), its outbox
+/// entries keyed in commit order.
+impl Storage for MemStore {
+    type Tx<'t> = MemTx<'t>;
+
+    fn transact_each<I, T>(
+        &self,
+        items: &[I],
+        f: impl Fn(&mut MemTx<'_>, &I) -> TxResult<T>,
+    ) -> runtime::Result<Vec<runtime::Result<T>>> {
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            let (out, commit, outbox) = {
+                let s = self.inner.borrow();
+                let mut tx = MemTx {
+                    base: &s.live,
+                    writes: RefCell::default(),
+                    journal: RefCell::default(),
+                    outbox: RefCell::default(),
+                    inbox: RefCell::default(),
+                };
+                match f(&mut tx, item) {
+                    Ok(v) => {
+                        let commit = Commit {
+                            writes: tx.writes.into_inner(),
+                            journal: tx.journal.into_inner(),
+                            inbox: tx.inbox.into_inner(),
+                        };
+                        (Ok(v), commit, tx.outbox.into_inner())
+                    }
+                    Err(e) => (Err(e), Commit::default(), Vec::new()),
+                }
+            };
+            let mut s = self.inner.borrow_mut();
+            let s = &mut *s;
+            for e in outbox {
+                s.last_key += 1;
+                s.outbox.insert(s.last_key, e);
+            }
+            if !commit.is_empty() {
+                commit.apply_to(&mut s.live);
+                s.unflushed.push(commit);
+            }
+            results.push(out.map_err(runtime::aborted));
+        }
+        Ok(results)
+    }
+
+    fn outbox_batch(&self, up_to: u64, max: usize) -> runtime::Result<Vec<(u64, OutboxEntry)>> {
+        let s = self.inner.borrow();
+        Ok(s.outbox
+            .range(..=up_to)
+            .take(max.max(1))
+            .map(|(k, e)| (*k, e.clone()))
+            .collect())
+    }
+
+    fn outbox_remove(&self, keys: &[u64]) -> runtime::Result<()> {
+        let mut s = self.inner.borrow_mut();
+        for k in keys {
+            s.outbox.remove(k);
+        }
+        Ok(())
+    }
+
+    fn outbox_committed(&self) -> runtime::Result<u64> {
+        Ok(self.inner.borrow().last_key)
+    }
+}
+
+/// What `prepare` and the timers read: the live records, committed but not necessarily
+/// flushed, as `runtime::Store` reads sled's state tree outside a transaction.
 impl ReadRecords for MemStore {
     fn read_raw(&self, key: &str) -> runtime::Result<Option<Vec<u8>>> {
-        Ok(self.live.state.get(key).cloned())
+        Ok(self.inner.borrow().live.state.get(key).cloned())
+    }
+
+    fn keys_with_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = runtime::Result<String>> + 'a {
+        let keys: Vec<String> = self.live().keys(prefix).map(str::to_owned).collect();
+        keys.into_iter().map(Ok)
     }
 }
 
@@ -221,15 +307,21 @@ pub struct MemTx<'a> {
     inbox: RefCell<Option<String>>,
 }
 
-impl MemTx<'_> {
-    /// True when an event with this id was already handled (the runtime's inbox check).
-    pub fn seen(&self, event_id: &str) -> bool {
-        self.inbox.borrow().as_deref() == Some(event_id) || self.base.inbox.contains(event_id)
+impl MessageTx for MemTx<'_> {
+    fn seen(&self, event_id: &str) -> TxResult<bool> {
+        Ok(self.inbox.borrow().as_deref() == Some(event_id) || self.base.inbox.contains(event_id))
     }
 
-    /// Records that the event was handled, in this transaction.
-    pub fn mark_seen(&self, event_id: &str) {
+    fn mark_seen(&self, event_id: &str, _now_ms: u64) -> TxResult<()> {
         *self.inbox.borrow_mut() = Some(event_id.to_owned());
+        Ok(())
+    }
+
+    fn discard(&self) {
+        self.writes.borrow_mut().clear();
+        self.journal.borrow_mut().clear();
+        self.outbox.borrow_mut().clear();
+        *self.inbox.borrow_mut() = None;
     }
 }
 
@@ -292,7 +384,7 @@ mod tests {
 
     #[test]
     fn an_aborted_transaction_leaves_nothing_and_a_second_journal_entry_aborts() {
-        let mut s = MemStore::default();
+        let s = MemStore::default();
         s.transact(|tx| tx.journal(&entry("hold"))).unwrap();
         let err = s.transact(|tx| {
             tx.put_raw("touched", b"1".to_vec())?;
@@ -305,9 +397,9 @@ mod tests {
 
     #[test]
     fn a_crash_keeps_only_what_was_flushed() {
-        let mut s = MemStore::default();
+        let s = MemStore::default();
         s.transact(|tx| tx.put_raw("a", b"1".to_vec())).unwrap();
-        assert!(s.flush().is_empty());
+        assert_eq!(s.flush(), 0);
         s.transact(|tx| tx.put_raw("b", b"2".to_vec())).unwrap();
         assert_eq!(s.crash(), 1);
         assert!(s.live().state.contains_key("a"));

@@ -4,21 +4,25 @@
 //!
 //! Every method is one thing that can happen in the real system (a delivery, a flush, a crash,
 //! a publish, a timer, an operator action), so the random driver and the fixed scenarios in
-//! `tests/simulation.rs` drive the same code. What the runtime does around a handler is
-//! reproduced here exactly: `prepare` before the transaction (reading the node's live, committed
-//! records), the inbox check and mark inside it (except for `exchange.requested`), dead letters
-//! stored and acks and naks sent only after the consumer's flush (so a crash before it loses
-//! them with the rest of the unflushed work), and only flushed outbox entries handed to the
-//! relay.
+//! `tests/simulation.rs` drive the same code. What happens around a handler is the runtime's
+//! own core (`runtime::core`), driven here as the NATS consumer loop drives it: `prepare`
+//! before the transaction (reading the node's live, committed records), then
+//! `core::commit_run` (the inbox check and mark, the participant, nothing kept for a dead
+//! letter or a retry), `core::answer` and `core::Group` (dead letters stored, acks and naks
+//! sent only after the consumer's flush, so a crash before it loses them with the rest of the
+//! unflushed work), and `core::Relay` (only flushed outbox entries published, a record removed
+//! once acknowledged). fx-krw's expiry timer is `KrwService::expire_due` itself.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use events::{Event, EventKind, ExchangeRequested, Krw, SagaId, Usd, UserId};
 use futures::executor::block_on;
 use krw::{KrwConfig, KrwService};
-use runtime::{Handled, OutboxEntry, Participant, TxResult};
+pub use runtime::core::Mutation;
+use runtime::core::{self, Answer, Group, Input, Relay, Storage};
+use runtime::{Handled, Participant, TxResult};
 use trade::{SimulatedVenue, TradeConfig, TradeService, VenueConfig};
 use usd::{AdminOutcome, UsdService};
 
@@ -28,9 +32,6 @@ use super::store::{MemStore, MemTx};
 /// Where simulated time starts by default: 2027-01-15T08:00:00Z, far from a UTC day boundary
 /// (a seed may move the start close to midnight to cross one).
 pub const START_MS: u64 = 1_800_000_000_000;
-
-/// The runtime naks a message whose handler failed with this delay (its first transient step).
-const HANDLER_ERROR_NAK_MS: u64 = 100;
 
 /// One of the three participants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -72,7 +73,7 @@ pub struct Delivery {
     /// A nak'd message is not redelivered before this time.
     pub not_before_ms: u64,
     /// How many times it was handed to the consumer.
-    pub delivered: u32,
+    pub delivered: u64,
 }
 
 /// What a handled delivery came to (the runtime's `Outcome` plus handler failures).
@@ -86,20 +87,6 @@ pub enum Outcome {
     Failed(String),
 }
 
-/// What the consumer will tell the broker after the next flush.
-#[derive(Clone, Debug)]
-enum Answer {
-    Ack,
-    Nak {
-        delay_ms: u64,
-    },
-    /// Store the message in `FX_DLQ` with this reason, then terminate it.
-    Term {
-        reason: &'static str,
-        message: String,
-    },
-}
-
 /// One participant: its store, its consumer's view of the broker and its relay queue.
 #[derive(Debug)]
 pub struct Node {
@@ -109,26 +96,24 @@ pub struct Node {
     pub store: MemStore,
     /// Messages the broker may hand to this consumer, in arrival order.
     pub pending: Vec<Delivery>,
-    /// Handled messages waiting for the flush that makes their effects durable.
-    unacked: Vec<(Delivery, Answer)>,
-    /// Flushed outbox entries not yet published (durable: survives a crash).
-    pub relay: VecDeque<OutboxEntry>,
+    /// Handled messages waiting for the flush that makes their effects durable (the
+    /// runtime's core holds their answers until then).
+    group: Group<Delivery>,
 }
 
 impl Node {
-    fn new(id: NodeId) -> Node {
+    fn new(id: NodeId, mutation: Option<Mutation>) -> Node {
         Node {
             id,
             store: MemStore::default(),
             pending: Vec::new(),
-            unacked: Vec::new(),
-            relay: VecDeque::new(),
+            group: Group::new(mutation),
         }
     }
 
     /// Handled messages not yet acked.
     pub fn unacked(&self) -> usize {
-        self.unacked.len()
+        self.group.len()
     }
 
     /// Indexes of pending messages the broker may deliver at `now_ms`.
@@ -143,8 +128,8 @@ impl Node {
     /// True when nothing is pending, unacked, unflushed or waiting to be published.
     pub fn is_idle(&self) -> bool {
         self.pending.is_empty()
-            && self.unacked.is_empty()
-            && self.relay.is_empty()
+            && self.group.is_empty()
+            && self.store.outbox_len_up_to(self.store.flushed_up_to()) == 0
             && self.store.is_flushed()
     }
 }
@@ -171,16 +156,6 @@ pub struct DeadLetter {
     pub reason: &'static str,
     /// The words for a person.
     pub message: String,
-}
-
-/// A deliberate break of one of the runtime's rules, to show that the checks catch what the
-/// rules prevent (DESIGN.md marks both as load-bearing).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mutation {
-    /// The relay may publish outbox entries as soon as they commit, before the flush.
-    PublishBeforeFlush,
-    /// Messages are acked as soon as they are handled, before the flush.
-    AckBeforeFlush,
 }
 
 /// How the services are configured.
@@ -213,7 +188,7 @@ pub struct World {
     trade: TradeService,
     usd: UsdService,
     trade_config: TradeConfig,
-    mutation: Option<Mutation>,
+    relay: Relay,
     /// The market, shared by every incarnation of fx-trade (it is outside the process).
     pub venue: Arc<SimulatedVenue>,
     nodes: [Node; 3],
@@ -253,12 +228,12 @@ impl World {
             trade: TradeService::new(config.trade.clone(), venue.clone()),
             usd: UsdService::default(),
             trade_config: config.trade,
-            mutation: config.mutation,
+            relay: Relay::new(config.mutation),
             venue,
             nodes: [
-                Node::new(NodeId::Krw),
-                Node::new(NodeId::Trade),
-                Node::new(NodeId::Usd),
+                Node::new(NodeId::Krw, config.mutation),
+                Node::new(NodeId::Trade, config.mutation),
+                Node::new(NodeId::Usd, config.mutation),
             ],
             stream: Vec::new(),
             by_id: HashMap::new(),
@@ -441,7 +416,7 @@ impl World {
     /// An admin operation: one transaction. The caller then flushes, as the admin endpoints
     /// do before replying; that flush also makes the consumer's committed work durable and
     /// releases its outbox, but does not ack its messages (that is the consumer's own flush).
-    fn admin<T>(&mut self, node: NodeId, f: impl FnOnce(&MemTx<'_>, u64) -> TxResult<T>) -> T {
+    fn admin<T>(&mut self, node: NodeId, f: impl Fn(&MemTx<'_>, u64) -> TxResult<T>) -> T {
         let now = self.node_now(node);
         self.nodes[node.index()]
             .store
@@ -637,61 +612,38 @@ impl World {
         seq
     }
 
-    /// Hands `node` its pending message at `index`, handles it exactly like
-    /// `runtime::handle_one` (prepare, inbox check, handler, inbox mark, one transaction) and
-    /// keeps it unacked until the node's next flush.
+    /// Hands `node` its pending message at `index` and handles it as the runtime does:
+    /// `prepare`, then the core's `commit_run` (a run of one) and `answer`; the answer waits in
+    /// the node's [`Group`] for the next flush.
     pub fn deliver(&mut self, node: NodeId, index: usize) -> Outcome {
         let n = node.index();
         let mut d = self.nodes[n].pending.remove(index);
         d.delivered += 1;
         let outbox_before = self.nodes[n].store.unflushed_outbox().len();
         let commits_before = self.nodes[n].store.unflushed_commits();
-        let outcome = self.handle(node, &d);
+        let result = self.handle(node, &d);
+        let outcome = match &result {
+            Ok(core::Outcome::Handled(h)) => Outcome::Handled(h.clone()),
+            Ok(core::Outcome::Duplicate) => Outcome::Duplicate,
+            Err(e) => Outcome::Failed(format!("{e:?}")),
+        };
         let wrote = self.nodes[n].store.unflushed_commits() != commits_before
             || self.nodes[n].store.unflushed_outbox().len() != outbox_before;
-        let ack = match &outcome {
-            Outcome::Handled(Handled::Applied | Handled::Ignored) | Outcome::Duplicate => {
-                Answer::Ack
-            }
-            Outcome::Handled(Handled::RetryAfter { delay_ms }) => {
-                if wrote {
-                    self.violate(format!(
-                        "{} wrote records for a message it asked to retry: {}",
-                        node.name(),
-                        self.describe(&d.event)
-                    ));
-                }
-                Answer::Nak {
-                    delay_ms: *delay_ms,
-                }
-            }
-            Outcome::Handled(Handled::DeadLetter { reason, message }) => {
-                if wrote {
-                    self.violate(format!(
-                        "{} wrote records for a message it dead-lettered: {}",
-                        node.name(),
-                        self.describe(&d.event)
-                    ));
-                }
-                // Stored with the acks, after the flush of the batch: the verdict may rest on
-                // state committed earlier in the batch, and a crash before the flush must be
-                // able to undo it together with that state (runtime::handle_batch).
-                Answer::Term {
-                    reason,
-                    message: message.clone(),
-                }
-            }
-            Outcome::Failed(e) => {
+        match &outcome {
+            Outcome::Handled(Handled::RetryAfter { .. } | Handled::DeadLetter { .. }) if wrote => {
                 self.violate(format!(
-                    "{} failed to handle {}: {e}",
+                    "{} kept writes of a message it dead-lettered or asked to retry: {}",
                     node.name(),
                     self.describe(&d.event)
                 ));
-                Answer::Nak {
-                    delay_ms: HANDLER_ERROR_NAK_MS,
-                }
             }
-        };
+            Outcome::Failed(e) => self.violate(format!(
+                "{} failed to handle {}: {e}",
+                node.name(),
+                self.describe(&d.event)
+            )),
+            _ => {}
+        }
         if self.trace.is_some() {
             let emitted: Vec<String> = self.nodes[n].store.unflushed_outbox()[outbox_before..]
                 .iter()
@@ -716,22 +668,29 @@ impl World {
             );
             self.push_trace(line);
         }
-        self.after_commit(node);
-        if self.mutation == Some(Mutation::AckBeforeFlush) {
-            match ack {
-                Answer::Nak { delay_ms } => {
-                    let not_before_ms = self.now_ms + delay_ms;
-                    self.nodes[n].pending.push(Delivery { not_before_ms, ..d });
-                }
-                Answer::Term { reason, message } => {
+        let answer = core::answer(&result, d.delivered);
+        // Empty unless a mutation answers before the flush.
+        let now = self.nodes[n].group.handled(d, answer);
+        self.send_answers(node, now);
+        outcome
+    }
+
+    /// Tells the broker what the core decided: a nak'd message comes back after its delay, a
+    /// dead letter is stored then terminated, an ack forgets the message.
+    fn send_answers(&mut self, node: NodeId, answers: Vec<(Delivery, Answer)>) {
+        let now = self.now_ms;
+        for (d, answer) in answers {
+            match answer {
+                Answer::Ack => {}
+                Answer::Nak { delay_ms } => self.nodes[node.index()].pending.push(Delivery {
+                    not_before_ms: now + delay_ms,
+                    ..d
+                }),
+                Answer::DeadLetter { reason, message } => {
                     self.store_dead_letter(node, &d, reason, message)
                 }
-                Answer::Ack => {}
             }
-        } else {
-            self.nodes[n].unacked.push((d, ack));
         }
-        outcome
     }
 
     fn store_dead_letter(
@@ -758,16 +717,6 @@ impl World {
         });
     }
 
-    /// Under [`Mutation::PublishBeforeFlush`], hands committed outbox entries to the relay at
-    /// once; otherwise nothing (they wait for the flush).
-    fn after_commit(&mut self, node: NodeId) {
-        if self.mutation == Some(Mutation::PublishBeforeFlush) {
-            let n = &mut self.nodes[node.index()];
-            let out = n.store.take_unflushed_outbox();
-            n.relay.extend(out);
-        }
-    }
-
     /// Delivers the first pending message of `kind` for `saga` to `node`, whatever its place in
     /// the queue (the fixed scenarios force orderings with this). Panics if there is none.
     pub fn deliver_kind(&mut self, node: NodeId, kind: EventKind, saga: SagaId) -> Outcome {
@@ -785,39 +734,23 @@ impl World {
         self.deliver(node, index)
     }
 
-    fn handle(&mut self, node: NodeId, d: &Delivery) -> Outcome {
+    fn handle(&mut self, node: NodeId, d: &Delivery) -> runtime::Result<core::Outcome> {
         let now = self.node_now(node);
         let event: &Event = &d.event;
-        // As in runtime::handle_one: prepare (the venue call) runs before the transaction, once
-        // per delivery, duplicates included. With latency 0 the simulated venue needs no timer.
-        // prepare reads the node's live records, committed but maybe unflushed, as the runtime's
-        // does from sled (a crash that loses them also redelivers what they decided).
-        let quote = match node {
+        let store = &self.nodes[node.index()].store;
+        // As in the runtime's pipeline: prepare (the venue call) runs before the transaction,
+        // once per delivery, duplicates included, reading the node's live records, committed
+        // but maybe unflushed (a crash that loses them also redelivers what they decided).
+        // With latency 0 the simulated venue needs no timer.
+        let mut outcomes = match node {
+            NodeId::Krw => commit_one(&self.krw, store, event, &(), now),
             NodeId::Trade => {
-                let records = &self.nodes[node.index()].store;
-                Some(block_on(self.trade.prepare(records, event, now)))
+                let quote = block_on(self.trade.prepare(store, event, now));
+                commit_one(&self.trade, store, event, &quote, now)
             }
-            NodeId::Krw | NodeId::Usd => None,
+            NodeId::Usd => commit_one(&self.usd, store, event, &(), now),
         };
-        let event_id = event.id();
-        // Requests are deduplicated by fx-krw's saga record, not by the inbox.
-        let use_inbox = event.kind() != EventKind::ExchangeRequested;
-        let (krw, trade, usd) = (&self.krw, &self.trade, &self.usd);
-        let result = self.nodes[node.index()].store.transact(|tx| {
-            if use_inbox && tx.seen(&event_id) {
-                return Ok(Outcome::Duplicate);
-            }
-            let h = match node {
-                NodeId::Krw => krw.handle(tx, event, &(), now)?,
-                NodeId::Trade => trade.handle(tx, event, quote.as_ref().expect("prepared"), now)?,
-                NodeId::Usd => usd.handle(tx, event, &(), now)?,
-            };
-            if use_inbox && matches!(h, Handled::Applied | Handled::Ignored) {
-                tx.mark_seen(&event_id);
-            }
-            Ok(Outcome::Handled(h))
-        });
-        result.unwrap_or_else(|e| Outcome::Failed(format!("{e:?}")))
+        outcomes.pop().expect("one outcome per message")
     }
 
     /// The broker hands a message to the consumer again although it may still be in flight (ack
@@ -825,10 +758,9 @@ impl World {
     /// (unacked ones first) goes back to the pending pool.
     pub fn duplicate(&mut self, node: NodeId, index: usize) {
         let n = &mut self.nodes[node.index()];
-        let d = if index < n.unacked.len() {
-            n.unacked[index].0.clone()
-        } else {
-            n.pending[index - n.unacked.len()].clone()
+        let d = match n.group.held().nth(index) {
+            Some(d) => d.clone(),
+            None => n.pending[index - n.group.len()].clone(),
         };
         let (event, seq) = (d.event.clone(), d.seq);
         self.nodes[node.index()].pending.push(Delivery {
@@ -844,10 +776,20 @@ impl World {
         });
     }
 
+    /// Outbox entries of `node` the relay may publish now (the core's rule: flushed ones).
+    pub fn relay_backlog(&self, node: NodeId) -> usize {
+        let store = &self.node(node).store;
+        let up_to = self
+            .relay
+            .up_to(store, store.flushed_up_to())
+            .expect("the memory store does not fail");
+        store.outbox_len_up_to(up_to)
+    }
+
     /// How many messages [`World::duplicate`] can choose from.
     pub fn duplicable(&self, node: NodeId) -> usize {
         let n = &self.nodes[node.index()];
-        n.unacked.len() + n.pending.len()
+        n.group.len() + n.pending.len()
     }
 
     /// Group commit: makes the node's committed work durable and hands its outbox entries to
@@ -855,26 +797,11 @@ impl World {
     /// every message handled since the last flush. `ack = false` is the crash window "after
     /// commit, before ack" (or an admin or sweeper flush, which does not end the batch).
     pub fn flush(&mut self, node: NodeId, ack: bool) {
-        let now = self.now_ms;
         let n = &mut self.nodes[node.index()];
-        let out = n.store.flush();
-        let published = out.len();
-        n.relay.extend(out);
-        let mut acked = 0;
-        let mut dead = Vec::new();
-        if ack {
-            for (d, a) in n.unacked.drain(..) {
-                acked += 1;
-                match a {
-                    Answer::Nak { delay_ms } => n.pending.push(Delivery {
-                        not_before_ms: now + delay_ms,
-                        ..d
-                    }),
-                    Answer::Term { reason, message } => dead.push((d, reason, message)),
-                    Answer::Ack => {}
-                }
-            }
-        }
+        let published = n.store.flush();
+        // The core hands back the group's answers only now, dead letters first.
+        let answers = if ack { n.group.flushed() } else { Vec::new() };
+        let acked = answers.len();
         self.note(|_| {
             format!(
                 "flush {:<5} relay +{published}{}",
@@ -886,21 +813,18 @@ impl World {
                 }
             )
         });
-        // In the runtime's order: after the flush, before the acks (which the lines above
-        // stand for; nothing observes the difference in between).
-        for (d, reason, message) in dead {
-            self.store_dead_letter(node, &d, reason, message);
-        }
+        self.send_answers(node, answers);
         // Conservation holds after every transaction, so it holds for every durable state.
         let durable = self.nodes[node.index()].store.durable();
         let broken = match node {
-            NodeId::Krw => check::krw_conservation(durable, self.krw_deposits.values()),
+            NodeId::Krw => check::krw_conservation(&durable, self.krw_deposits.values()),
             NodeId::Usd => check::usd_conservation(
-                durable,
+                &durable,
                 self.usd_deposits.values().chain([&self.house_float]),
             ),
             NodeId::Trade => Ok(()),
         };
+        drop(durable);
         if let Err(e) = broken {
             self.violate(format!("invariant 1 after a flush of {}: {e}", node.name()));
         }
@@ -914,8 +838,9 @@ impl World {
         let now = self.now_ms;
         let n = &mut self.nodes[node.index()];
         let lost = n.store.crash();
-        let back = n.unacked.len();
-        for (d, _) in n.unacked.drain(..) {
+        let lost_answers = n.group.crashed();
+        let back = lost_answers.len();
+        for d in lost_answers {
             n.pending.push(Delivery {
                 not_before_ms: now,
                 ..d
@@ -939,15 +864,22 @@ impl World {
     /// `dedup`, and stored again (delivered twice) otherwise. Returns false if the queue is
     /// empty.
     pub fn relay_publish(&mut self, node: NodeId, keep: bool, dedup: bool) -> bool {
-        let n = &mut self.nodes[node.index()];
-        let entry = if keep {
-            n.relay.front().cloned()
-        } else {
-            n.relay.pop_front()
-        };
-        let Some(entry) = entry else {
+        let store = &self.nodes[node.index()].store;
+        // The runtime's relay: the next flushed entry (any committed one under the
+        // PublishBeforeFlush mutation), removed once the broker has acknowledged it, which in
+        // the simulation is at once.
+        let batch = self
+            .relay
+            .batch(store, store.flushed_up_to(), 1)
+            .expect("the memory store does not fail");
+        let Some((_, entry)) = batch.first().cloned() else {
             return false;
         };
+        if !keep {
+            store
+                .outbox_remove(&Relay::settled(&batch[..1], 1))
+                .expect("the memory store does not fail");
+        }
         let event = match Event::decode(&entry.subject, entry.payload.as_bytes()) {
             Ok(e) => Rc::new(e),
             Err(e) => {
@@ -1016,50 +948,29 @@ impl World {
         self.note(|_| format!("clock +{ms}ms"));
     }
 
-    /// fx-krw's expiry sweeper: every due hold is expired with `KrwService::expire`, one
-    /// transaction each (as `expire_due` does over sled); then, with `flush`, the sweeper's
-    /// flush if it released anything. Returns how many holds were released.
+    /// fx-krw's expiry sweeper: its timer step, `KrwService::expire_due`, over the node's
+    /// store (one transaction per due hold); then, with `flush`, the sweeper's flush if it
+    /// released anything. Returns how many holds were released.
     pub fn sweep(&mut self, flush: bool) -> usize {
         let now = self.node_now(NodeId::Krw);
-        let due = self.due_expiries();
-        let mut released = 0;
-        for saga in due {
-            let krw = &self.krw;
-            let r = self.nodes[NodeId::Krw.index()]
-                .store
-                .transact(|tx| krw.expire(tx, saga, now));
-            match r {
-                Ok(Handled::Applied) => {
-                    released += 1;
-                    self.note(|w| format!("expiry krw releases {}", w.saga_name(saga)));
-                }
-                Ok(_) => {}
-                Err(e) => self.violate(format!(
-                    "krw failed to expire {}: {e:?}",
-                    self.saga_name(saga)
-                )),
+        let released = match self
+            .krw
+            .expire_due(&self.nodes[NodeId::Krw.index()].store, now)
+        {
+            Ok(released) => released,
+            Err(e) => {
+                self.violate(format!("krw failed to expire holds: {e:?}"));
+                Vec::new()
             }
+        };
+        for saga in &released {
+            self.note(|w| format!("expiry krw releases {}", w.saga_name(*saga)));
         }
-        self.after_commit(NodeId::Krw);
         // The sweeper flushes only when it released something (krw's server does the same).
-        if flush && released > 0 {
+        if flush && !released.is_empty() {
             self.flush(NodeId::Krw, false);
         }
-        released
-    }
-
-    /// Sagas whose hold is due for expiry now, read from the expiry index outside a
-    /// transaction (as `KrwService::due_expiries` does; `expire` re-checks inside its own).
-    fn due_expiries(&self) -> Vec<SagaId> {
-        let grace = self.krw.config().hold_grace_ms;
-        self.node(NodeId::Krw)
-            .store
-            .live()
-            .keys(krw::EXPIRY_PREFIX)
-            .filter_map(krw::parse_expiry_key)
-            .take_while(|(at, _)| krw::expiry_due(*at, grace, self.node_now(NodeId::Krw)))
-            .map(|(_, saga)| saga)
-            .collect()
+        released.len()
     }
 
     /// When (by the broker's clock) the earliest open hold becomes due for expiry, if any.
@@ -1188,6 +1099,21 @@ fn describe_outcome(o: &Outcome) -> String {
         Outcome::Duplicate => "duplicate (inbox)".into(),
         Outcome::Failed(e) => format!("HANDLER FAILED: {e}"),
     }
+}
+
+/// A run of one message through the runtime's core.
+fn commit_one<P: Participant>(
+    participant: &P,
+    store: &MemStore,
+    event: &Event,
+    prepared: &P::Prepared,
+    now_ms: u64,
+) -> Vec<runtime::Result<core::Outcome>> {
+    core::commit_run(
+        participant,
+        store,
+        &[(Input::Decoded { event, prepared }, now_ms)],
+    )
 }
 
 /// True when `again`, published under the id of `first`, says the same decision: the same

@@ -8,6 +8,7 @@
 //! no user, saga or amount, and health checks and scrapers reach them without a secret.
 
 use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use async_nats::jetstream::stream;
@@ -20,11 +21,12 @@ use axum::{Json, Router};
 use base64::Engine;
 use events::{SagaId, UserId};
 use runtime::telemetry::{standard_routes, Health};
+use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::html::{self, Body, Dashboard};
-use crate::model::{ListQuery, ReadModel};
-use crate::projection::SagaState;
+use crate::model::{Flag, ListQuery, ReadModel};
+use crate::projection::{reason_code, reason_codes, SagaState};
 use crate::view::SagaView;
 
 /// Sagas listed under "Recent sagas" on the dashboard.
@@ -33,8 +35,6 @@ const DASHBOARD_RECENT: usize = 50;
 const DASHBOARD_FLAGGED: usize = 50;
 /// Default page size of `/api/sagas`.
 const DEFAULT_PAGE: usize = 50;
-/// The values `/api/sagas?flag=` takes.
-const FLAGS: [&str; 1] = ["reversal_pending"];
 
 #[derive(Clone)]
 struct AppState {
@@ -189,7 +189,7 @@ async fn dashboard(State(app): State<AppState>) -> Response {
     };
     let reversals_pending = match model.list(&ListQuery {
         limit: DASHBOARD_FLAGGED,
-        reversal_pending: true,
+        flag: Some(Flag::ReversalPending),
         ..ListQuery::default()
     }) {
         Ok(p) => p.sagas,
@@ -292,64 +292,118 @@ struct ListBody {
     next_cursor: Option<String>,
 }
 
+/// Reads a search from query parameters (`/api/sagas` and the dashboard's search form):
+/// `state`, `user`, `reason`, `flag`, `from`, `to`, `min_krw`, `max_krw`, `cursor`, `limit`.
+/// Empty values are absent. The error says what is wrong with which parameter.
+pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, String> {
+    let get = |k: &str| params.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
+    let state = match get("state") {
+        None => None,
+        Some(s) => Some(SagaState::parse(s).ok_or_else(|| {
+            let names: Vec<&str> = SagaState::ALL.iter().map(|s| s.as_str()).collect();
+            format!("state {s:?} is not one of {}", names.join(", "))
+        })?),
+    };
+    let flag = match get("flag") {
+        None => None,
+        Some(f) => Some(Flag::parse(f).ok_or_else(|| {
+            let names: Vec<&str> = Flag::ALL.iter().map(|f| f.as_str()).collect();
+            format!("flag {f:?} is not one of {}", names.join(", "))
+        })?),
+    };
+    let reason =
+        match get("reason") {
+            None => None,
+            Some(r) => Some(reason_code(r).ok_or_else(|| {
+                format!("reason {r:?} is not one of {}", reason_codes().join(", "))
+            })?),
+        };
+    let user = get("user")
+        .map(UserId::parse)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let time = |k: &'static str| -> Result<Option<u64>, String> {
+        get(k)
+            .map(|v| parse_time(v).map_err(|e| format!("{k}: {e}")))
+            .transpose()
+    };
+    let krw = |k: &'static str| -> Result<Option<Decimal>, String> {
+        get(k)
+            .map(|v| {
+                Decimal::from_str(v)
+                    .map_err(|_| format!("{k} {v:?} is not an amount of KRW like 1500000"))
+            })
+            .transpose()
+    };
+    let limit = get("limit")
+        .map(str::parse::<usize>)
+        .transpose()
+        .map_err(|_| {
+            format!(
+                "limit must be a number from 1 to {}",
+                crate::model::MAX_PAGE
+            )
+        })?
+        .unwrap_or(DEFAULT_PAGE);
+    let cursor = get("cursor")
+        .map(str::parse::<u64>)
+        .transpose()
+        .map_err(|_| "cursor must be a next_cursor value from a previous page".to_owned())?;
+    Ok(ListQuery {
+        state,
+        user,
+        reason,
+        flag,
+        from_ms: time("from")?,
+        to_ms: time("to")?,
+        min_krw: krw("min_krw")?,
+        max_krw: krw("max_krw")?,
+        limit,
+        cursor,
+    })
+}
+
+/// A time as `from`/`to` take it: ms since the Unix epoch, RFC 3339
+/// (`2026-11-26T00:32:05Z`), or a date and time without a zone, read as UTC
+/// (`2026-11-26T00:32`, what a browser's datetime-local field sends).
+pub fn parse_time(v: &str) -> Result<u64, String> {
+    use time::format_description::well_known::Rfc3339;
+    use time::macros::format_description;
+    if let Ok(ms) = v.parse::<u64>() {
+        return Ok(ms);
+    }
+    let t = time::OffsetDateTime::parse(v, &Rfc3339)
+        .or_else(|_| {
+            time::PrimitiveDateTime::parse(
+                v,
+                format_description!("[year]-[month]-[day]T[hour]:[minute]"),
+            )
+            .or_else(|_| {
+                time::PrimitiveDateTime::parse(
+                    v,
+                    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]"),
+                )
+            })
+            .map(|t| t.assume_utc())
+        })
+        .map_err(|_| {
+            format!(
+                "{v:?} is not a time: give ms since the epoch, 2026-11-26T00:32:05Z, \
+                 or 2026-11-26T00:32 (UTC)"
+            )
+        })?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| format!("{v:?} is before 1970"))
+}
+
 async fn list_sagas(
     State(app): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let get = |k: &str| params.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
-    let state = match get("state").map(|s| (s, SagaState::parse(s))) {
-        None => None,
-        Some((_, Some(st))) => Some(st),
-        Some((s, None)) => {
-            let names: Vec<&str> = SagaState::ALL.iter().map(|s| s.as_str()).collect();
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("state {s:?} is not one of {}", names.join(", ")),
-            );
-        }
+    let query = match list_query(&params) {
+        Ok(q) => q,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
     };
-    let reversal_pending = match get("flag") {
-        None => false,
-        Some(f) if f.eq_ignore_ascii_case(FLAGS[0]) => true,
-        Some(f) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("flag {f:?} is not one of {}", FLAGS.join(", ")),
-            )
-        }
-    };
-    let user = match get("user").map(UserId::parse).transpose() {
-        Ok(u) => u,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let limit = match get("limit").map(str::parse::<usize>).transpose() {
-        Ok(l) => l.unwrap_or(DEFAULT_PAGE),
-        Err(_) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "limit must be a number from 1 to {}",
-                    crate::model::MAX_PAGE
-                ),
-            )
-        }
-    };
-    let cursor = match get("cursor").map(str::parse::<u64>).transpose() {
-        Ok(c) => c,
-        Err(_) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "cursor must be a next_cursor value from a previous page",
-            )
-        }
-    };
-    let page = match app.model.list(&ListQuery {
-        state,
-        user,
-        reversal_pending,
-        limit,
-        cursor,
-    }) {
+    let page = match app.model.list(&query) {
         Ok(p) => p,
         Err(e) => return internal(e),
     };

@@ -38,7 +38,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 pub use http::ApiToken;
-pub use model::{ListQuery, Page, ReadModel, StreamMessage};
+pub use model::{Flag, ListQuery, Page, ReadModel, StreamMessage};
 pub use projection::{
     apply, Applied, Reversal, ReversalStatus, SagaRecord, SagaState, TimelineEntry,
 };

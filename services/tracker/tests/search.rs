@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use tracker::{ListQuery, ReadModel, SagaState, StreamMessage};
+use tracker::{Flag, ListQuery, ReadModel, SagaState, StreamMessage};
 
 /// Stream messages for `sagas`, each driven to its outcome, one saga after the other, with
 /// stream times one millisecond apart from `at_ms`.
@@ -96,4 +96,172 @@ fn compensated_sagas_behind_twenty_thousand_newer_completed_ones_fill_the_first_
         "every page but the last is full"
     );
     assert_eq!(pages.concat(), want);
+}
+
+/// Each filter alone and together, over sagas of every outcome, stored through the tracker's
+/// own projection; pages join up to what one big page says, newest first.
+#[test]
+fn every_filter_selects_what_it_names_and_pages_join_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = TestClock::at_now();
+    let model = ReadModel::open(dir.path(), 5, 60_000, clock.clock()).unwrap();
+    let outcomes = Outcome::ALL;
+    let sagas: Vec<(Saga, Outcome)> = (0..600)
+        .map(|i| {
+            let mut s = Saga::new(&format!("user{}", i % 7));
+            if i % 10 == 0 {
+                s.krw = events::Krw::parse("20000000").unwrap();
+                s.usd = s.rate.usd_for(s.krw).unwrap();
+            }
+            (s, outcomes[i % outcomes.len()])
+        })
+        .collect();
+    let start = wall_ms() - 3_600_000;
+    let msgs = messages(&sagas, 1, start);
+    ingest(&model, &msgs);
+    // Saga i starts at `start + (events before it)`: the time range below is sagas 100..200.
+    let started: Vec<u64> = {
+        let mut at = start;
+        sagas
+            .iter()
+            .map(|(s, o)| {
+                let t = at;
+                at += s.events(*o).len() as u64;
+                t
+            })
+            .collect()
+    };
+    clock.advance(120_000); // the stalled sagas are STUCK now
+
+    let want = |f: &dyn Fn(usize, &Saga, Outcome) -> bool| -> Vec<events::SagaId> {
+        let mut v: Vec<_> = sagas
+            .iter()
+            .enumerate()
+            .filter(|(i, (s, o))| f(*i, s, *o))
+            .map(|(_, (s, _))| s.id)
+            .collect();
+        v.reverse();
+        v
+    };
+    let search = |q: ListQuery| -> Vec<events::SagaId> {
+        let pages = all_pages(&model, ListQuery { limit: 7, ..q });
+        let n = pages.len();
+        for (i, p) in pages.iter().enumerate() {
+            assert!(
+                i + 1 == n || p.len() == 7,
+                "page {i} of {n} is not full: {}",
+                p.len()
+            );
+        }
+        pages.concat()
+    };
+    let user3 = events::UserId::parse("user3").unwrap();
+    let cases: Vec<(&str, ListQuery, Vec<events::SagaId>)> = vec![
+        (
+            "state",
+            ListQuery {
+                state: Some(SagaState::Rejected),
+                ..ListQuery::default()
+            },
+            want(&|_, _, o| o == Outcome::Rejected),
+        ),
+        (
+            "user and state",
+            ListQuery {
+                state: Some(SagaState::Compensated),
+                user: Some(user3.clone()),
+                ..ListQuery::default()
+            },
+            want(&|_, s, o| {
+                s.user == user3
+                    && matches!(
+                        o,
+                        Outcome::CompensatedTradeFailed | Outcome::CompensatedCreditFailed
+                    )
+            }),
+        ),
+        (
+            "reason",
+            ListQuery {
+                reason: Some("account_frozen"),
+                ..ListQuery::default()
+            },
+            want(&|_, _, o| o == Outcome::CompensatedCreditFailed),
+        ),
+        (
+            "flag stuck",
+            ListQuery {
+                flag: Some(Flag::Stuck),
+                ..ListQuery::default()
+            },
+            want(&|_, _, o| o == Outcome::Stalled),
+        ),
+        (
+            "flag inconsistent and user",
+            ListQuery {
+                flag: Some(Flag::Inconsistent),
+                user: Some(user3.clone()),
+                ..ListQuery::default()
+            },
+            want(&|_, s, o| o == Outcome::CommittedAndReleased && s.user == user3),
+        ),
+        (
+            "flag reversal_pending",
+            ListQuery {
+                flag: Some(Flag::ReversalPending),
+                ..ListQuery::default()
+            },
+            want(&|_, _, o| o == Outcome::CompensatedCreditFailed),
+        ),
+        (
+            "time range",
+            ListQuery {
+                from_ms: Some(started[100]),
+                to_ms: Some(started[199]),
+                ..ListQuery::default()
+            },
+            want(&|i, _, _| (100..200).contains(&i)),
+        ),
+        (
+            "amount and state",
+            ListQuery {
+                min_krw: Some(10_000_000.into()),
+                state: Some(SagaState::Completed),
+                ..ListQuery::default()
+            },
+            want(&|_, s, o| {
+                s.krw.amount() >= 10_000_000.into()
+                    && matches!(o, Outcome::Completed | Outcome::CommittedAndReleased)
+            }),
+        ),
+        (
+            "at most an amount, within a time range",
+            ListQuery {
+                max_krw: Some(1_500_000.into()),
+                from_ms: Some(started[0]),
+                to_ms: Some(started[29]),
+                ..ListQuery::default()
+            },
+            want(&|i, s, _| i < 30 && s.krw.amount() <= 1_500_000.into()),
+        ),
+        ("nothing", ListQuery::default(), want(&|_, _, _| true)),
+    ];
+    for (name, q, want) in cases {
+        assert!(!want.is_empty(), "{name}: the case selects something");
+        assert_eq!(search(q), want, "{name}");
+    }
+    // A time range before every saga, and a reason no saga has: empty, no cursor.
+    let page = model
+        .list(&ListQuery {
+            to_ms: Some(start - 1),
+            limit: 10,
+            ..ListQuery::default()
+        })
+        .unwrap();
+    assert!(page.sagas.is_empty() && page.next_cursor.is_none());
+    assert!(search(ListQuery {
+        reason: Some("above_daily_limit"),
+        ..ListQuery::default()
+    })
+    .is_empty());
 }

@@ -186,6 +186,44 @@ async fn projects_outcomes_flags_and_serves_the_api() {
     let (status, v) = t.json("/api/sagas?state=DONE").await;
     assert_eq!(status, 400);
     assert!(v["error"].as_str().unwrap().contains("COMPENSATED"));
+    // Search: reason, flags, time range and amounts.
+    let only = saga_ids;
+    let (_, l) = t.json("/api/sagas?reason=account_frozen").await;
+    assert_eq!(only(&l), [credit_failed.id.to_string()]);
+    let (_, l) = t.json("/api/sagas?flag=inconsistent").await;
+    assert_eq!(only(&l), [inconsistent.id.to_string()]);
+    let (_, l) = t.json("/api/sagas?flag=stuck").await;
+    assert_eq!(only(&l), [stalled.id.to_string()]);
+    let (_, l) = t
+        .json("/api/sagas?min_krw=1500000&max_krw=1500000&user=dave")
+        .await;
+    assert_eq!(only(&l), [rejected.id.to_string()]);
+    let (_, l) = t.json("/api/sagas?max_krw=1499999.99").await;
+    assert!(only(&l).is_empty());
+    let (_, c) = t.json(&format!("/api/sagas/{}", credit_failed.id)).await;
+    let at = c["started_at"].as_u64().unwrap();
+    let (_, l) = t
+        .json(&format!("/api/sagas?from={at}&to={at}&state=COMPENSATED"))
+        .await;
+    // Another saga may have started in the same millisecond: all that started then, no other.
+    assert!(only(&l).contains(&credit_failed.id.to_string()), "{l}");
+    for s in l["sagas"].as_array().unwrap() {
+        assert_eq!(s["started_at"], at, "{s}");
+    }
+    let (_, l) = t.json(&format!("/api/sagas?to={}", at - 1)).await;
+    assert!(!only(&l).contains(&credit_failed.id.to_string()), "{l}");
+    let (_, l) = t.json("/api/sagas?to=2000-01-01T00:00:00Z").await;
+    assert!(only(&l).is_empty());
+    for (bad, word) in [
+        ("reason=bored", "account_frozen"),
+        ("flag=stuckish", "inconsistent"),
+        ("from=yesterday", "from"),
+        ("min_krw=lots", "min_krw"),
+    ] {
+        let (status, v) = t.json(&format!("/api/sagas?{bad}")).await;
+        assert_eq!(status, 400, "{bad}");
+        assert!(v["error"].as_str().unwrap().contains(word), "{bad}: {v}");
+    }
 
     // The dashboard and a timeline page (bodies read back from the stream).
     let (status, page) = t.get("/").await;
@@ -251,14 +289,7 @@ async fn rebuilt_tracker_equals_the_live_one_and_restarts_resume() {
     // A tiny retention makes finished sagas leave memory, so late events reload them.
     let live = Running::start(&broker.url(), live_dir.path(), &clock, 3).await;
 
-    let outcomes = [
-        Outcome::Completed,
-        Outcome::CompensatedTradeFailed,
-        Outcome::CompensatedCreditFailed,
-        Outcome::Rejected,
-        Outcome::CommittedAndReleased,
-        Outcome::Stalled,
-    ];
+    let outcomes = Outcome::ALL;
     let sagas: Vec<(Saga, Outcome)> = (0..36)
         .map(|i| (Saga::new(&format!("user{}", i % 5)), outcomes[i % 6]))
         .collect();

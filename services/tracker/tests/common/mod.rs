@@ -242,6 +242,28 @@ pub enum Outcome {
     Stalled,
 }
 
+impl Outcome {
+    /// Every outcome.
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Completed,
+        Outcome::CompensatedTradeFailed,
+        Outcome::CompensatedCreditFailed,
+        Outcome::Rejected,
+        Outcome::CommittedAndReleased,
+        Outcome::Stalled,
+    ];
+}
+
+/// The `saga_id`s of a `/api/sagas` page, in order.
+pub fn saga_ids(page: &serde_json::Value) -> Vec<String> {
+    page["sagas"]
+        .as_array()
+        .expect("a page of sagas")
+        .iter()
+        .map(|s| s["saga_id"].as_str().expect("saga_id").to_owned())
+        .collect()
+}
+
 /// A saga's ids and amounts.
 #[derive(Clone, Debug)]
 pub struct Saga {

@@ -28,11 +28,21 @@ use crate::html::{self, Body, Dashboard};
 use crate::model::{Flag, ListQuery, ReadModel};
 use crate::projection::{reason_code, reason_codes, SagaState};
 use crate::view::SagaView;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures::Stream;
+use std::convert::Infallible;
+use std::time::Duration;
 
 /// Sagas listed under "Recent sagas" on the dashboard.
 const DASHBOARD_RECENT: usize = 50;
 /// Stuck and inconsistent sagas listed on the dashboard (the counts show the totals).
 const DASHBOARD_FLAGGED: usize = 50;
+/// Shortest time between two pushes of the live dashboard to one page: under heavy load the
+/// page changes every batch, and a person reads no faster than this.
+const LIVE_MIN_INTERVAL_MS: u64 = 500;
+/// Longest time between two pushes when nothing new is projected (the STUCK flags and the
+/// charts' hour move with the clock).
+const LIVE_REFRESH_MS: u64 = 5_000;
 /// Default page size of `/api/sagas`.
 const DEFAULT_PAGE: usize = 50;
 
@@ -104,6 +114,7 @@ pub fn router(
 ) -> Router {
     let pages = Router::new()
         .route("/", get(dashboard))
+        .route("/live", get(live))
         .route("/sagas/{id}", get(saga_page))
         .route("/api/sagas", get(list_sagas))
         .route("/api/sagas/{id}", get(get_saga))
@@ -172,39 +183,110 @@ fn internal(e: crate::TrackerError) -> Response {
     json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
-async fn dashboard(State(app): State<AppState>) -> Response {
-    let model = &app.model;
+/// What the dashboard shows for these query parameters (a search when any search parameter
+/// is given), as of now.
+fn dashboard_data(
+    model: &ReadModel,
+    params: &HashMap<String, String>,
+) -> Result<Dashboard, crate::TrackerError> {
     let stats = model.stats();
     let (stuck, _) = model.stuck(DASHBOARD_FLAGGED);
-    let (inconsistent, _) = match model.inconsistent(DASHBOARD_FLAGGED) {
-        Ok(v) => v,
-        Err(e) => return internal(e),
+    let (inconsistent, _) = model.inconsistent(DASHBOARD_FLAGGED)?;
+    let recent = model
+        .list(&ListQuery {
+            limit: DASHBOARD_RECENT,
+            ..ListQuery::default()
+        })?
+        .sagas;
+    let reversals_pending = model
+        .list(&ListQuery {
+            limit: DASHBOARD_FLAGGED,
+            flag: Some(Flag::ReversalPending),
+            ..ListQuery::default()
+        })?
+        .sagas;
+    let searched = html::SEARCH_PARAMS
+        .iter()
+        .chain(&["cursor"])
+        .any(|k| params.get(*k).is_some_and(|v| !v.trim().is_empty()));
+    let search = if searched {
+        let found = match list_query(params) {
+            Ok(q) => {
+                let page = model.list(&ListQuery {
+                    limit: q.limit.min(DASHBOARD_RECENT),
+                    ..q
+                })?;
+                Ok((page.sagas, page.next_cursor))
+            }
+            Err(why) => Err(why),
+        };
+        let mut given: Vec<(String, String)> =
+            params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        given.sort();
+        Some(html::Search {
+            params: given,
+            found,
+        })
+    } else {
+        None
     };
-    let recent = match model.list(&ListQuery {
-        limit: DASHBOARD_RECENT,
-        ..ListQuery::default()
-    }) {
-        Ok(p) => p.sagas,
-        Err(e) => return internal(e),
-    };
-    let reversals_pending = match model.list(&ListQuery {
-        limit: DASHBOARD_FLAGGED,
-        flag: Some(Flag::ReversalPending),
-        ..ListQuery::default()
-    }) {
-        Ok(p) => p.sagas,
-        Err(e) => return internal(e),
-    };
-    Html(html::dashboard(&Dashboard {
-        stats: &stats,
-        stuck: &stuck,
-        inconsistent: &inconsistent,
-        reversals_pending: &reversals_pending,
-        recent: &recent,
-        now_ms: model.now_ms(),
+    let now_ms = model.now_ms();
+    Ok(Dashboard {
+        minutes: model.minutes().last_hour(now_ms),
+        durations: model.aggregates().durations,
+        stats,
+        stuck,
+        inconsistent,
+        reversals_pending,
+        recent,
+        search,
+        now_ms,
         stuck_after_ms: model.stuck_after_ms(),
-    }))
-    .into_response()
+    })
+}
+
+async fn dashboard(
+    State(app): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    match dashboard_data(&app.model, &params) {
+        Ok(d) => Html(html::dashboard(&d)).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// `GET /live`: the dashboard's live part (for the same query as the page), pushed as a
+/// server-sent event `dashboard` whenever the tracker has projected more, at most every
+/// [`LIVE_MIN_INTERVAL_MS`], and at least every [`LIVE_REFRESH_MS`] (STUCK moves with the
+/// clock even when nothing arrives).
+async fn live(
+    State(app): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let processed = app.model.subscribe();
+    let stream = futures::stream::unfold(
+        (app, params, processed),
+        |(app, params, mut processed)| async move {
+            tokio::time::sleep(Duration::from_millis(LIVE_MIN_INTERVAL_MS)).await;
+            let waited =
+                tokio::time::timeout(Duration::from_millis(LIVE_REFRESH_MS), processed.changed())
+                    .await;
+            if let Ok(Err(_)) = waited {
+                return None; // the model is gone: the tracker is stopping
+            }
+            processed.borrow_and_update();
+            let html = match dashboard_data(&app.model, &params) {
+                Ok(d) => html::dashboard_live(&d),
+                Err(e) => {
+                    tracing::error!(error = %e, "rendering the live dashboard failed");
+                    format!("<p class=\"error\">{}</p>", html::esc(&e.to_string()))
+                }
+            };
+            let event = SseEvent::default().event("dashboard").data(html);
+            Some((Ok(event), (app, params, processed)))
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 async fn saga_page(State(app): State<AppState>, Path(id): Path<String>) -> Response {

@@ -16,6 +16,7 @@
 
 #![warn(missing_docs)]
 
+pub mod charts;
 pub mod codec;
 pub mod consumer;
 pub mod html;
@@ -42,7 +43,7 @@ pub use model::{Flag, ListQuery, Page, ReadModel, StreamMessage};
 pub use projection::{
     apply, Applied, Reversal, ReversalStatus, SagaRecord, SagaState, TimelineEntry,
 };
-pub use stats::{Aggregates, StatsView};
+pub use stats::{Aggregates, Minute, Minutes, StatsView};
 pub use view::{EventView, SagaView};
 
 /// The service's name (NATS connection name, logs).

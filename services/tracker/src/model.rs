@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 use tokio::sync::watch;
 
 use crate::projection::{apply, is_admin, kind_index, reason_index, SagaRecord, SagaState};
-use crate::stats::{Aggregates, ReversalTotals, StatsView};
+use crate::stats::{Aggregates, Minutes, ReversalTotals, StatsView};
 use crate::store::{Index, Persisted, Store, WriteBatch};
 use crate::TrackerError;
 
@@ -82,6 +82,8 @@ struct Inner {
     /// INCONSISTENT sagas by first sequence (ids only: they are rare, and shown on top).
     inconsistent: BTreeMap<u64, SagaId>,
     agg: Aggregates,
+    /// Finished sagas per minute of the last hour (the dashboard's charts).
+    minutes: Minutes,
     last_seq: u64,
     dirty: Vec<SagaId>,
 }
@@ -266,6 +268,7 @@ impl ReadModel {
         let mut inner = Inner {
             last_seq: store.last_seq()?,
             agg,
+            minutes: store.minutes()?,
             ..Inner::default()
         };
         if !reversals_counted {
@@ -358,6 +361,7 @@ impl ReadModel {
                 slot.dirty = false;
             }
             write.meta(inner.last_seq, &inner.agg);
+            write.minutes(&inner.minutes);
             report.last_seq = inner.last_seq;
         }
         self.store.write(write)?;
@@ -420,6 +424,7 @@ impl ReadModel {
             }
         };
         let duration_before = slot.rec.duration_ms();
+        let finished_before = slot.rec.finished_at_ms.map(|f| (slot.rec.state, f));
         let was_inconsistent = slot.rec.is_inconsistent();
         let reversal_before = slot.rec.reversal_status();
         let applied = apply(&mut slot.rec, event, seq, at_ms);
@@ -442,6 +447,9 @@ impl ReadModel {
         if applied.became_terminal() {
             let duration_ms = rec.duration_ms().unwrap_or(0);
             inner.agg.durations.add(duration_ms);
+            if let Some(f) = rec.finished_at_ms {
+                inner.minutes.add(applied.state, f, duration_ms);
+            }
             report.finished.push(Finished {
                 state: applied.state,
                 duration_ms,
@@ -456,6 +464,9 @@ impl ReadModel {
         if applied.left_terminal() {
             if let Some(d) = duration_before {
                 inner.agg.durations.remove(d);
+                if let Some((state, f)) = finished_before {
+                    inner.minutes.remove(state, f, d);
+                }
             }
         }
         if rec.is_terminal() && (applied.became_terminal() || reloaded) {
@@ -693,6 +704,11 @@ impl ReadModel {
     /// The aggregates as of the last batch.
     pub fn aggregates(&self) -> Aggregates {
         self.read().agg.clone()
+    }
+
+    /// Finished sagas per minute of the last hour, as of the last batch.
+    pub fn minutes(&self) -> Minutes {
+        self.read().minutes.clone()
     }
 
     /// The `/api/stats` document.

@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use crate::codec;
 use crate::projection::{reason_index, SagaRecord, SagaState};
-use crate::stats::Aggregates;
+use crate::stats::{Aggregates, Minutes};
 use crate::TrackerError;
 
 /// sled's page cache, in bytes: bounded so the process's memory does not grow with the store.
@@ -46,6 +46,7 @@ const STARTED: u8 = b'a';
 const META_LAST_SEQ: &[u8] = b"mlast_seq";
 const META_AGGREGATES: &[u8] = b"maggregates";
 const META_INDEXES: &[u8] = b"mindexes";
+const META_MINUTES: &[u8] = b"mminutes";
 /// Layout of the indices: 2 indexes terminal states in `t` and adds `f` and `a`. A store
 /// written before (no `mindexes`) is reindexed once on open ([`Store::indexes_current`]).
 const INDEX_VERSION: u8 = 2;
@@ -236,6 +237,11 @@ impl WriteBatch {
             .insert(started_key(rec.started_at_ms, rec.first_seq), id);
     }
 
+    /// Records the per-minute series as of the batch.
+    pub fn minutes(&mut self, minutes: &Minutes) {
+        self.batch.insert(META_MINUTES, minutes.encode());
+    }
+
     /// Records the last processed stream sequence and the aggregates as of it.
     pub fn meta(&mut self, last_seq: u64, agg: &Aggregates) {
         self.batch.insert(META_INDEXES, &[INDEX_VERSION][..]);
@@ -345,6 +351,18 @@ impl Store {
             Some(u64::MAX)
         };
         Ok(lo.zip(hi).filter(|(lo, hi)| lo <= hi))
+    }
+
+    /// The stored per-minute series (empty on an empty store, and on one written before the
+    /// charts: they fill as sagas finish).
+    pub fn minutes(&self) -> Result<Minutes, TrackerError> {
+        match self.db.get(META_MINUTES)? {
+            Some(v) => Minutes::decode(&v).map_err(|e| TrackerError::Corrupt {
+                key: "minutes".into(),
+                message: e.to_string(),
+            }),
+            None => Ok(Minutes::default()),
+        }
     }
 
     /// One saga's record.

@@ -228,7 +228,24 @@ async fn projects_outcomes_flags_and_serves_the_api() {
     // The dashboard and a timeline page (bodies read back from the stream).
     let (status, page) = t.get("/").await;
     assert_eq!(status, 200);
-    assert!(page.contains("http-equiv=\"refresh\""));
+    assert!(!page.contains("http-equiv=\"refresh\""), "no reloads");
+    for chart in [
+        "chart-outcomes",
+        "chart-percentiles",
+        "chart-compensation",
+        "chart-durations",
+    ] {
+        assert!(page.contains(chart), "dashboard lacks {chart}");
+    }
+    // The search form's results, with a link to the next page.
+    let (_, found) = t.get("/?state=COMPENSATED&limit=1").await;
+    let results = &found[found.find("id=\"results\"").expect("results")..];
+    assert!(results.contains("next page"), "{results}");
+    let (_, bad) = t.get("/?reason=bored").await;
+    assert!(
+        bad.contains("is not one of"),
+        "the search says what is wrong"
+    );
     for needle in [
         "COMPLETED",
         "COMPENSATED",
@@ -336,6 +353,11 @@ async fn rebuilt_tracker_equals_the_live_one_and_restarts_resume() {
     assert_eq!(a, b, "rebuilt records equal the incrementally built ones");
     assert_eq!(live.model.aggregates(), rebuilt.model.aggregates());
     assert_eq!(
+        live.model.minutes(),
+        rebuilt.model.minutes(),
+        "the charts' series too"
+    );
+    assert_eq!(
         live.model.aggregates().events as usize,
         all.len() + late.len() - 1
     );
@@ -382,6 +404,50 @@ async fn rebuilt_tracker_equals_the_live_one_and_restarts_resume() {
 
     live.stop().await;
     rebuilt.stop().await;
+}
+
+/// The dashboard's live part arrives on `/live` as server-sent events, and a saga published
+/// after the stream opened shows up in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_pushes_the_dashboard_when_sagas_arrive() {
+    use tokio::io::AsyncWriteExt;
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = TestClock::at_now();
+    let t = Running::start(&broker.url(), dir.path(), &clock, 10_000).await;
+    let mut conn = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+    conn.write_all(b"GET /live?state=COMPLETED HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut conn, &mut seen, "text/event-stream").await;
+    let saga = Saga::new("alice");
+    let last = broker.publish_all(&saga.events(Outcome::Completed)).await;
+    t.caught_up(last).await;
+    read_until(&mut conn, &mut seen, &saga.id.to_string()).await;
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    assert!(text.contains("event: dashboard"), "{text}");
+    assert!(
+        text.contains("Search results"),
+        "the page's search stays applied"
+    );
+    t.stop().await;
+}
+
+/// Reads from `conn` into `seen` until it holds `want`, with the deadline.
+async fn read_until(conn: &mut tokio::net::TcpStream, seen: &mut Vec<u8>, want: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 8192];
+    let read = async {
+        while !String::from_utf8_lossy(seen).contains(want) {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream ended");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    if tokio::time::timeout(DEADLINE, read).await.is_err() {
+        panic!("no {want:?} in time:\n{}", String::from_utf8_lossy(seen));
+    }
 }
 
 /// Finds headless Chromium.

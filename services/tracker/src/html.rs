@@ -6,6 +6,7 @@
 use std::fmt::Write;
 
 use crate::charts;
+use crate::diagram::{self, DeadLetter};
 use crate::model::Flag;
 use crate::projection::{human_ms, reason_codes, SagaRecord, SagaState};
 use crate::stats::{Histogram, Minute, StatsView};
@@ -65,7 +66,11 @@ pre{margin:0;white-space:pre-wrap;word-break:break-all;font-size:.85em}\
 .cl,.cx,.cy{font-size:10px;fill:#555}.cy{text-anchor:end}.ax{stroke:#999}\
 form#search{display:flex;flex-wrap:wrap;gap:.4em .8em;align-items:end;margin:.5em 0 1em}\
 form#search label{display:flex;flex-direction:column;font-size:.8em;color:#555}\
-form#search input,form#search select{font-size:1rem}p.error{color:#b00}";
+form#search input,form#search select{font-size:1rem}p.error{color:#b00}\
+.diagram{overflow-x:auto}.sequence{min-width:700px;max-width:1000px;width:100%;height:auto}\
+.sequence text{font-family:system-ui,sans-serif}.sequence .lane{font-size:13px;font-weight:bold}\
+.sequence .lb,.sequence .lg{font-size:11px}.sequence .since{font-size:11px;fill:#555}\
+.sequence .dl{font-size:16px;font-weight:bold}";
 
 fn page(title: &str, body: &str) -> String {
     format!(
@@ -423,6 +428,7 @@ pub struct Body {
 pub fn saga_page(
     rec: &SagaRecord,
     bodies: &[Option<Body>],
+    dead: &[DeadLetter],
     now_ms: u64,
     stuck_after_ms: u64,
 ) -> String {
@@ -468,6 +474,26 @@ pub fn saga_page(
     for why in rec.inconsistencies() {
         let _ = writeln!(b, "<p class=\"flag\">INCONSISTENT: {}</p>", esc(&why));
     }
+    // The diagram reads trade.failed's reason from its body: did the venue not answer?
+    let reasons: Vec<Option<String>> = bodies
+        .iter()
+        .map(|b| {
+            let v: serde_json::Value = serde_json::from_str(&b.as_ref()?.text).ok()?;
+            v.get("reason")?.as_str().map(str::to_owned)
+        })
+        .collect();
+    let _ = writeln!(
+        b,
+        "<h2>Sequence</h2><div class=\"diagram\">{}</div>",
+        diagram::sequence(rec, &reasons, dead)
+    );
+    if !dead.is_empty() {
+        let _ = writeln!(
+            b,
+            "<p class=\"flag\">{} dead letter(s) of this saga in FX_DLQ (fxctl dlq list).</p>",
+            dead.len()
+        );
+    }
     b.push_str(
         "<h2>Timeline</h2><table><tr><th>#</th><th>type</th><th>subject</th><th>stream seq</th>\
 <th>time</th><th>since previous</th><th>body</th></tr>\n",
@@ -475,7 +501,10 @@ pub fn saga_page(
     for (i, ev) in events_of(rec).iter().enumerate() {
         let body = match bodies.get(i) {
             Some(Some(body)) => {
-                let mut t = format!("<pre>{}</pre>", esc(&body.text));
+                let mut t = format!(
+                    "<details><summary>JSON</summary><pre>{}</pre></details>",
+                    esc(&body.text)
+                );
                 if body.subject != ev.subject {
                     t.push_str(&format!("<p>stored under {}</p>", esc(&body.subject)));
                 }

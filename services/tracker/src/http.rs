@@ -24,12 +24,14 @@ use runtime::telemetry::{standard_routes, Health};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+use crate::diagram::DeadLetter;
 use crate::html::{self, Body, Dashboard};
 use crate::model::{Flag, ListQuery, ReadModel};
 use crate::projection::{reason_code, reason_codes, SagaState};
 use crate::view::SagaView;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::Stream;
+use runtime::broker::dlq_headers;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -51,7 +53,15 @@ struct AppState {
     model: Arc<ReadModel>,
     /// For timeline bodies (direct get by sequence); `None` in tests that run no broker.
     stream: Option<stream::Stream>,
+    /// `FX_DLQ`, for a saga's dead letters on its page.
+    dlq: Option<stream::Stream>,
 }
+
+/// Newest dead letters a saga page reads to find the saga's own: `FX_DLQ` is meant to stay
+/// near empty (every entry is an operator's to-do), and this bounds what one page costs.
+const DLQ_SCAN: u64 = 1_000;
+/// Dead letters read at once.
+const DLQ_READS_IN_FLIGHT: usize = 32;
 
 /// The secret that guards the dashboard and the API (`FX_TRACKER_TOKEN`). Its `Debug` never
 /// shows the value, so it cannot leak into a log through a config dump.
@@ -109,6 +119,7 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 pub fn router(
     model: Arc<ReadModel>,
     stream: Option<stream::Stream>,
+    dlq: Option<stream::Stream>,
     health: Health,
     token: Option<ApiToken>,
 ) -> Router {
@@ -119,7 +130,7 @@ pub fn router(
         .route("/api/sagas", get(list_sagas))
         .route("/api/sagas/{id}", get(get_saga))
         .route("/api/stats", get(stats))
-        .with_state(AppState { model, stream });
+        .with_state(AppState { model, stream, dlq });
     let pages = match token {
         Some(token) => pages.route_layer(middleware::from_fn_with_state(token, require_token)),
         None => pages,
@@ -312,9 +323,14 @@ async fn saga_page(State(app): State<AppState>, Path(id): Path<String>) -> Respo
             None => None,
         });
     }
+    let dead = match &app.dlq {
+        Some(dlq) => dead_letters(dlq, saga_id).await,
+        None => Vec::new(),
+    };
     Html(html::saga_page(
         &rec,
         &bodies,
+        &dead,
         app.model.now_ms(),
         app.model.stuck_after_ms(),
     ))
@@ -322,18 +338,60 @@ async fn saga_page(State(app): State<AppState>, Path(id): Path<String>) -> Respo
 }
 
 /// Reads one message by sequence: a direct get (any replica answers), else the API get.
-async fn fetch_body(stream: &stream::Stream, seq: u64) -> Option<Body> {
-    let msg = match stream.direct_get(seq).await {
-        Ok(m) => m,
+async fn fetch_raw(
+    stream: &stream::Stream,
+    seq: u64,
+) -> Option<async_nats::jetstream::message::StreamMessage> {
+    match stream.direct_get(seq).await {
+        Ok(m) => Some(m),
         Err(e) => {
             tracing::debug!(seq, error = %e, "direct get failed; trying the API get");
-            stream.get_raw_message(seq).await.ok()?
+            stream.get_raw_message(seq).await.ok()
         }
-    };
+    }
+}
+
+/// Reads one message's body by sequence.
+async fn fetch_body(stream: &stream::Stream, seq: u64) -> Option<Body> {
+    let msg = fetch_raw(stream, seq).await?;
     Some(Body {
         subject: msg.subject.to_string(),
         text: String::from_utf8_lossy(&msg.payload).into_owned(),
     })
+}
+
+/// The saga's dead letters among the newest [`DLQ_SCAN`] of `FX_DLQ`: those whose original
+/// headers carry its id (`Fx-Saga-Id`) or whose body names it.
+async fn dead_letters(dlq: &stream::Stream, saga_id: SagaId) -> Vec<DeadLetter> {
+    use futures::StreamExt;
+    let Ok(info) = dlq.get_info().await else {
+        return Vec::new();
+    };
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    if info.state.messages == 0 {
+        return Vec::new();
+    }
+    let from = first.max(last.saturating_sub(DLQ_SCAN - 1));
+    let id = saga_id.to_string();
+    futures::stream::iter(from..=last)
+        .map(|seq| fetch_raw(dlq, seq))
+        .buffered(DLQ_READS_IN_FLIGHT)
+        .filter_map(|m| {
+            let id = id.clone();
+            async move {
+                let m = m?;
+                let header = |k: &str| m.headers.get(k).map(|v| v.as_str().to_owned());
+                let ours = header(events::headers::SAGA_ID).is_some_and(|h| h == id)
+                    || String::from_utf8_lossy(&m.payload).contains(&id);
+                ours.then(|| DeadLetter {
+                    service: header(dlq_headers::SERVICE).unwrap_or_default(),
+                    reason: header(dlq_headers::REASON).unwrap_or_default(),
+                    stream_seq: header(dlq_headers::STREAM_SEQ).and_then(|s| s.parse().ok()),
+                })
+            }
+        })
+        .collect()
+        .await
 }
 
 async fn get_saga(State(app): State<AppState>, Path(id): Path<String>) -> Response {

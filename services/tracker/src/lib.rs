@@ -19,6 +19,7 @@
 pub mod charts;
 pub mod codec;
 pub mod consumer;
+pub mod diagram;
 pub mod html;
 pub mod http;
 pub mod metrics;
@@ -246,6 +247,7 @@ impl Tracker {
         let router = http::router(
             model.clone(),
             Some(stream.clone()),
+            Some(dlq.clone()),
             health.clone(),
             config.token.clone(),
         );

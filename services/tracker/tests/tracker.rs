@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::cdp::{chromium, FLAGS};
 use common::*;
 use events::{EventKind, ReleaseReason};
 use serde_json::Value;
@@ -450,17 +451,6 @@ async fn read_until(conn: &mut tokio::net::TcpStream, seen: &mut Vec<u8>, want: 
     }
 }
 
-/// Finds headless Chromium.
-fn chromium() -> Option<std::path::PathBuf> {
-    let fixed = std::path::PathBuf::from("/usr/bin/chromium");
-    if fixed.exists() {
-        return Some(fixed);
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join("chromium"))
-        .find(|p| p.exists())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_renders_in_headless_chromium() {
     let Some(chromium) = chromium() else {
@@ -485,17 +475,7 @@ async fn dashboard_renders_in_headless_chromium() {
     let profile = tempfile::tempdir().unwrap();
     let url = format!("http://{}/", t.addr);
     let run = tokio::process::Command::new(&chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-        ])
+        .args(FLAGS)
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("--dump-dom")
         .arg(&url)

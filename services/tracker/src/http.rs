@@ -8,6 +8,7 @@
 //! no user, saga or amount, and health checks and scrapers reach them without a secret.
 
 use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use async_nats::jetstream::stream;
@@ -20,28 +21,47 @@ use axum::{Json, Router};
 use base64::Engine;
 use events::{SagaId, UserId};
 use runtime::telemetry::{standard_routes, Health};
+use rust_decimal::Decimal;
 use serde::Serialize;
 
+use crate::diagram::DeadLetter;
 use crate::html::{self, Body, Dashboard};
-use crate::model::{ListQuery, ReadModel};
-use crate::projection::SagaState;
+use crate::model::{Flag, ListQuery, ReadModel};
+use crate::projection::{reason_code, reason_codes, SagaState};
 use crate::view::SagaView;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures::Stream;
+use runtime::broker::dlq_headers;
+use std::convert::Infallible;
+use std::time::Duration;
 
 /// Sagas listed under "Recent sagas" on the dashboard.
 const DASHBOARD_RECENT: usize = 50;
 /// Stuck and inconsistent sagas listed on the dashboard (the counts show the totals).
 const DASHBOARD_FLAGGED: usize = 50;
+/// Shortest time between two pushes of the live dashboard to one page: under heavy load the
+/// page changes every batch, and a person reads no faster than this.
+const LIVE_MIN_INTERVAL_MS: u64 = 500;
+/// Longest time between two pushes when nothing new is projected (the STUCK flags and the
+/// charts' hour move with the clock).
+const LIVE_REFRESH_MS: u64 = 5_000;
 /// Default page size of `/api/sagas`.
 const DEFAULT_PAGE: usize = 50;
-/// The values `/api/sagas?flag=` takes.
-const FLAGS: [&str; 1] = ["reversal_pending"];
 
 #[derive(Clone)]
 struct AppState {
     model: Arc<ReadModel>,
     /// For timeline bodies (direct get by sequence); `None` in tests that run no broker.
     stream: Option<stream::Stream>,
+    /// `FX_DLQ`, for a saga's dead letters on its page.
+    dlq: Option<stream::Stream>,
 }
+
+/// Newest dead letters a saga page reads to find the saga's own: `FX_DLQ` is meant to stay
+/// near empty (every entry is an operator's to-do), and this bounds what one page costs.
+const DLQ_SCAN: u64 = 1_000;
+/// Dead letters read at once.
+const DLQ_READS_IN_FLIGHT: usize = 32;
 
 /// The secret that guards the dashboard and the API (`FX_TRACKER_TOKEN`). Its `Debug` never
 /// shows the value, so it cannot leak into a log through a config dump.
@@ -99,16 +119,18 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 pub fn router(
     model: Arc<ReadModel>,
     stream: Option<stream::Stream>,
+    dlq: Option<stream::Stream>,
     health: Health,
     token: Option<ApiToken>,
 ) -> Router {
     let pages = Router::new()
         .route("/", get(dashboard))
+        .route("/live", get(live))
         .route("/sagas/{id}", get(saga_page))
         .route("/api/sagas", get(list_sagas))
         .route("/api/sagas/{id}", get(get_saga))
         .route("/api/stats", get(stats))
-        .with_state(AppState { model, stream });
+        .with_state(AppState { model, stream, dlq });
     let pages = match token {
         Some(token) => pages.route_layer(middleware::from_fn_with_state(token, require_token)),
         None => pages,
@@ -172,39 +194,110 @@ fn internal(e: crate::TrackerError) -> Response {
     json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
-async fn dashboard(State(app): State<AppState>) -> Response {
-    let model = &app.model;
+/// What the dashboard shows for these query parameters (a search when any search parameter
+/// is given), as of now.
+fn dashboard_data(
+    model: &ReadModel,
+    params: &HashMap<String, String>,
+) -> Result<Dashboard, crate::TrackerError> {
     let stats = model.stats();
     let (stuck, _) = model.stuck(DASHBOARD_FLAGGED);
-    let (inconsistent, _) = match model.inconsistent(DASHBOARD_FLAGGED) {
-        Ok(v) => v,
-        Err(e) => return internal(e),
+    let (inconsistent, _) = model.inconsistent(DASHBOARD_FLAGGED)?;
+    let recent = model
+        .list(&ListQuery {
+            limit: DASHBOARD_RECENT,
+            ..ListQuery::default()
+        })?
+        .sagas;
+    let reversals_pending = model
+        .list(&ListQuery {
+            limit: DASHBOARD_FLAGGED,
+            flag: Some(Flag::ReversalPending),
+            ..ListQuery::default()
+        })?
+        .sagas;
+    let searched = html::SEARCH_PARAMS
+        .iter()
+        .chain(&["cursor"])
+        .any(|k| params.get(*k).is_some_and(|v| !v.trim().is_empty()));
+    let search = if searched {
+        let found = match list_query(params) {
+            Ok(q) => {
+                let page = model.list(&ListQuery {
+                    limit: q.limit.min(DASHBOARD_RECENT),
+                    ..q
+                })?;
+                Ok((page.sagas, page.next_cursor))
+            }
+            Err(why) => Err(why),
+        };
+        let mut given: Vec<(String, String)> =
+            params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        given.sort();
+        Some(html::Search {
+            params: given,
+            found,
+        })
+    } else {
+        None
     };
-    let recent = match model.list(&ListQuery {
-        limit: DASHBOARD_RECENT,
-        ..ListQuery::default()
-    }) {
-        Ok(p) => p.sagas,
-        Err(e) => return internal(e),
-    };
-    let reversals_pending = match model.list(&ListQuery {
-        limit: DASHBOARD_FLAGGED,
-        reversal_pending: true,
-        ..ListQuery::default()
-    }) {
-        Ok(p) => p.sagas,
-        Err(e) => return internal(e),
-    };
-    Html(html::dashboard(&Dashboard {
-        stats: &stats,
-        stuck: &stuck,
-        inconsistent: &inconsistent,
-        reversals_pending: &reversals_pending,
-        recent: &recent,
-        now_ms: model.now_ms(),
+    let now_ms = model.now_ms();
+    Ok(Dashboard {
+        minutes: model.minutes().last_hour(now_ms),
+        durations: model.aggregates().durations,
+        stats,
+        stuck,
+        inconsistent,
+        reversals_pending,
+        recent,
+        search,
+        now_ms,
         stuck_after_ms: model.stuck_after_ms(),
-    }))
-    .into_response()
+    })
+}
+
+async fn dashboard(
+    State(app): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    match dashboard_data(&app.model, &params) {
+        Ok(d) => Html(html::dashboard(&d)).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// `GET /live`: the dashboard's live part (for the same query as the page), pushed as a
+/// server-sent event `dashboard` whenever the tracker has projected more, at most every
+/// [`LIVE_MIN_INTERVAL_MS`], and at least every [`LIVE_REFRESH_MS`] (STUCK moves with the
+/// clock even when nothing arrives).
+async fn live(
+    State(app): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let processed = app.model.subscribe();
+    let stream = futures::stream::unfold(
+        (app, params, processed),
+        |(app, params, mut processed)| async move {
+            tokio::time::sleep(Duration::from_millis(LIVE_MIN_INTERVAL_MS)).await;
+            let waited =
+                tokio::time::timeout(Duration::from_millis(LIVE_REFRESH_MS), processed.changed())
+                    .await;
+            if let Ok(Err(_)) = waited {
+                return None; // the model is gone: the tracker is stopping
+            }
+            processed.borrow_and_update();
+            let html = match dashboard_data(&app.model, &params) {
+                Ok(d) => html::dashboard_live(&d),
+                Err(e) => {
+                    tracing::error!(error = %e, "rendering the live dashboard failed");
+                    format!("<p class=\"error\">{}</p>", html::esc(&e.to_string()))
+                }
+            };
+            let event = SseEvent::default().event("dashboard").data(html);
+            Some((Ok(event), (app, params, processed)))
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 async fn saga_page(State(app): State<AppState>, Path(id): Path<String>) -> Response {
@@ -230,9 +323,14 @@ async fn saga_page(State(app): State<AppState>, Path(id): Path<String>) -> Respo
             None => None,
         });
     }
+    let dead = match &app.dlq {
+        Some(dlq) => dead_letters(dlq, saga_id).await,
+        None => Vec::new(),
+    };
     Html(html::saga_page(
         &rec,
         &bodies,
+        &dead,
         app.model.now_ms(),
         app.model.stuck_after_ms(),
     ))
@@ -240,18 +338,60 @@ async fn saga_page(State(app): State<AppState>, Path(id): Path<String>) -> Respo
 }
 
 /// Reads one message by sequence: a direct get (any replica answers), else the API get.
-async fn fetch_body(stream: &stream::Stream, seq: u64) -> Option<Body> {
-    let msg = match stream.direct_get(seq).await {
-        Ok(m) => m,
+async fn fetch_raw(
+    stream: &stream::Stream,
+    seq: u64,
+) -> Option<async_nats::jetstream::message::StreamMessage> {
+    match stream.direct_get(seq).await {
+        Ok(m) => Some(m),
         Err(e) => {
             tracing::debug!(seq, error = %e, "direct get failed; trying the API get");
-            stream.get_raw_message(seq).await.ok()?
+            stream.get_raw_message(seq).await.ok()
         }
-    };
+    }
+}
+
+/// Reads one message's body by sequence.
+async fn fetch_body(stream: &stream::Stream, seq: u64) -> Option<Body> {
+    let msg = fetch_raw(stream, seq).await?;
     Some(Body {
         subject: msg.subject.to_string(),
         text: String::from_utf8_lossy(&msg.payload).into_owned(),
     })
+}
+
+/// The saga's dead letters among the newest [`DLQ_SCAN`] of `FX_DLQ`: those whose original
+/// headers carry its id (`Fx-Saga-Id`) or whose body names it.
+async fn dead_letters(dlq: &stream::Stream, saga_id: SagaId) -> Vec<DeadLetter> {
+    use futures::StreamExt;
+    let Ok(info) = dlq.get_info().await else {
+        return Vec::new();
+    };
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    if info.state.messages == 0 {
+        return Vec::new();
+    }
+    let from = first.max(last.saturating_sub(DLQ_SCAN - 1));
+    let id = saga_id.to_string();
+    futures::stream::iter(from..=last)
+        .map(|seq| fetch_raw(dlq, seq))
+        .buffered(DLQ_READS_IN_FLIGHT)
+        .filter_map(|m| {
+            let id = id.clone();
+            async move {
+                let m = m?;
+                let header = |k: &str| m.headers.get(k).map(|v| v.as_str().to_owned());
+                let ours = header(events::headers::SAGA_ID).is_some_and(|h| h == id)
+                    || String::from_utf8_lossy(&m.payload).contains(&id);
+                ours.then(|| DeadLetter {
+                    service: header(dlq_headers::SERVICE).unwrap_or_default(),
+                    reason: header(dlq_headers::REASON).unwrap_or_default(),
+                    stream_seq: header(dlq_headers::STREAM_SEQ).and_then(|s| s.parse().ok()),
+                })
+            }
+        })
+        .collect()
+        .await
 }
 
 async fn get_saga(State(app): State<AppState>, Path(id): Path<String>) -> Response {
@@ -292,64 +432,118 @@ struct ListBody {
     next_cursor: Option<String>,
 }
 
+/// Reads a search from query parameters (`/api/sagas` and the dashboard's search form):
+/// `state`, `user`, `reason`, `flag`, `from`, `to`, `min_krw`, `max_krw`, `cursor`, `limit`.
+/// Empty values are absent. The error says what is wrong with which parameter.
+pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, String> {
+    let get = |k: &str| params.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
+    let state = match get("state") {
+        None => None,
+        Some(s) => Some(SagaState::parse(s).ok_or_else(|| {
+            let names: Vec<&str> = SagaState::ALL.iter().map(|s| s.as_str()).collect();
+            format!("state {s:?} is not one of {}", names.join(", "))
+        })?),
+    };
+    let flag = match get("flag") {
+        None => None,
+        Some(f) => Some(Flag::parse(f).ok_or_else(|| {
+            let names: Vec<&str> = Flag::ALL.iter().map(|f| f.as_str()).collect();
+            format!("flag {f:?} is not one of {}", names.join(", "))
+        })?),
+    };
+    let reason =
+        match get("reason") {
+            None => None,
+            Some(r) => Some(reason_code(r).ok_or_else(|| {
+                format!("reason {r:?} is not one of {}", reason_codes().join(", "))
+            })?),
+        };
+    let user = get("user")
+        .map(UserId::parse)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let time = |k: &'static str| -> Result<Option<u64>, String> {
+        get(k)
+            .map(|v| parse_time(v).map_err(|e| format!("{k}: {e}")))
+            .transpose()
+    };
+    let krw = |k: &'static str| -> Result<Option<Decimal>, String> {
+        get(k)
+            .map(|v| {
+                Decimal::from_str(v)
+                    .map_err(|_| format!("{k} {v:?} is not an amount of KRW like 1500000"))
+            })
+            .transpose()
+    };
+    let limit = get("limit")
+        .map(str::parse::<usize>)
+        .transpose()
+        .map_err(|_| {
+            format!(
+                "limit must be a number from 1 to {}",
+                crate::model::MAX_PAGE
+            )
+        })?
+        .unwrap_or(DEFAULT_PAGE);
+    let cursor = get("cursor")
+        .map(str::parse::<u64>)
+        .transpose()
+        .map_err(|_| "cursor must be a next_cursor value from a previous page".to_owned())?;
+    Ok(ListQuery {
+        state,
+        user,
+        reason,
+        flag,
+        from_ms: time("from")?,
+        to_ms: time("to")?,
+        min_krw: krw("min_krw")?,
+        max_krw: krw("max_krw")?,
+        limit,
+        cursor,
+    })
+}
+
+/// A time as `from`/`to` take it: ms since the Unix epoch, RFC 3339
+/// (`2026-11-26T00:32:05Z`), or a date and time without a zone, read as UTC
+/// (`2026-11-26T00:32`, what a browser's datetime-local field sends).
+pub fn parse_time(v: &str) -> Result<u64, String> {
+    use time::format_description::well_known::Rfc3339;
+    use time::macros::format_description;
+    if let Ok(ms) = v.parse::<u64>() {
+        return Ok(ms);
+    }
+    let t = time::OffsetDateTime::parse(v, &Rfc3339)
+        .or_else(|_| {
+            time::PrimitiveDateTime::parse(
+                v,
+                format_description!("[year]-[month]-[day]T[hour]:[minute]"),
+            )
+            .or_else(|_| {
+                time::PrimitiveDateTime::parse(
+                    v,
+                    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]"),
+                )
+            })
+            .map(|t| t.assume_utc())
+        })
+        .map_err(|_| {
+            format!(
+                "{v:?} is not a time: give ms since the epoch, 2026-11-26T00:32:05Z, \
+                 or 2026-11-26T00:32 (UTC)"
+            )
+        })?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| format!("{v:?} is before 1970"))
+}
+
 async fn list_sagas(
     State(app): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let get = |k: &str| params.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
-    let state = match get("state").map(|s| (s, SagaState::parse(s))) {
-        None => None,
-        Some((_, Some(st))) => Some(st),
-        Some((s, None)) => {
-            let names: Vec<&str> = SagaState::ALL.iter().map(|s| s.as_str()).collect();
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("state {s:?} is not one of {}", names.join(", ")),
-            );
-        }
+    let query = match list_query(&params) {
+        Ok(q) => q,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
     };
-    let reversal_pending = match get("flag") {
-        None => false,
-        Some(f) if f.eq_ignore_ascii_case(FLAGS[0]) => true,
-        Some(f) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("flag {f:?} is not one of {}", FLAGS.join(", ")),
-            )
-        }
-    };
-    let user = match get("user").map(UserId::parse).transpose() {
-        Ok(u) => u,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let limit = match get("limit").map(str::parse::<usize>).transpose() {
-        Ok(l) => l.unwrap_or(DEFAULT_PAGE),
-        Err(_) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "limit must be a number from 1 to {}",
-                    crate::model::MAX_PAGE
-                ),
-            )
-        }
-    };
-    let cursor = match get("cursor").map(str::parse::<u64>).transpose() {
-        Ok(c) => c,
-        Err(_) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "cursor must be a next_cursor value from a previous page",
-            )
-        }
-    };
-    let page = match app.model.list(&ListQuery {
-        state,
-        user,
-        reversal_pending,
-        limit,
-        cursor,
-    }) {
+    let page = match app.model.list(&query) {
         Ok(p) => p,
         Err(e) => return internal(e),
     };

@@ -16,8 +16,10 @@
 
 #![warn(missing_docs)]
 
+pub mod charts;
 pub mod codec;
 pub mod consumer;
+pub mod diagram;
 pub mod html;
 pub mod http;
 pub mod metrics;
@@ -38,11 +40,11 @@ use tokio::sync::watch;
 use tracing::info;
 
 pub use http::ApiToken;
-pub use model::{ListQuery, Page, ReadModel, StreamMessage};
+pub use model::{Flag, ListQuery, Page, ReadModel, StreamMessage};
 pub use projection::{
     apply, Applied, Reversal, ReversalStatus, SagaRecord, SagaState, TimelineEntry,
 };
-pub use stats::{Aggregates, StatsView};
+pub use stats::{Aggregates, Minute, Minutes, StatsView};
 pub use view::{EventView, SagaView};
 
 /// The service's name (NATS connection name, logs).
@@ -245,6 +247,7 @@ impl Tracker {
         let router = http::router(
             model.clone(),
             Some(stream.clone()),
+            Some(dlq.clone()),
             health.clone(),
             config.token.clone(),
         );

@@ -14,18 +14,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use events::{Event, EventKind, SagaId, UserId};
 use runtime::Clock;
+use rust_decimal::Decimal;
 use tokio::sync::watch;
 
-use crate::projection::{apply, is_admin, kind_index, SagaRecord, SagaState};
-use crate::stats::{Aggregates, ReversalTotals, StatsView};
+use crate::projection::{apply, is_admin, kind_index, reason_index, SagaRecord, SagaState};
+use crate::stats::{Aggregates, Minutes, ReversalTotals, StatsView};
 use crate::store::{Index, Persisted, Store, WriteBatch};
 use crate::TrackerError;
 
 /// Most sagas a listing returns in one page.
 pub const MAX_PAGE: usize = 500;
-/// Most index entries one listing reads before it returns what it found with a cursor; a
-/// filter that matches little cannot make one request read the whole store.
-const MAX_SCAN: usize = 20_000;
 
 /// One message of the `FX` stream, as the consumer hands it over.
 #[derive(Clone, Debug)]
@@ -84,23 +82,136 @@ struct Inner {
     /// INCONSISTENT sagas by first sequence (ids only: they are rare, and shown on top).
     inconsistent: BTreeMap<u64, SagaId>,
     agg: Aggregates,
+    /// Finished sagas per minute of the last hour (the dashboard's charts).
+    minutes: Minutes,
     last_seq: u64,
     dirty: Vec<SagaId>,
 }
 
-/// A listing request (`/api/sagas`).
+/// A flag a search selects by (`/api/sagas?flag=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flag {
+    /// Not terminal and no event for longer than `FX_STUCK_AFTER_MS` (at the clock's now).
+    Stuck,
+    /// A sequence the choreography cannot produce.
+    Inconsistent,
+    /// trade.cancelled and no trade.reversed yet.
+    ReversalPending,
+}
+
+impl Flag {
+    /// Every flag, as `/api/sagas?flag=` names them.
+    pub const ALL: [Flag; 3] = [Flag::Stuck, Flag::Inconsistent, Flag::ReversalPending];
+
+    /// `stuck`, `inconsistent`, `reversal_pending`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flag::Stuck => "stuck",
+            Flag::Inconsistent => "inconsistent",
+            Flag::ReversalPending => "reversal_pending",
+        }
+    }
+
+    /// Parses a flag name, case-insensitively.
+    pub fn parse(s: &str) -> Option<Flag> {
+        Flag::ALL
+            .into_iter()
+            .find(|f| f.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
+/// A search (`/api/sagas`): every filter given must hold.
 #[derive(Clone, Debug, Default)]
 pub struct ListQuery {
     /// Only sagas in this state.
     pub state: Option<SagaState>,
     /// Only this user's sagas.
     pub user: Option<UserId>,
-    /// Only sagas with a reversal pending at the venue (`flag=reversal_pending`).
-    pub reversal_pending: bool,
+    /// Only sagas that failed or were rejected for this reason code (e.g. `account_frozen`).
+    pub reason: Option<&'static str>,
+    /// Only sagas with this flag.
+    pub flag: Option<Flag>,
+    /// Only sagas that started at or after this stream time, ms.
+    pub from_ms: Option<u64>,
+    /// Only sagas that started at or before this stream time, ms.
+    pub to_ms: Option<u64>,
+    /// Only sagas of at least this many KRW.
+    pub min_krw: Option<Decimal>,
+    /// Only sagas of at most this many KRW.
+    pub max_krw: Option<Decimal>,
     /// Page size (capped at [`MAX_PAGE`]).
     pub limit: usize,
     /// Continue below this first sequence (from a previous page's `next_cursor`).
     pub cursor: Option<u64>,
+}
+
+impl ListQuery {
+    /// Whether `rec` passes every filter at `now_ms` (the record is the truth; indexes only
+    /// find candidates).
+    pub fn matches(&self, rec: &SagaRecord, now_ms: u64, stuck_after_ms: u64) -> bool {
+        let krw = rec.krw_amount().map(|k| k.amount());
+        self.state.is_none_or(|s| s == rec.state)
+            && self.user.as_ref().is_none_or(|u| *u == rec.user_id)
+            && self
+                .reason
+                .is_none_or(|r| rec.failure.is_some_and(|f| f.code == r))
+            && self.flag.is_none_or(|f| match f {
+                Flag::Stuck => rec.is_stuck(now_ms, stuck_after_ms),
+                Flag::Inconsistent => rec.is_inconsistent(),
+                Flag::ReversalPending => rec.is_reversal_pending(),
+            })
+            && self.from_ms.is_none_or(|f| rec.started_at_ms >= f)
+            && self.to_ms.is_none_or(|t| rec.started_at_ms <= t)
+            && self.min_krw.is_none_or(|m| krw.is_some_and(|k| k >= m))
+            && self.max_krw.is_none_or(|m| krw.is_some_and(|k| k <= m))
+    }
+}
+
+/// A list of `(first_seq, saga id)` a search intersects: a store index, or (for STUCK, which is
+/// evaluated against the clock and never stored) the candidates in memory, ascending.
+enum Postings {
+    Stored(Index),
+    Memory(Vec<(u64, SagaId)>),
+}
+
+impl Postings {
+    /// The newest entry at or below `at_most`.
+    fn seek(&self, store: &Store, at_most: u64) -> Result<Option<(u64, SagaId)>, TrackerError> {
+        match self {
+            Postings::Stored(index) => store.seek(index, at_most),
+            Postings::Memory(v) => {
+                let n = v.partition_point(|(seq, _)| *seq <= at_most);
+                Ok(n.checked_sub(1).map(|i| v[i]))
+            }
+        }
+    }
+}
+
+/// The newest sequence at or below `at_most` that every list holds (a leapfrog join: each
+/// list in turn seeks to the lowest candidate so far, until all agree).
+fn intersect(
+    store: &Store,
+    lists: &[Postings],
+    at_most: u64,
+) -> Result<Option<(u64, SagaId)>, TrackerError> {
+    let mut candidate = at_most;
+    loop {
+        let mut agreed = None;
+        for list in lists {
+            match list.seek(store, candidate)? {
+                None => return Ok(None),
+                Some((seq, id)) if seq == candidate => agreed = Some(id),
+                Some((seq, _)) => {
+                    candidate = seq;
+                    agreed = None;
+                    break;
+                }
+            }
+        }
+        if let Some(id) = agreed {
+            return Ok(Some((candidate, id)));
+        }
+    }
 }
 
 /// One page of a listing, newest first.
@@ -157,10 +268,14 @@ impl ReadModel {
         let mut inner = Inner {
             last_seq: store.last_seq()?,
             agg,
+            minutes: store.minutes()?,
             ..Inner::default()
         };
         if !reversals_counted {
             inner.agg.reversals = recount_reversals(&store, inner.last_seq, &inner.agg)?;
+        }
+        if !store.indexes_current()? {
+            reindex(&store, inner.last_seq, &inner.agg)?;
         }
         for state in SagaState::ALL.into_iter().filter(|s| !s.is_terminal()) {
             for (_, id) in store.scan(&Index::State(state), None, usize::MAX)? {
@@ -246,6 +361,7 @@ impl ReadModel {
                 slot.dirty = false;
             }
             write.meta(inner.last_seq, &inner.agg);
+            write.minutes(&inner.minutes);
             report.last_seq = inner.last_seq;
         }
         self.store.write(write)?;
@@ -308,6 +424,7 @@ impl ReadModel {
             }
         };
         let duration_before = slot.rec.duration_ms();
+        let finished_before = slot.rec.finished_at_ms.map(|f| (slot.rec.state, f));
         let was_inconsistent = slot.rec.is_inconsistent();
         let reversal_before = slot.rec.reversal_status();
         let applied = apply(&mut slot.rec, event, seq, at_ms);
@@ -330,6 +447,9 @@ impl ReadModel {
         if applied.became_terminal() {
             let duration_ms = rec.duration_ms().unwrap_or(0);
             inner.agg.durations.add(duration_ms);
+            if let Some(f) = rec.finished_at_ms {
+                inner.minutes.add(applied.state, f, duration_ms);
+            }
             report.finished.push(Finished {
                 state: applied.state,
                 duration_ms,
@@ -344,6 +464,9 @@ impl ReadModel {
         if applied.left_terminal() {
             if let Some(d) = duration_before {
                 inner.agg.durations.remove(d);
+                if let Some((state, f)) = finished_before {
+                    inner.minutes.remove(state, f, d);
+                }
             }
         }
         if rec.is_terminal() && (applied.became_terminal() || reloaded) {
@@ -423,41 +546,88 @@ impl ReadModel {
         self.store.get(id)
     }
 
-    /// A page of sagas, newest (by first event) first.
+    /// A page of the sagas that match `q`, newest (by first event) first: full whenever
+    /// enough sagas match, however old. The indexed filters (state, user, reason, flag, time
+    /// range) are intersected by seeking in the store's indexes, so a page reads about as
+    /// many records as it returns; the amount filters are checked on those records.
     pub fn list(&self, q: &ListQuery) -> Result<Page, TrackerError> {
         let limit = q.limit.clamp(1, MAX_PAGE);
-        let index = match (&q.user, q.state) {
-            (Some(u), _) => Index::User(u.clone()),
-            (None, _) if q.reversal_pending => Index::ReversalPending,
-            (None, Some(s)) if !s.is_terminal() => Index::State(s),
-            // Terminal states have no index of their own (see `store`): walk all, filter.
-            (None, Some(_)) => Index::All,
-            (None, None) => Index::All,
+        let mut lists = Vec::new();
+        if let Some(s) = q.state {
+            lists.push(Postings::Stored(Index::State(s)));
+        }
+        if let Some(u) = &q.user {
+            lists.push(Postings::Stored(Index::User(u.clone())));
+        }
+        if let Some(r) = q.reason {
+            lists.push(Postings::Stored(Index::Reason(reason_index(r))));
+        }
+        match q.flag {
+            Some(Flag::Inconsistent) => lists.push(Postings::Stored(Index::Inconsistent)),
+            Some(Flag::ReversalPending) => lists.push(Postings::Stored(Index::ReversalPending)),
+            Some(Flag::Stuck) => lists.push(Postings::Memory(self.stuck_postings())),
+            None => {}
+        }
+        if lists.is_empty() {
+            lists.push(Postings::Stored(Index::All));
+        }
+        let Some((lowest, highest)) = self.store.seq_window(q.from_ms, q.to_ms)? else {
+            return Ok(Page {
+                sagas: Vec::new(),
+                next_cursor: None,
+            });
         };
-        let entries = self.store.scan(&index, q.cursor, MAX_SCAN)?;
-        let scanned_all = entries.len() < MAX_SCAN;
-        let mut sagas = Vec::new();
-        let mut last_looked = None;
-        for (seq, id) in entries {
-            last_looked = Some(seq);
-            let Some(rec) = self.get(id)? else { continue };
-            if q.state.is_some_and(|s| s != rec.state)
-                || (q.reversal_pending && !rec.is_reversal_pending())
-            {
-                continue;
-            }
-            sagas.push(rec);
-            if sagas.len() == limit {
+        let now = self.now_ms();
+        let mut at_most = match q.cursor {
+            Some(0) => {
                 return Ok(Page {
-                    sagas,
-                    next_cursor: Some(seq),
-                });
+                    sagas: Vec::new(),
+                    next_cursor: None,
+                })
             }
+            Some(c) => highest.min(c - 1),
+            None => highest,
+        };
+        let mut sagas = Vec::new();
+        while let Some((seq, id)) = intersect(&self.store, &lists, at_most)? {
+            if seq < lowest {
+                break;
+            }
+            if let Some(rec) = self.get(id)? {
+                if q.matches(&rec, now, self.stuck_after_ms) {
+                    sagas.push(rec);
+                    if sagas.len() == limit {
+                        return Ok(Page {
+                            sagas,
+                            next_cursor: Some(seq),
+                        });
+                    }
+                }
+            }
+            let Some(below) = seq.checked_sub(1) else {
+                break;
+            };
+            at_most = below;
         }
         Ok(Page {
             sagas,
-            next_cursor: if scanned_all { None } else { last_looked },
+            next_cursor: None,
         })
+    }
+
+    /// `(first_seq, id)` of the sagas STUCK now, ascending (they are all in memory: only
+    /// non-terminal sagas can be stuck, and memory holds every one).
+    fn stuck_postings(&self) -> Vec<(u64, SagaId)> {
+        let now = self.now_ms();
+        let inner = self.read();
+        let mut v: Vec<(u64, SagaId)> = inner
+            .sagas
+            .values()
+            .filter(|s| s.rec.is_stuck(now, self.stuck_after_ms))
+            .map(|s| (s.rec.first_seq, s.rec.saga_id))
+            .collect();
+        v.sort_unstable();
+        v
     }
 
     /// Non-terminal sagas STUCK now, longest idle first, at most `limit`; and how many in all.
@@ -534,6 +704,11 @@ impl ReadModel {
     /// The aggregates as of the last batch.
     pub fn aggregates(&self) -> Aggregates {
         self.read().agg.clone()
+    }
+
+    /// Finished sagas per minute of the last hour, as of the last batch.
+    pub fn minutes(&self) -> Minutes {
+        self.read().minutes.clone()
     }
 
     /// The `/api/stats` document.
@@ -629,6 +804,24 @@ fn recount_reversals(
     Ok(totals)
 }
 
+/// Adds the index entries a store written before index layout 2 lacks (terminal states,
+/// reasons, start times), once: a scan of every record, then the layout is stamped.
+fn reindex(store: &Store, last_seq: u64, agg: &Aggregates) -> Result<(), TrackerError> {
+    let mut write = WriteBatch::default();
+    let mut n = 0u64;
+    store.for_each(|rec| {
+        write.index_v2(&rec);
+        n += 1;
+    })?;
+    write.meta(last_seq, agg);
+    store.write(write)?;
+    tracing::info!(
+        sagas = n,
+        "indexed every saga by state, reason and start time (a store written before search)"
+    );
+    Ok(())
+}
+
 /// A shared read model.
 pub type SharedModel = Arc<ReadModel>;
 
@@ -639,6 +832,19 @@ mod tests {
 
     fn saga(user: &str) -> (SagaId, UserId) {
         (SagaId::new_v7(), UserId::parse(user).unwrap())
+    }
+
+    /// Stream messages of `events`, sequences from 1, stream times from 1000 ms, 1 ms apart.
+    fn stream_messages<'a>(events: impl Iterator<Item = &'a Event>) -> Vec<StreamMessage> {
+        events
+            .enumerate()
+            .map(|(i, e)| StreamMessage {
+                seq: i as u64 + 1,
+                at_ms: 1000 + i as u64,
+                subject: e.subject(),
+                payload: e.to_json().into(),
+            })
+            .collect()
     }
 
     /// A filled saga whose credit failed and which fx-trade cancelled for the user.
@@ -690,16 +896,7 @@ mod tests {
             rate,
             fill_krw_amount: Krw::parse("1500000").unwrap(),
         }));
-        let batch: Vec<StreamMessage> = events
-            .iter()
-            .enumerate()
-            .map(|(i, e)| StreamMessage {
-                seq: i as u64 + 1,
-                at_ms: 1000 + i as u64,
-                subject: e.subject(),
-                payload: e.to_json().into(),
-            })
-            .collect();
+        let batch = stream_messages(events.iter());
         let model = open();
         model.ingest(&batch).unwrap();
         let want = model.stats();
@@ -714,7 +911,7 @@ mod tests {
 
         let pending_listing = |m: &ReadModel| -> Vec<SagaId> {
             m.list(&ListQuery {
-                reversal_pending: true,
+                flag: Some(Flag::ReversalPending),
                 limit: 10,
                 ..ListQuery::default()
             })
@@ -733,6 +930,80 @@ mod tests {
         let model = open();
         assert_eq!(model.stats(), want);
         assert_eq!(pending_listing(&model), [pending]);
+    }
+
+    #[test]
+    fn a_store_from_before_search_is_reindexed_once_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: Clock = Arc::new(|| 0);
+        let open = || ReadModel::open(dir.path(), 1, 60_000, clock.clone()).unwrap();
+        let (id, alice) = saga("alice");
+        let batch = stream_messages(
+            cancelled(id, &alice)
+                .iter()
+                .chain(
+                    [Event::UsdCreditFailed(UsdCreditFailed {
+                        saga_id: id,
+                        user_id: alice.clone(),
+                        reason: CreditFailReason::AccountFrozen,
+                        message: "frozen".into(),
+                    })]
+                    .iter(),
+                )
+                .chain(
+                    [Event::KrwReleased(KrwReleased {
+                        saga_id: id,
+                        user_id: alice.clone(),
+                        krw_amount: Krw::parse("1500000").unwrap(),
+                        reason: ReleaseReason::TradeCancelled,
+                    })]
+                    .iter(),
+                ),
+        );
+        let found = |m: &ReadModel, q: ListQuery| -> Vec<SagaId> {
+            m.list(&ListQuery { limit: 10, ..q })
+                .unwrap()
+                .sagas
+                .iter()
+                .map(|r| r.saga_id)
+                .collect()
+        };
+        let queries = || {
+            [
+                ListQuery {
+                    state: Some(SagaState::Compensated),
+                    ..ListQuery::default()
+                },
+                ListQuery {
+                    reason: Some("credit_failed"),
+                    ..ListQuery::default()
+                },
+                ListQuery {
+                    from_ms: Some(1000),
+                    to_ms: Some(1000),
+                    ..ListQuery::default()
+                },
+            ]
+        };
+        let model = open();
+        model.ingest(&batch).unwrap();
+        assert_eq!(
+            model.get(id).unwrap().unwrap().state,
+            SagaState::Compensated
+        );
+        for q in queries() {
+            assert_eq!(found(&model, q.clone()), [id], "{q:?}");
+        }
+        model.store.forget_index_v2().unwrap();
+        for q in queries() {
+            assert!(found(&model, q.clone()).is_empty(), "forgotten: {q:?}");
+        }
+        drop(model);
+        let model = open();
+        for q in queries() {
+            assert_eq!(found(&model, q.clone()), [id], "reindexed: {q:?}");
+        }
+        assert!(model.store.indexes_current().unwrap());
     }
 
     #[test]

@@ -233,6 +233,27 @@ pub(crate) const REASON_CODES: [&str; 21] = [
 /// Index of `"unknown"` in [`REASON_CODES`]: what a code not in the table is stored as.
 pub(crate) const UNKNOWN_REASON: usize = 19;
 
+/// The position of a reason code in the stored table (the key of the store's reason index).
+pub fn reason_index(code: &str) -> u8 {
+    REASON_CODES
+        .iter()
+        .position(|c| *c == code)
+        .unwrap_or(UNKNOWN_REASON) as u8
+}
+
+/// The reason code `s` names (as `/api/sagas?reason=` takes it), if it is one.
+pub fn reason_code(s: &str) -> Option<&'static str> {
+    REASON_CODES
+        .iter()
+        .copied()
+        .find(|c| c.eq_ignore_ascii_case(s.trim()))
+}
+
+/// Every reason code, for messages and the search form.
+pub fn reason_codes() -> &'static [&'static str] {
+    &REASON_CODES
+}
+
 fn reject_code(r: RejectReason) -> &'static str {
     match r {
         RejectReason::InvalidRequest => "invalid_request",
@@ -324,7 +345,7 @@ pub enum ReversalStatus {
 /// Measured by `tests/memory.rs` (a counting allocator over 50,000 completed five-event
 /// sagas): about 625 bytes per saga in memory (360 bytes inline, the timeline's 5 x 24 bytes,
 /// the user id, and the hash-map slot), and about 127 bytes encoded in sled (before sled's own
-/// overhead and the four index entries of about 30 bytes each).
+/// overhead and the index entries of about 30 bytes each: five, six for a failed saga).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SagaRecord {
     /// The saga's id (every event of the saga carries it).

@@ -65,6 +65,39 @@ impl Histogram {
         self.count
     }
 
+    /// `(value, count)` of every non-empty bucket, ascending (a bucket reports its middle).
+    pub fn buckets(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.buckets.iter().map(|(&i, &c)| (Self::value(i), c))
+    }
+
+    /// Adds every value counted in `other`.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (&i, &c) in &other.buckets {
+            *self.buckets.entry(i).or_default() += c;
+            self.count += c;
+        }
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        put_varint(out, self.buckets.len() as u64);
+        for (&i, &c) in &self.buckets {
+            put_varint(out, u64::from(i));
+            put_varint(out, c);
+        }
+    }
+
+    fn decode_from(r: &mut Reader) -> Result<Histogram, CodecError> {
+        let mut h = Histogram::default();
+        let n = r.varint()?;
+        for _ in 0..n {
+            let i = u32::try_from(r.varint()?).map_err(|_| CodecError("bucket".into()))?;
+            let c = r.varint()?;
+            h.buckets.insert(i, c);
+            h.count += c;
+        }
+        Ok(h)
+    }
+
     /// The `p`-quantile (0 < p <= 1), or `None` when empty.
     pub fn quantile(&self, p: f64) -> Option<u64> {
         if self.count == 0 {
@@ -209,11 +242,7 @@ impl Aggregates {
         ] {
             put_varint(&mut out, c);
         }
-        put_varint(&mut out, self.durations.buckets.len() as u64);
-        for (&i, &c) in &self.durations.buckets {
-            put_varint(&mut out, u64::from(i));
-            put_varint(&mut out, c);
-        }
+        self.durations.encode_into(&mut out);
         if version == VERSION_1 {
             return out;
         }
@@ -243,13 +272,7 @@ impl Aggregates {
         a.undecodable = r.varint()?;
         a.krw_deposits = r.varint()?;
         a.usd_deposits = r.varint()?;
-        let n = r.varint()?;
-        for _ in 0..n {
-            let i = u32::try_from(r.varint()?).map_err(|_| CodecError("bucket".into()))?;
-            let c = r.varint()?;
-            a.durations.buckets.insert(i, c);
-            a.durations.count += c;
-        }
+        a.durations = Histogram::decode_from(&mut r)?;
         if version == VERSION_1 {
             return Ok((a, false));
         }
@@ -258,6 +281,137 @@ impl Aggregates {
         a.reversals.pnl_krw =
             Decimal::from_str(r.str()?).map_err(|e| CodecError(format!("fx P&L: {e}")))?;
         Ok((a, true))
+    }
+}
+
+/// Minutes of stream time a [`Minutes`] series keeps: the charts show the last hour.
+pub const MINUTES_KEPT: u64 = 60;
+/// Milliseconds in a minute (the series' bucket width).
+pub const MINUTE_MS: u64 = 60_000;
+
+/// The sagas that finished in one minute of stream time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Minute {
+    /// COMPLETED, REJECTED, COMPENSATED, in that order.
+    pub outcomes: [u64; 3],
+    /// Their durations.
+    pub durations: Histogram,
+}
+
+impl Minute {
+    /// Sagas that finished in the minute.
+    pub fn total(&self) -> u64 {
+        self.outcomes.iter().sum()
+    }
+
+    /// COMPENSATED / finished (0 when none finished).
+    pub fn compensation_rate(&self) -> f64 {
+        match self.total() {
+            0 => 0.0,
+            t => self.outcomes[2] as f64 / t as f64,
+        }
+    }
+}
+
+/// Finished sagas per minute of stream time (by the terminal event's time), the last
+/// [`MINUTES_KEPT`] minutes up to the newest one seen: what the dashboard's charts draw.
+/// Bounded: at most [`MINUTES_KEPT`] minutes, each a [`Histogram`] of bounded size. Kept
+/// like the aggregates (a saga that leaves a terminal state is uncounted) and stored beside
+/// them, so a restart and a rebuild draw the same charts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Minutes {
+    minutes: BTreeMap<u64, Minute>,
+}
+
+fn outcome_index(state: SagaState) -> Option<usize> {
+    match state {
+        SagaState::Completed => Some(0),
+        SagaState::Rejected => Some(1),
+        SagaState::Compensated => Some(2),
+        _ => None,
+    }
+}
+
+/// Layout version of a stored [`Minutes`].
+const MINUTES_VERSION: u8 = 1;
+
+impl Minutes {
+    /// Counts a saga that finished in `state` at `finished_at_ms` after `duration_ms`.
+    pub fn add(&mut self, state: SagaState, finished_at_ms: u64, duration_ms: u64) {
+        let Some(o) = outcome_index(state) else {
+            return;
+        };
+        let minute = finished_at_ms / MINUTE_MS;
+        let newest = self.minutes.keys().next_back().copied().unwrap_or(minute);
+        if minute + MINUTES_KEPT <= newest {
+            return; // older than what is kept
+        }
+        let m = self.minutes.entry(minute).or_default();
+        m.outcomes[o] += 1;
+        m.durations.add(duration_ms);
+        let newest = newest.max(minute);
+        while let Some((&oldest, _)) = self.minutes.first_key_value() {
+            if oldest + MINUTES_KEPT > newest {
+                break;
+            }
+            self.minutes.remove(&oldest);
+        }
+    }
+
+    /// Uncounts a saga counted by [`Minutes::add`] (one that left its terminal state).
+    pub fn remove(&mut self, state: SagaState, finished_at_ms: u64, duration_ms: u64) {
+        let Some(o) = outcome_index(state) else {
+            return;
+        };
+        let minute = finished_at_ms / MINUTE_MS;
+        if let Some(m) = self.minutes.get_mut(&minute) {
+            m.outcomes[o] = m.outcomes[o].saturating_sub(1);
+            m.durations.remove(duration_ms);
+        }
+    }
+
+    /// The minutes `(minute since the epoch, what finished in it)` of the hour ending with the
+    /// minute of `now_ms`, oldest first, every one of the [`MINUTES_KEPT`] present (empty
+    /// when nothing finished in it).
+    pub fn last_hour(&self, now_ms: u64) -> Vec<(u64, Minute)> {
+        let now = now_ms / MINUTE_MS;
+        (now + 1 - MINUTES_KEPT.min(now + 1)..=now)
+            .map(|m| (m, self.minutes.get(&m).cloned().unwrap_or_default()))
+            .collect()
+    }
+
+    /// Stored form.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![MINUTES_VERSION];
+        put_varint(&mut out, self.minutes.len() as u64);
+        for (&minute, m) in &self.minutes {
+            put_varint(&mut out, minute);
+            for c in m.outcomes {
+                put_varint(&mut out, c);
+            }
+            m.durations.encode_into(&mut out);
+        }
+        out
+    }
+
+    /// Reads what [`Minutes::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Result<Minutes, CodecError> {
+        let mut r = Reader::new(bytes);
+        let version = r.u8()?;
+        if version != MINUTES_VERSION {
+            return Err(CodecError(format!("minutes version {version}")));
+        }
+        let mut out = Minutes::default();
+        for _ in 0..r.varint()? {
+            let minute = r.varint()?;
+            let mut m = Minute::default();
+            for c in m.outcomes.iter_mut() {
+                *c = r.varint()?;
+            }
+            m.durations = Histogram::decode_from(&mut r)?;
+            out.minutes.insert(minute, m);
+        }
+        Ok(out)
     }
 }
 
@@ -357,6 +511,34 @@ mod tests {
         assert_eq!(old.reversals, ReversalTotals::default());
         assert_eq!(old.events, a.events);
         assert_eq!(old.durations, a.durations);
+    }
+
+    #[test]
+    fn minutes_keep_the_last_hour_and_round_trip() {
+        let mut m = Minutes::default();
+        let t0 = 1_000 * MINUTE_MS;
+        m.add(SagaState::Completed, t0 + 5, 200);
+        m.add(SagaState::Compensated, t0 + 59_999, 900);
+        m.add(SagaState::KrwHeld, t0, 1); // not an outcome: ignored
+        m.add(SagaState::Rejected, t0 + 3 * MINUTE_MS, 10);
+        let hour = m.last_hour(t0 + 3 * MINUTE_MS);
+        assert_eq!(hour.len() as u64, MINUTES_KEPT);
+        let (minute, first) = &hour[hour.len() - 4];
+        assert_eq!((*minute, first.outcomes), (1_000, [1, 0, 1]));
+        assert_eq!(first.compensation_rate(), 0.5);
+        assert_eq!(hour.last().unwrap().1.outcomes, [0, 1, 0]);
+        assert_eq!(Minutes::decode(&m.encode()).unwrap(), m);
+        m.remove(SagaState::Compensated, t0 + 59_999, 900);
+        assert_eq!(m.last_hour(t0).last().unwrap().1.outcomes, [1, 0, 0]);
+        // An hour later, minute 1000 is gone, and a saga finishing then is not counted.
+        m.add(SagaState::Completed, t0 + 63 * MINUTE_MS, 5);
+        assert!(
+            m.minutes.keys().all(|&k| k > 1_000 + 3),
+            "{:?}",
+            m.minutes.keys()
+        );
+        m.add(SagaState::Completed, t0, 5);
+        assert!(!m.minutes.contains_key(&1_000));
     }
 
     #[test]

@@ -11,11 +11,16 @@
 //! |---|---|
 //! | `s` saga-uuid(16) | encoded [`SagaRecord`] |
 //! | `o` first_seq(8, BE) | saga uuid: every saga, oldest to newest |
-//! | `t` state(1) first_seq(8) | saga uuid: non-terminal sagas by state |
+//! | `t` state(1) first_seq(8) | saga uuid: sagas by state (every state) |
 //! | `u` user 0x00 first_seq(8) | saga uuid: by user |
+//! | `f` reason(1) first_seq(8) | saga uuid: by failure reason (its position in the reason codes) |
+//! | `a` started_at(8) first_seq(8) | saga uuid: by start time (stream time, ms) |
 //! | `i` first_seq(8) | saga uuid: INCONSISTENT sagas |
 //! | `r` first_seq(8) | saga uuid: sagas with a reversal pending (trade.cancelled, no trade.reversed) |
-//! | `m` name | meta: `last_seq`, `aggregates` |
+//! | `m` name | meta: `last_seq`, `aggregates`, `minutes`, `indexes` (the index layout version) |
+//!
+//! Every index but `a` is ordered by the saga's first stream sequence, so a search intersects
+//! them by seeking (see `model::ReadModel::list`): newest first, whatever the filters.
 
 use std::path::Path;
 
@@ -23,8 +28,8 @@ use events::{SagaId, UserId};
 use uuid::Uuid;
 
 use crate::codec;
-use crate::projection::{SagaRecord, SagaState};
-use crate::stats::Aggregates;
+use crate::projection::{reason_index, SagaRecord, SagaState};
+use crate::stats::{Aggregates, Minutes};
 use crate::TrackerError;
 
 /// sled's page cache, in bytes: bounded so the process's memory does not grow with the store.
@@ -36,8 +41,15 @@ const STATE: u8 = b't';
 const USER: u8 = b'u';
 const INCONSISTENT: u8 = b'i';
 const REVERSAL_PENDING: u8 = b'r';
+const REASON: u8 = b'f';
+const STARTED: u8 = b'a';
 const META_LAST_SEQ: &[u8] = b"mlast_seq";
 const META_AGGREGATES: &[u8] = b"maggregates";
+const META_INDEXES: &[u8] = b"mindexes";
+const META_MINUTES: &[u8] = b"mminutes";
+/// Layout of the indices: 2 indexes terminal states in `t` and adds `f` and `a`. A store
+/// written before (no `mindexes`) is reindexed once on open ([`Store::indexes_current`]).
+const INDEX_VERSION: u8 = 2;
 
 /// The on-disk side of the read model.
 pub struct Store {
@@ -49,8 +61,10 @@ pub struct Store {
 pub enum Index {
     /// Every saga.
     All,
-    /// Sagas in one non-terminal state.
+    /// Sagas in one state.
     State(SagaState),
+    /// Sagas that failed (or were rejected) for one reason: its position in the reason codes.
+    Reason(u8),
     /// One user's sagas.
     User(UserId),
     /// INCONSISTENT sagas.
@@ -70,6 +84,7 @@ impl Index {
                 p.push(0);
                 p
             }
+            Index::Reason(code) => vec![REASON, *code],
             Index::Inconsistent => vec![INCONSISTENT],
             Index::ReversalPending => vec![REVERSAL_PENDING],
         }
@@ -107,6 +122,8 @@ pub struct Persisted {
     pub inconsistent: bool,
     /// Whether it is in the `r` index.
     pub reversal_pending: bool,
+    /// Its entry in the `f` index.
+    pub reason: Option<u8>,
 }
 
 impl Persisted {
@@ -116,8 +133,17 @@ impl Persisted {
             state: rec.state,
             inconsistent: rec.is_inconsistent(),
             reversal_pending: rec.is_reversal_pending(),
+            reason: rec.failure.map(|f| reason_index(f.code)),
         }
     }
+}
+
+fn started_key(at_ms: u64, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(STARTED);
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
 }
 
 /// Inserts or removes `key` so that it is present exactly when `now` is.
@@ -150,18 +176,23 @@ impl WriteBatch {
             self.batch.insert(key(&Index::All.prefix(), seq), id);
             self.batch
                 .insert(key(&Index::User(rec.user_id.clone()).prefix(), seq), id);
+            self.batch.insert(started_key(rec.started_at_ms, seq), id);
         }
-        // Only non-terminal sagas are indexed by state: they are what start-up loads into
-        // memory, and during a replay most sagas start and finish within one batch, so they
-        // never touch this index (a quarter fewer sled writes). Terminal states are listed by
-        // walking the `o` index with a filter.
+        // Every state is indexed, terminal ones too: a search by state must find 30
+        // COMPENSATED sagas behind a million COMPLETED ones without walking them.
         if before.map(|b| b.state) != Some(now.state) {
-            if let Some(b) = before.filter(|b| !b.state.is_terminal()) {
+            if let Some(b) = before {
                 self.batch.remove(key(&Index::State(b.state).prefix(), seq));
             }
-            if !now.state.is_terminal() {
-                self.batch
-                    .insert(key(&Index::State(now.state).prefix(), seq), id);
+            self.batch
+                .insert(key(&Index::State(now.state).prefix(), seq), id);
+        }
+        if before.and_then(|b| b.reason) != now.reason {
+            if let Some(r) = before.and_then(|b| b.reason) {
+                self.batch.remove(key(&Index::Reason(r).prefix(), seq));
+            }
+            if let Some(r) = now.reason {
+                self.batch.insert(key(&Index::Reason(r).prefix(), seq), id);
             }
         }
         flip(
@@ -190,8 +221,30 @@ impl WriteBatch {
         );
     }
 
+    /// Adds what index layout 2 added for `rec` (terminal states in `t`, `f`, `a`): the
+    /// one-time reindex of a store written before.
+    pub fn index_v2(&mut self, rec: &SagaRecord) {
+        let uuid = rec.saga_id.uuid();
+        let id = &uuid.as_bytes()[..];
+        let now = Persisted::of(rec);
+        self.batch
+            .insert(key(&Index::State(now.state).prefix(), rec.first_seq), id);
+        if let Some(r) = now.reason {
+            self.batch
+                .insert(key(&Index::Reason(r).prefix(), rec.first_seq), id);
+        }
+        self.batch
+            .insert(started_key(rec.started_at_ms, rec.first_seq), id);
+    }
+
+    /// Records the per-minute series as of the batch.
+    pub fn minutes(&mut self, minutes: &Minutes) {
+        self.batch.insert(META_MINUTES, minutes.encode());
+    }
+
     /// Records the last processed stream sequence and the aggregates as of it.
     pub fn meta(&mut self, last_seq: u64, agg: &Aggregates) {
+        self.batch.insert(META_INDEXES, &[INDEX_VERSION][..]);
         self.batch
             .insert(META_LAST_SEQ, &last_seq.to_be_bytes()[..]);
         self.batch.insert(META_AGGREGATES, agg.encode());
@@ -237,6 +290,78 @@ impl Store {
                 message: e.to_string(),
             }),
             None => Ok((Aggregates::default(), true)),
+        }
+    }
+
+    /// Whether the indices are of the current layout: true for an empty store (the first
+    /// write stamps it) and for one written by this version; false for an older one, which
+    /// [`crate::model::ReadModel::open`] reindexes.
+    pub fn indexes_current(&self) -> Result<bool, TrackerError> {
+        Ok(match self.db.get(META_INDEXES)? {
+            Some(v) => v.as_ref() == [INDEX_VERSION],
+            None => self.db.get(META_LAST_SEQ)?.is_none(),
+        })
+    }
+
+    /// The newest entry of `index` at or below `at_most` (a first sequence): one seek.
+    pub fn seek(&self, index: &Index, at_most: u64) -> Result<Option<(u64, SagaId)>, TrackerError> {
+        let prefix = index.prefix();
+        match self
+            .db
+            .range(prefix.clone()..=key(&prefix, at_most))
+            .next_back()
+        {
+            Some(item) => {
+                let (k, v) = item?;
+                let seq = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("8 bytes"));
+                Ok(Some((seq, id_from(&v)?)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The first sequences between which the sagas started from `from_ms` to `to_ms`
+    /// (inclusive) lie: `(lowest, highest)`, `None` when no saga started in that range. Exact
+    /// when start times grow with first sequences, as the stream's timestamps do; a caller
+    /// still checks each record's start time.
+    pub fn seq_window(
+        &self,
+        from_ms: Option<u64>,
+        to_ms: Option<u64>,
+    ) -> Result<Option<(u64, u64)>, TrackerError> {
+        let from = started_key(from_ms.unwrap_or(0), 0);
+        let to = started_key(to_ms.unwrap_or(u64::MAX), u64::MAX);
+        let seq_of = |item: Option<sled::Result<(sled::IVec, sled::IVec)>>| -> Result<Option<u64>, TrackerError> {
+            match item {
+                Some(item) => {
+                    let (k, _) = item?;
+                    Ok(Some(u64::from_be_bytes(k[9..17].try_into().expect("8 bytes"))))
+                }
+                None => Ok(None),
+            }
+        };
+        let lo = if from_ms.is_some() {
+            seq_of(self.db.range(from.clone()..=to.clone()).next())?
+        } else {
+            Some(0)
+        };
+        let hi = if to_ms.is_some() {
+            seq_of(self.db.range(from..=to).next_back())?
+        } else {
+            Some(u64::MAX)
+        };
+        Ok(lo.zip(hi).filter(|(lo, hi)| lo <= hi))
+    }
+
+    /// The stored per-minute series (empty on an empty store, and on one written before the
+    /// charts: they fill as sagas finish).
+    pub fn minutes(&self) -> Result<Minutes, TrackerError> {
+        match self.db.get(META_MINUTES)? {
+            Some(v) => Minutes::decode(&v).map_err(|e| TrackerError::Corrupt {
+                key: "minutes".into(),
+                message: e.to_string(),
+            }),
+            None => Ok(Minutes::default()),
         }
     }
 
@@ -307,6 +432,24 @@ impl Store {
     /// Bytes sled reports on disk.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Makes the store look as a tracker before search left it: no terminal states in `t`, no
+    /// `f` or `a` index, no layout stamp (for the upgrade test).
+    #[cfg(test)]
+    pub(crate) fn forget_index_v2(&self) -> Result<(), TrackerError> {
+        self.db.remove(META_INDEXES)?;
+        let terminal = SagaState::ALL.into_iter().filter(|s| s.is_terminal());
+        let prefixes: Vec<Vec<u8>> = terminal
+            .map(|s| Index::State(s).prefix())
+            .chain([vec![REASON], vec![STARTED]])
+            .collect();
+        for p in prefixes {
+            for item in self.db.scan_prefix(p) {
+                self.db.remove(item?.0)?;
+            }
+        }
+        Ok(())
     }
 
     /// Makes the store look as a tracker that did not count reversals left it: version-1

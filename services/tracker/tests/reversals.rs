@@ -36,12 +36,7 @@ async fn wait_metric(t: &Running, name: &str, want: f64) {
 async fn listed(t: &Running, query: &str) -> Vec<String> {
     let (status, l) = t.json(&format!("/api/sagas?{query}")).await;
     assert_eq!(status, 200, "{l}");
-    l["sagas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["saga_id"].as_str().unwrap().to_owned())
-        .collect()
+    saga_ids(&l)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

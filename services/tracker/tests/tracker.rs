@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::cdp::{chromium, FLAGS};
 use common::*;
 use events::{EventKind, ReleaseReason};
 use serde_json::Value;
@@ -186,11 +187,66 @@ async fn projects_outcomes_flags_and_serves_the_api() {
     let (status, v) = t.json("/api/sagas?state=DONE").await;
     assert_eq!(status, 400);
     assert!(v["error"].as_str().unwrap().contains("COMPENSATED"));
+    // Search: reason, flags, time range and amounts.
+    let only = saga_ids;
+    let (_, l) = t.json("/api/sagas?reason=account_frozen").await;
+    assert_eq!(only(&l), [credit_failed.id.to_string()]);
+    let (_, l) = t.json("/api/sagas?flag=inconsistent").await;
+    assert_eq!(only(&l), [inconsistent.id.to_string()]);
+    let (_, l) = t.json("/api/sagas?flag=stuck").await;
+    assert_eq!(only(&l), [stalled.id.to_string()]);
+    let (_, l) = t
+        .json("/api/sagas?min_krw=1500000&max_krw=1500000&user=dave")
+        .await;
+    assert_eq!(only(&l), [rejected.id.to_string()]);
+    let (_, l) = t.json("/api/sagas?max_krw=1499999.99").await;
+    assert!(only(&l).is_empty());
+    let (_, c) = t.json(&format!("/api/sagas/{}", credit_failed.id)).await;
+    let at = c["started_at"].as_u64().unwrap();
+    let (_, l) = t
+        .json(&format!("/api/sagas?from={at}&to={at}&state=COMPENSATED"))
+        .await;
+    // Another saga may have started in the same millisecond: all that started then, no other.
+    assert!(only(&l).contains(&credit_failed.id.to_string()), "{l}");
+    for s in l["sagas"].as_array().unwrap() {
+        assert_eq!(s["started_at"], at, "{s}");
+    }
+    let (_, l) = t.json(&format!("/api/sagas?to={}", at - 1)).await;
+    assert!(!only(&l).contains(&credit_failed.id.to_string()), "{l}");
+    let (_, l) = t.json("/api/sagas?to=2000-01-01T00:00:00Z").await;
+    assert!(only(&l).is_empty());
+    for (bad, word) in [
+        ("reason=bored", "account_frozen"),
+        ("flag=stuckish", "inconsistent"),
+        ("from=yesterday", "from"),
+        ("min_krw=lots", "min_krw"),
+    ] {
+        let (status, v) = t.json(&format!("/api/sagas?{bad}")).await;
+        assert_eq!(status, 400, "{bad}");
+        assert!(v["error"].as_str().unwrap().contains(word), "{bad}: {v}");
+    }
 
     // The dashboard and a timeline page (bodies read back from the stream).
     let (status, page) = t.get("/").await;
     assert_eq!(status, 200);
-    assert!(page.contains("http-equiv=\"refresh\""));
+    assert!(!page.contains("http-equiv=\"refresh\""), "no reloads");
+    for chart in [
+        "chart-outcomes",
+        "chart-percentiles",
+        "chart-compensation",
+        "chart-durations",
+    ] {
+        assert!(page.contains(chart), "dashboard lacks {chart}");
+    }
+    // The search form's results, with a link to the next page.
+    let (_, found) = t.get("/?state=COMPENSATED&limit=1").await;
+    let results = &found[found.find("id=\"results\"").expect("results")..];
+    assert!(results.contains("next page"), "{results}");
+    let (_, bad) = t.get("/?reason=bored").await;
+    assert!(
+        bad.contains("is not one of"),
+        "the search says what is wrong"
+    );
     for needle in [
         "COMPLETED",
         "COMPENSATED",
@@ -251,14 +307,7 @@ async fn rebuilt_tracker_equals_the_live_one_and_restarts_resume() {
     // A tiny retention makes finished sagas leave memory, so late events reload them.
     let live = Running::start(&broker.url(), live_dir.path(), &clock, 3).await;
 
-    let outcomes = [
-        Outcome::Completed,
-        Outcome::CompensatedTradeFailed,
-        Outcome::CompensatedCreditFailed,
-        Outcome::Rejected,
-        Outcome::CommittedAndReleased,
-        Outcome::Stalled,
-    ];
+    let outcomes = Outcome::ALL;
     let sagas: Vec<(Saga, Outcome)> = (0..36)
         .map(|i| (Saga::new(&format!("user{}", i % 5)), outcomes[i % 6]))
         .collect();
@@ -304,6 +353,11 @@ async fn rebuilt_tracker_equals_the_live_one_and_restarts_resume() {
     assert_eq!(a.len(), 36);
     assert_eq!(a, b, "rebuilt records equal the incrementally built ones");
     assert_eq!(live.model.aggregates(), rebuilt.model.aggregates());
+    assert_eq!(
+        live.model.minutes(),
+        rebuilt.model.minutes(),
+        "the charts' series too"
+    );
     assert_eq!(
         live.model.aggregates().events as usize,
         all.len() + late.len() - 1
@@ -353,15 +407,48 @@ async fn rebuilt_tracker_equals_the_live_one_and_restarts_resume() {
     rebuilt.stop().await;
 }
 
-/// Finds headless Chromium.
-fn chromium() -> Option<std::path::PathBuf> {
-    let fixed = std::path::PathBuf::from("/usr/bin/chromium");
-    if fixed.exists() {
-        return Some(fixed);
+/// The dashboard's live part arrives on `/live` as server-sent events, and a saga published
+/// after the stream opened shows up in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_pushes_the_dashboard_when_sagas_arrive() {
+    use tokio::io::AsyncWriteExt;
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = TestClock::at_now();
+    let t = Running::start(&broker.url(), dir.path(), &clock, 10_000).await;
+    let mut conn = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+    conn.write_all(b"GET /live?state=COMPLETED HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut conn, &mut seen, "text/event-stream").await;
+    let saga = Saga::new("alice");
+    let last = broker.publish_all(&saga.events(Outcome::Completed)).await;
+    t.caught_up(last).await;
+    read_until(&mut conn, &mut seen, &saga.id.to_string()).await;
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    assert!(text.contains("event: dashboard"), "{text}");
+    assert!(
+        text.contains("Search results"),
+        "the page's search stays applied"
+    );
+    t.stop().await;
+}
+
+/// Reads from `conn` into `seen` until it holds `want`, with the deadline.
+async fn read_until(conn: &mut tokio::net::TcpStream, seen: &mut Vec<u8>, want: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 8192];
+    let read = async {
+        while !String::from_utf8_lossy(seen).contains(want) {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream ended");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    if tokio::time::timeout(DEADLINE, read).await.is_err() {
+        panic!("no {want:?} in time:\n{}", String::from_utf8_lossy(seen));
     }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join("chromium"))
-        .find(|p| p.exists())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,17 +475,7 @@ async fn dashboard_renders_in_headless_chromium() {
     let profile = tempfile::tempdir().unwrap();
     let url = format!("http://{}/", t.addr);
     let run = tokio::process::Command::new(&chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-        ])
+        .args(FLAGS)
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("--dump-dom")
         .arg(&url)

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod cdp;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -240,6 +242,28 @@ pub enum Outcome {
     CommittedAndReleased,
     /// Held, then nothing: STUCK once the clock moves.
     Stalled,
+}
+
+impl Outcome {
+    /// Every outcome.
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Completed,
+        Outcome::CompensatedTradeFailed,
+        Outcome::CompensatedCreditFailed,
+        Outcome::Rejected,
+        Outcome::CommittedAndReleased,
+        Outcome::Stalled,
+    ];
+}
+
+/// The `saga_id`s of a `/api/sagas` page, in order.
+pub fn saga_ids(page: &serde_json::Value) -> Vec<String> {
+    page["sagas"]
+        .as_array()
+        .expect("a page of sagas")
+        .iter()
+        .map(|s| s["saga_id"].as_str().expect("saga_id").to_owned())
+        .collect()
 }
 
 /// A saga's ids and amounts.

@@ -770,6 +770,7 @@ async fn commit_group<P: Participant>(
     // (index in the group, reason, message, stream sequence) of messages to dead-letter.
     let mut dead: Vec<(usize, &'static str, String, u64)> = Vec::new();
     let outcomes = store.transact_each(&group, |tx, slot| handle_in_tx(participant, tx, slot));
+    let mut spans = crate::trace::GroupSpans::new(service);
     let outcomes: Vec<Result<Outcome>> = match outcomes {
         Ok(v) => v,
         // A storage failure fails the whole group: every message of it is retried.
@@ -787,6 +788,13 @@ async fn commit_group<P: Participant>(
         if delivered > 1 {
             metrics::counter!(names::REDELIVERIES, "service" => service).increment(1);
         }
+        let event = match &slot.stage {
+            Stage::Ready(Ok((event, _))) => Some(event),
+            _ => None,
+        };
+        let (label, committed) = outcome_label(&outcome);
+        let (headers, subject) = (slot.msg.headers.as_ref(), slot.msg.subject.as_str());
+        spans.handled(headers, subject, event, slot.started, label, committed);
         let kind = match outcome {
             Ok(Outcome::Handled(Handled::Applied)) => {
                 count(service, "applied");
@@ -837,6 +845,7 @@ async fn commit_group<P: Participant>(
     store.flush().await?;
     metrics::histogram!(names::FLUSH_SECONDS, "service" => service)
         .record(flush_started.elapsed().as_secs_f64());
+    spans.end();
     if faults(FaultPoint::AfterCommitBeforeAck) == FaultAction::Crash {
         return Err(RuntimeError::Crashed(FaultPoint::AfterCommitBeforeAck));
     }
@@ -886,6 +895,18 @@ fn transient_delay(delivered: i64) -> Duration {
 enum Outcome {
     Handled(Handled),
     Duplicate,
+}
+
+/// A handling's label on its span, and whether its effects are in the group's transaction.
+fn outcome_label(outcome: &Result<Outcome>) -> (&'static str, bool) {
+    match outcome {
+        Ok(Outcome::Handled(Handled::Applied)) => ("applied", true),
+        Ok(Outcome::Handled(Handled::Ignored)) => ("ignored", true),
+        Ok(Outcome::Duplicate) => ("duplicate", false),
+        Ok(Outcome::Handled(Handled::RetryAfter { .. })) => ("retry", false),
+        Ok(Outcome::Handled(Handled::DeadLetter { .. })) => ("dead_letter", false),
+        Err(_) => ("error", false),
+    }
 }
 
 /// Handles one message inside the group's transaction: the inbox check, then the participant.
@@ -977,7 +998,7 @@ async fn relay_loop(
             }
             continue;
         }
-        let (mut done, failure) = publish_window(&js, &entries).await;
+        let (mut done, failure) = publish_window(service, &js, &entries).await;
         // A record goes only once every entry of it is acknowledged; the acknowledged part of
         // a record cut short is published again with it (the broker drops the duplicates).
         if let Some((cut, _)) = entries.get(done.len()) {
@@ -1021,13 +1042,17 @@ fn is_connected(js: &jetstream::Context) -> bool {
 /// keys acknowledged before the first failure (later ones are retried, and deduplicated by
 /// their `Nats-Msg-Id` if they did land).
 async fn publish_window(
+    service: &str,
     js: &jetstream::Context,
     entries: &[(u64, OutboxEntry)],
 ) -> (Vec<u64>, Option<String>) {
     let mut pending = Vec::with_capacity(entries.len());
     let mut failure = None;
     for (key, e) in entries {
-        match js.send_publish(e.subject.clone(), publish_message(e)).await {
+        match js
+            .send_publish(e.subject.clone(), publish_message(service, e))
+            .await
+        {
             Ok(ack) => pending.push((*key, ack)),
             Err(err) => {
                 failure = Some(err.to_string());
@@ -1058,24 +1083,17 @@ async fn publish_window(
     (done, failure)
 }
 
-/// The message for an outbox entry, with the contract's headers.
-pub fn publish_message(e: &OutboxEntry) -> PublishMessage {
+/// The message for an outbox entry `service` emitted, with the contract's headers.
+pub fn publish_message(service: &str, e: &OutboxEntry) -> PublishMessage {
     PublishMessage::build()
         .payload(e.payload.clone().into())
         .message_id(&e.event_id)
         .header(events::headers::SAGA_ID, e.saga_id.to_string().as_str())
         .header(events::headers::CAUSATION_ID, e.causation_id.as_str())
-        .header(events::headers::TRACEPARENT, traceparent(e).as_str())
-}
-
-/// W3C trace context: the trace id is the saga UUID, the span id a stable hash of the event id
-/// (so a republished event carries the same span).
-pub fn traceparent(e: &OutboxEntry) -> String {
-    let mut h = events::fnv::fnv1a_64(e.event_id.bytes());
-    if h == 0 {
-        h = 1; // an all-zero span id is invalid
-    }
-    format!("00-{}-{h:016x}-01", e.saga_id.trace_id())
+        .header(
+            events::headers::TRACEPARENT,
+            crate::trace::traceparent(service, e).as_str(),
+        )
 }
 
 async fn prune_loop(store: Arc<Store>, clock: Clock, retention_ms: u64) -> Result<()> {

@@ -27,15 +27,23 @@
 # --duration seconds without and then with an audit running beside it, writing
 # docs/bench/audit.jsonl.
 #
+# --traces measures what exporting spans costs (README, "Traces"): systems with the export off
+# and on, in turn (off, on, off, on), each on fresh stores: saturation (--sagas, default 4000)
+# and --rate 500 for --duration seconds, each followed by the CPU seconds the three services
+# used for it; "on" exports over OTLP/HTTP (protobuf) to a local sink that answers 200 and
+# counts what it received. Writes docs/bench/traces-<sync>.jsonl.
+#
 #   scripts/bench.sh [--sagas 25000] [--concurrency 256] [--duration 10] [--sync always|2m]
 #   scripts/bench.sh --compare-sync [--sagas 4000] [--concurrency 256] [--duration 10]
 #   scripts/bench.sh --audit-scale [--sagas 1000000] [--sync always|2m]
+#   scripts/bench.sh --traces [--sagas 4000] [--concurrency 256] [--duration 10] [--sync always|2m]
 #   scripts/bench.sh --venue-sweep [--in-process-venue] [--sagas 4000] [--concurrency 512]
 #                    [--duration 10] [--sync always|2m]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 sagas=""; concurrency=""; duration=10; sync=always; compare=0; sweep=0; in_process=0; audit_scale=0
+traces=0
 # Venue latency of the system start_system starts; empty: fx-trade's embedded venue.
 venue_latency=""
 while (($#)); do
@@ -48,7 +56,8 @@ while (($#)); do
     --venue-sweep) sweep=1; shift ;;
     --in-process-venue) in_process=1; shift ;;
     --audit-scale) audit_scale=1; shift ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    --traces) traces=1; shift ;;
+    -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -93,7 +102,7 @@ start_system() {
 
 stop_system() {
   kill -TERM "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
   pids=()
 }
 
@@ -150,6 +159,68 @@ if ((audit_scale)); then
     echo "== fxctl audit after $total sagas"
     time_audit
     serving_while_auditing
+  done
+  exit 0
+fi
+
+# CPU seconds (user + system) the three services have used so far.
+service_cpu() {
+  local s pid total_ticks=0
+  for s in krw trade usd; do
+    pid=$(pgrep -f "$bin/fx-$s" | head -1)
+    total_ticks=$((total_ticks + $(awk '{print $14 + $15}' /proc/"$pid"/stat)))
+  done
+  echo "scale=2; $total_ticks / $(getconf CLK_TCK)" | bc
+}
+
+if ((traces)); then
+  out="docs/bench/traces-$sync.jsonl"
+  : >"$out"
+  sink_port=$((40000 + RANDOM % 20000))
+  # The OTLP/HTTP sink: answers every export 200 with an empty body (an empty
+  # ExportTraceServiceResponse) and logs its size.
+  python3 - "$sink_port" "$work/sink.log" <<'PY' &
+import http.server, sys
+port, log = int(sys.argv[1]), open(sys.argv[2], "a", buffering=1)
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", 0))
+        self.rfile.read(n)
+        log.write(f"{n}\n")
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Sink).serve_forever()
+PY
+  sink_pid=$!
+  trap 'kill $sink_pid 2>/dev/null || true; cleanup' EXIT
+  for round in 1 2; do
+    for mode in off on; do
+      unset OTEL_EXPORTER_OTLP_ENDPOINT OTEL_EXPORTER_OTLP_PROTOCOL
+      if [[ $mode == on ]]; then
+        export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sink_port"
+        export OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
+      fi
+      : >"$work/sink.log"
+      start_system "traces-$mode-$round"
+      for load in saturation rate500; do
+        cpu0=$(service_cpu)
+        if [[ $load == saturation ]]; then
+          echo "== export $mode (round $round): saturation, ${sagas:-4000} sagas, concurrency ${concurrency:-256}"
+          run --sagas "${sagas:-4000}" --concurrency "${concurrency:-256}"
+        else
+          echo "== export $mode (round $round): offered load 500 sagas/s for ${duration}s"
+          run --rate 500 --duration "$duration"
+        fi
+        cpu1=$(service_cpu)
+        echo "{\"traces\":{\"export\":\"$mode\",\"round\":$round,\"load\":\"$load\",\"broker_sync\":\"$sync\",\"service_cpu_s\":$(echo "$cpu1 - $cpu0" | bc)}}" | tee -a "$out"
+      done
+      stop_system
+      echo "{\"traces\":{\"export\":\"$mode\",\"round\":$round,\"sink_requests\":$(wc -l <"$work/sink.log"),\"sink_bytes\":$(awk '{s+=$1} END {print s+0}' "$work/sink.log")}}" | tee -a "$out"
+    done
   done
   exit 0
 fi

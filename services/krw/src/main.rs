@@ -4,7 +4,7 @@ use runtime::{telemetry, RuntimeConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init_tracing();
+    let _telemetry = telemetry::init("fx-krw");
     let runtime_config = RuntimeConfig::from_env(
         krw::server::DEFAULT_DATA_DIR,
         Some(krw::server::DEFAULT_HTTP_ADDR),

@@ -25,16 +25,16 @@ mod participant;
 mod runtime;
 mod store;
 pub mod telemetry;
+pub mod trace;
 
 pub use broker::{connect, provision, ProvisionReport, DLQ_STREAM, STREAM};
 pub use config::{env_or, env_parse, NatsConfig, RuntimeConfig, StreamSettings};
 pub use error::{Result, RuntimeError};
 pub use fault::{no_faults, FaultAction, FaultHook, FaultPoint};
 pub use participant::{Handled, Participant};
-pub use runtime::{
-    consumer_config, durable_name, publish_message, system_clock, traceparent, Clock, Runtime,
-};
+pub use runtime::{consumer_config, durable_name, publish_message, system_clock, Clock, Runtime};
 pub use store::{
     abort, aborted, outbox_entry, JournalEntry, OutboxEntry, ReadRecords, Records, SagaGroup,
     SagaKey, Store, Tx, TxResult,
 };
+pub use trace::traceparent;

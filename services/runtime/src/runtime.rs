@@ -790,12 +790,20 @@ async fn commit_group<P: Participant>(
     };
     drop(run);
     let mut answers = core::Group::default();
+    let mut spans = crate::trace::GroupSpans::new(service);
     for (i, (slot, outcome)) in group.iter().zip(outcomes).enumerate() {
         let (stream_seq, delivered) = delivery_info(&slot.msg);
         if delivered > 1 {
             metrics::counter!(names::REDELIVERIES, "service" => service).increment(1);
         }
         count_outcome(service, &outcome, stream_seq);
+        let event = match &slot.stage {
+            Stage::Ready(Ok((event, _))) => Some(event),
+            _ => None,
+        };
+        let (label, committed) = outcome_label(&outcome);
+        let (headers, subject) = (slot.msg.headers.as_ref(), slot.msg.subject.as_str());
+        spans.handled(headers, subject, event, slot.started, label, committed);
         metrics::histogram!(names::HANDLER_SECONDS, "service" => service)
             .record(slot.started.elapsed().as_secs_f64());
         // Never anything to send before the flush (the core holds the answers).
@@ -808,6 +816,7 @@ async fn commit_group<P: Participant>(
     store.flush().await?;
     metrics::histogram!(names::FLUSH_SECONDS, "service" => service)
         .record(flush_started.elapsed().as_secs_f64());
+    spans.end();
     if faults(FaultPoint::AfterCommitBeforeAck) == FaultAction::Crash {
         return Err(RuntimeError::Crashed(FaultPoint::AfterCommitBeforeAck));
     }
@@ -897,6 +906,19 @@ fn count_outcome(service: &'static str, outcome: &Result<core::Outcome>, stream_
     }
 }
 
+/// A handling's label on its span, and whether its effects are in the group's transaction.
+fn outcome_label(outcome: &Result<core::Outcome>) -> (&'static str, bool) {
+    use core::Outcome as O;
+    match outcome {
+        Ok(O::Handled(Handled::Applied)) => ("applied", true),
+        Ok(O::Handled(Handled::Ignored)) => ("ignored", true),
+        Ok(O::Duplicate) => ("duplicate", false),
+        Ok(O::Handled(Handled::RetryAfter { .. })) => ("retry", false),
+        Ok(O::Handled(Handled::DeadLetter { .. })) => ("dead_letter", false),
+        Err(_) => ("error", false),
+    }
+}
+
 fn count(service: &'static str, outcome: &'static str) {
     metrics::counter!(names::CONSUMED, "service" => service, "outcome" => outcome).increment(1);
 }
@@ -938,7 +960,7 @@ async fn relay_loop(
             }
             continue;
         }
-        let (acked, failure) = publish_window(&js, &entries).await;
+        let (acked, failure) = publish_window(service, &js, &entries).await;
         let done = core::Relay::settled(&entries, acked);
         if !done.is_empty() {
             if faults(FaultPoint::AfterPublishBeforeRemove) == FaultAction::Crash {
@@ -979,13 +1001,17 @@ fn is_connected(js: &jetstream::Context) -> bool {
 /// many entries were acknowledged before the first failure (later ones are retried, and
 /// deduplicated by their `Nats-Msg-Id` if they did land).
 async fn publish_window(
+    service: &str,
     js: &jetstream::Context,
     entries: &[(u64, OutboxEntry)],
 ) -> (usize, Option<String>) {
     let mut pending = Vec::with_capacity(entries.len());
     let mut failure = None;
     for (_, e) in entries {
-        match js.send_publish(e.subject.clone(), publish_message(e)).await {
+        match js
+            .send_publish(e.subject.clone(), publish_message(service, e))
+            .await
+        {
             Ok(ack) => pending.push(ack),
             Err(err) => {
                 failure = Some(err.to_string());
@@ -1011,24 +1037,17 @@ async fn publish_window(
     (acked, failure)
 }
 
-/// The message for an outbox entry, with the contract's headers.
-pub fn publish_message(e: &OutboxEntry) -> PublishMessage {
+/// The message for an outbox entry `service` emitted, with the contract's headers.
+pub fn publish_message(service: &str, e: &OutboxEntry) -> PublishMessage {
     PublishMessage::build()
         .payload(e.payload.clone().into())
         .message_id(&e.event_id)
         .header(events::headers::SAGA_ID, e.saga_id.to_string().as_str())
         .header(events::headers::CAUSATION_ID, e.causation_id.as_str())
-        .header(events::headers::TRACEPARENT, traceparent(e).as_str())
-}
-
-/// W3C trace context: the trace id is the saga UUID, the span id a stable hash of the event id
-/// (so a republished event carries the same span).
-pub fn traceparent(e: &OutboxEntry) -> String {
-    let mut h = events::fnv::fnv1a_64(e.event_id.bytes());
-    if h == 0 {
-        h = 1; // an all-zero span id is invalid
-    }
-    format!("00-{}-{h:016x}-01", e.saga_id.trace_id())
+        .header(
+            events::headers::TRACEPARENT,
+            crate::trace::traceparent(service, e).as_str(),
+        )
 }
 
 async fn prune_loop(store: Arc<Store>, clock: Clock, retention_ms: u64) -> Result<()> {

@@ -59,6 +59,15 @@ pub fn init_tracing() {
     });
 }
 
+/// Sets up a service process's telemetry: logs ([`init_tracing`]) and, when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the export of its spans with `service.name` =
+/// `service_name` ([`crate::trace`]). Keep the guard until the process stops: dropping it
+/// flushes the spans not exported yet.
+pub fn init(service_name: &'static str) -> crate::trace::TraceGuard {
+    init_tracing();
+    crate::trace::install(service_name)
+}
+
 /// The process-wide Prometheus recorder (installed on first use; tests that run several
 /// services in one process share it and tell them apart by the `service` label).
 pub fn prometheus() -> PrometheusHandle {

@@ -4,7 +4,7 @@ use runtime::{telemetry, RuntimeConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init_tracing();
+    let _telemetry = telemetry::init("fx-usd");
     let runtime_config = RuntimeConfig::from_env(
         usd::server::DEFAULT_DATA_DIR,
         Some(usd::server::DEFAULT_HTTP_ADDR),

@@ -39,13 +39,7 @@ pub fn deposit<R: Records>(
         r.put(&account_key(user), account)?;
     }
     r.put(TOTALS_KEY, &d.state.totals)?;
-    for entry in &d.journal {
-        r.journal(entry)?;
-    }
-    let causation = deposit_id.to_string();
-    for event in &d.events {
-        r.emit(event, &causation, now_ms)?;
-    }
+    r.journal_and_emit(&d.journal, &d.events, &deposit_id.to_string(), now_ms)?;
     Ok(d.outcome)
 }
 

@@ -230,13 +230,7 @@ fn write<R: Records>(
     if d.state.house != before.house {
         r.put(HOUSE_KEY, &d.state.house)?;
     }
-    for entry in &d.journal {
-        r.journal(entry)?;
-    }
-    for event in &d.events {
-        r.emit(event, causation_id, now_ms)?;
-    }
-    Ok(())
+    r.journal_and_emit(&d.journal, &d.events, causation_id, now_ms)
 }
 
 /// FNV-1a (64 bit) of subject and body: a stable fingerprint of an unreadable request. Not a

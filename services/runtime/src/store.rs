@@ -754,6 +754,25 @@ pub trait Records {
     /// Appends an event to the outbox.
     fn emit(&self, event: &Event, causation_id: &str, now_ms: u64) -> TxResult<()>;
 
+    /// A decision's ledger lines and events, in the order every service writes them: the
+    /// journal first (a second line for one operation aborts the whole unit), then the events,
+    /// each caused by `causation_id`.
+    fn journal_and_emit(
+        &self,
+        journal: &[JournalEntry],
+        events: &[Event],
+        causation_id: &str,
+        now_ms: u64,
+    ) -> TxResult<()> {
+        for entry in journal {
+            self.journal(entry)?;
+        }
+        for event in events {
+            self.emit(event, causation_id, now_ms)?;
+        }
+        Ok(())
+    }
+
     /// Reads and decodes a state record.
     fn get<T: DeserializeOwned>(&self, key: &str) -> TxResult<Option<T>>
     where

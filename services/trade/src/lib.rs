@@ -80,13 +80,7 @@ pub fn apply<R: Records>(
     if let Some(order) = &decision.order {
         records.put(&key, order)?;
     }
-    for entry in &decision.journal {
-        records.journal(entry)?;
-    }
-    let cause = event.id();
-    for e in &decision.events {
-        records.emit(e, &cause, now_ms)?;
-    }
+    records.journal_and_emit(&decision.journal, &decision.events, &event.id(), now_ms)?;
     Ok(decision.handled)
 }
 

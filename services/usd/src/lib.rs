@@ -72,13 +72,7 @@ pub fn apply<R: Records>(records: &R, event: &Event, now_ms: u64) -> TxResult<Ha
     if let Some(h) = &decision.house {
         records.put(model::HOUSE_KEY, h)?;
     }
-    for entry in &decision.journal {
-        records.journal(entry)?;
-    }
-    let cause = event.id();
-    for e in &decision.events {
-        records.emit(e, &cause, now_ms)?;
-    }
+    records.journal_and_emit(&decision.journal, &decision.events, &event.id(), now_ms)?;
     Ok(decision.handled)
 }
 

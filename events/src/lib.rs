@@ -21,7 +21,7 @@ pub use kind::{EventKind, Subject, SUBJECT_PREFIX};
 pub use money::{Krw, MoneyError, Rate, Usd};
 pub use partition::{partition_of, PartitionError, Partitioning, MAX_PARTITIONS};
 
-/// Header names on every emitted event (see DESIGN.md, "The public contract").
+/// Header names on every emitted event (see docs/events.md).
 pub mod headers {
     /// Broker-side dedup key; equals the deterministic event id.
     pub const MSG_ID: &str = "Nats-Msg-Id";

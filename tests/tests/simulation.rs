@@ -1,6 +1,6 @@
 //! The deterministic simulation test (issue 3): thousands of seeded schedules of the real
 //! services' code under reordering, duplicates, crashes, expiry and faults, each checked
-//! against DESIGN.md's invariants; and fixed scenarios that force the nastiest orderings one
+//! against the money invariants of ARCHITECTURE.md; and fixed scenarios that force the nastiest orderings one
 //! by one and assert the final balances.
 //!
 //! - `SIM_SEEDS=N` runs seeds `SIM_SEED_BASE..SIM_SEED_BASE+N` (default 10,000 from 0).

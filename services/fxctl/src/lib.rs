@@ -138,7 +138,7 @@ pub async fn exchange(
             request.subject(),
             jetstream::message::PublishMessage::build()
                 .payload(request.to_json().into())
-                // The bare saga id, as DESIGN.md recommends: a retried publish is dropped by
+                // The bare saga id, as the event contract recommends (docs/events.md): a retried publish is dropped by
                 // the broker's duplicate window, and fx-krw's saga record covers the rest.
                 .message_id(saga_id.to_string()),
         )

@@ -1,4 +1,4 @@
-//! The KRW audit: checks DESIGN.md's invariants 1, 2 and 4 against fx-krw's own store, and
+//! The KRW audit: checks the money invariants 1, 2 and 4 (ARCHITECTURE.md) against fx-krw's own store, and
 //! that records, journal and expiry index tell the same story. Every failure is a sentence an
 //! operator can act on.
 

@@ -5,7 +5,7 @@
 //! returns the complete new records with the events and journal entries that go with them, or
 //! an error and nothing is written.
 //!
-//! The rules, per saga (DESIGN.md "Rules that keep the money right"):
+//! The rules, per saga (ARCHITECTURE.md, "The rules the services keep"):
 //! - the first decodable request for a saga is validated and either held or rejected; a
 //!   repeat with the same body is a no-op, one with a different body is dead-lettered
 //!   (`saga_id_conflict`), and a rejected saga stays rejected;

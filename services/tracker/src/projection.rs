@@ -24,7 +24,7 @@ pub const MAX_TIMELINE_ENTRIES: usize = 32;
 /// Most inconsistency notes kept per saga (same reason: a bound on a hostile stream).
 pub const MAX_NOTES: usize = 8;
 
-/// Where a saga is in the flow (DESIGN.md, "The flow").
+/// Where a saga is in the flow (README.md, the states a saga goes through).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SagaState {
     /// exchange.requested seen, nothing from fx-krw yet.
@@ -360,7 +360,7 @@ pub struct SagaRecord {
     pub requested_krw: Option<Krw>,
     /// The slippage guard, from krw.held (or the request before the hold).
     pub min_usd_amount: Option<Usd>,
-    /// KRW of krw.held: the saga's amount (DESIGN.md: the amounts are those of krw.held).
+    /// KRW of krw.held: the saga's amount (ARCHITECTURE.md: the amounts are those of krw.held).
     pub held_krw: Option<Krw>,
     /// USD of trade.filled.
     pub filled_usd: Option<Usd>,

@@ -1,4 +1,4 @@
-//! fx-trade's settings, read from the environment (`FX_*`) with the defaults of DESIGN.md.
+//! fx-trade's settings, read from the environment (`FX_*`) with the defaults documented in README.md.
 
 use runtime::{env_parse, RuntimeError};
 

@@ -464,7 +464,7 @@ fn rate_moved(held: &KrwHeld, rate: Rate, now_ms: u64) -> Decision {
 }
 
 /// Reordering: the release overtook the hold (or the hold expired while fx-trade could not
-/// fill it). The answer is the tombstone, announced now (DESIGN.md: the tombstone is
+/// fill it). The answer is the tombstone, announced now (ARCHITECTURE.md: the tombstone is
 /// announced) so the later krw.held never reaches the venue; but only once the venue confirmed
 /// it holds no execution for the saga: a delivery of krw.held whose fill was lost in a crash
 /// may have executed, and that execution is booked and reversed at once instead.

@@ -184,7 +184,7 @@ fn failed(f: &TradeFilled, reason: CreditFailReason, message: String, now_ms: u6
 }
 
 /// trade.cancelled before trade.filled: remember it so the later fill is ignored, and say the
-/// final word now (DESIGN.md, the (model) rule on final words).
+/// final word now (ARCHITECTURE.md, "The rules the services keep": final words).
 fn tombstone(c: &TradeCancelled, now_ms: u64) -> UsdDecision {
     let reason = CreditFailReason::OrderCancelled;
     UsdDecision {
@@ -206,7 +206,7 @@ fn tombstone(c: &TradeCancelled, now_ms: u64) -> UsdDecision {
     }
 }
 
-/// Takes a credit back. Never refused for a freeze (DESIGN.md (model): a freeze blocks
+/// Takes a credit back. Never refused for a freeze (ARCHITECTURE.md, "The rules the services keep": a freeze blocks
 /// credits, never a compensating debit). The amount is what was credited, not what the
 /// cancel says: this undoes our own effect.
 fn debit(

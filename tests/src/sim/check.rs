@@ -1,4 +1,4 @@
-//! The invariants of DESIGN.md (1 to 4, and the dead-letter half of 6), checked from what the
+//! The money invariants of ARCHITECTURE.md (1 to 4, and the dead-letter half of 6), checked from what the
 //! services made durable and what they published.
 //!
 //! - 1, conservation per currency: from the records (Σ balances = Σ deposits) and from a replay
@@ -17,7 +17,7 @@
 //!   dead-lettered, never rejected.
 //! - The venue: every order the venue executed is booked as that saga's fill, or, when fx-trade
 //!   had to say trade.failed(venue_unavailable) without the venue's answer, found by the
-//!   verification on krw.released and booked and reversed (DESIGN.md: a venue order is a side
+//!   verification on krw.released and booked and reversed (ARCHITECTURE.md: a venue order is a side
 //!   effect outside every store, made idempotent so it happens once). No record may be left
 //!   unverified.
 
@@ -619,7 +619,7 @@ pub fn check(world: &World) -> Report {
             ));
         }
         // Every execution at the venue is booked as this saga's fill: the venue order is a side
-        // effect outside every store (DESIGN.md: make it idempotent, so it happens once).
+        // effect outside every store (ARCHITECTURE.md: make it idempotent, so it happens once).
         if let Some(rate) = world.venue.executed_rate(saga) {
             let booked = t.contains_key("fill")
                 && (ev.filled.as_ref().is_some_and(|f| f.rate == rate)

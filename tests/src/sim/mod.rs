@@ -10,13 +10,13 @@
 //! hold expiries, faults at the venue and in USD accounts, and operator interventions on
 //! random sagas at random moments (reemit, cancel, refuse-credit, through the services' own
 //! decisions) ([`world`]). After the faults
-//! heal and the system is quiescent, [`check`] verifies invariants 1 to 4 of DESIGN.md, that
+//! heal and the system is quiescent, [`check`] verifies invariants 1 to 4 (ARCHITECTURE.md), that
 //! only conflicting requests are dead-lettered, and that every venue execution is booked; one
 //! seed in [`AUDIT_EVERY`] also runs the services' own audits.
 //!
 //! A failing seed replays exactly: `SIM_SEED=<n> cargo test -p fx-tests --test simulation`.
 //!
-//! Not modelled: the broker losing a good message (DESIGN.md forbids it by configuration),
+//! Not modelled: the broker losing a good message (ARCHITECTURE.md: forbidden by configuration),
 //! undecodable messages, admin requests racing a consumer batch inside one transaction,
 //! venue latency (a real timer), sled itself (its on-disk recovery), and the tracker
 //! (invariants 5 and the read-model half of 6).

@@ -115,6 +115,10 @@ impl Serialize for SagaState {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct KindSet(pub u32);
 
+// A kind past the 32nd would not fit the set, nor the one-byte kind codes of the codec (whose
+// top bit marks a foreign user): the build stops here first.
+const _: () = assert!(EventKind::ALL.len() <= 32, "KindSet holds 32 kinds");
+
 impl KindSet {
     fn bit(kind: EventKind) -> u32 {
         1 << kind_index(kind)
@@ -949,6 +953,27 @@ pub fn human_ms(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_failure_code_the_projection_emits_is_in_the_stored_table() {
+        use events::RejectReason as R;
+        for r in [
+            R::InvalidRequest,
+            R::UserMismatch,
+            R::UnknownUser,
+            R::InsufficientFunds,
+            R::BelowMinimum,
+            R::AboveTransactionLimit,
+            R::AboveDailyLimit,
+        ] {
+            let code = super::reject_code(r);
+            assert_ne!(
+                super::reason_index(code) as usize,
+                super::UNKNOWN_REASON,
+                "{code} is missing from REASON_CODES"
+            );
+        }
+    }
+
     use super::*;
     use events::*;
 

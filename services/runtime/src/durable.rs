@@ -83,6 +83,37 @@ pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How long an open waits for a store that was just closed in this process to let go of its
+/// directory lock, in ms.
+const LOCK_RELEASE_WAIT_MS: u64 = 2_000;
+
+/// Opens `config`, retrying while the directory's lock is still held by a handle of this
+/// process that was just dropped: sled 0.34's `Db` drop signals its flusher thread but does not
+/// wait for it, and the thread holds the `flock` until it exits (sled issue #1289). A restart
+/// in the same process (the crash tests, a rebuilt tracker) would otherwise fail at random. A
+/// lock held by another live process outlasts the bounded backoff, and its error is returned.
+fn open_when_unlocked(config: &sled::Config) -> sled::Result<sled::Db> {
+    let policy = backoff::ExponentialBackoff {
+        initial_interval: std::time::Duration::from_millis(5),
+        max_interval: std::time::Duration::from_millis(100),
+        max_elapsed_time: Some(std::time::Duration::from_millis(LOCK_RELEASE_WAIT_MS)),
+        ..backoff::ExponentialBackoff::default()
+    };
+    backoff::retry(policy, || {
+        config.open().map_err(|e| {
+            let locked = matches!(&e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"));
+            if locked {
+                backoff::Error::transient(e)
+            } else {
+                backoff::Error::permanent(e)
+            }
+        })
+    })
+    .map_err(|e| match e {
+        backoff::Error::Permanent(e) | backoff::Error::Transient { err: e, .. } => e,
+    })
+}
+
 /// Opens sled at `path` (created durably if missing), then fsyncs what sled wrote outside its
 /// log: `conf`, the data file, `blobs/` and the directory itself. A store whose flushes must be
 /// durable opens [`DataFiles`] next.
@@ -90,7 +121,7 @@ pub fn open(config: sled::Config, path: &Path) -> Result<sled::Db, OpenError> {
     if let Some(parent) = path.parent() {
         create_dir_all(parent).map_err(|e| OpenError::Sync(SyncError::new(parent, e)))?;
     }
-    let db = config.path(path).open()?;
+    let db = open_when_unlocked(&config.path(path))?;
     for p in [
         path.join("conf"),
         path.join("db"),
@@ -192,6 +223,23 @@ impl DataFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_reopens_while_its_dropped_handle_lets_go_and_a_live_one_still_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        // Dropped and reopened at once, many times: sled's flusher may still hold the lock.
+        for i in 0..20u8 {
+            let db = open(sled::Config::new(), &path).unwrap();
+            db.insert([i], &[i]).unwrap();
+            db.flush().unwrap();
+        }
+        let db = open(sled::Config::new(), &path).unwrap();
+        assert_eq!(db.len(), 20, "every reopen saw the writes before it");
+        // A handle that stays open keeps the store: the second open gives up with the error.
+        let err = open(sled::Config::new(), &path).unwrap_err();
+        assert!(err.to_string().contains("could not acquire lock"), "{err}");
+    }
 
     #[test]
     fn create_dir_all_makes_every_missing_level_and_accepts_an_existing_one() {

@@ -788,7 +788,6 @@ async fn commit_group<P: Participant>(
         let _span = info_span!("commit", service, messages = group.len()).entered();
         core::commit_run(participant, store, &run)
     };
-    drop(run);
     let mut answers = core::Group::default();
     let mut spans = crate::trace::GroupSpans::new(service);
     for (i, (slot, outcome)) in group.iter().zip(outcomes).enumerate() {

@@ -278,6 +278,8 @@ async fn live(
     let stream = futures::stream::unfold(
         (app, params, processed),
         |(app, params, mut processed)| async move {
+            // A deliberate rate limit, not a wait for a condition: at most one render per
+            // viewer per interval, however fast events arrive (the wait for new events follows).
             tokio::time::sleep(Duration::from_millis(LIVE_MIN_INTERVAL_MS)).await;
             let waited =
                 tokio::time::timeout(Duration::from_millis(LIVE_REFRESH_MS), processed.changed())

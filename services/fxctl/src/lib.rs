@@ -1,9 +1,11 @@
 //! fxctl: publish exchange requests, call the services' admin endpoints, inspect streams.
 //!
 //! Every command is a function here returning a typed result, so tests drive the same code the
-//! binary runs; `main.rs` only parses arguments, prints, and maps errors to exit codes.
+//! binary runs. [`cli`] is the command line on top: per subcommand its arguments, the call and
+//! the printing; `main.rs` only parses arguments, dispatches, and maps errors to exit codes.
 
 pub mod bench;
+pub mod cli;
 
 use std::time::Duration;
 

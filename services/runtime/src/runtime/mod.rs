@@ -296,36 +296,24 @@ impl<P: Participant> Runtime<P> {
         let deadline = Duration::from_millis(self.config.shutdown_deadline_ms);
         let started = Instant::now();
         let _ = stop_consume.send(true);
-        let consumed = match running.consumer.as_mut() {
-            None => Ok(()),
-            Some(task) => match tokio::time::timeout(deadline, task).await {
-                Ok(r) => {
-                    running.consumer = None;
-                    flatten(r)
-                }
-                Err(_) => Err(RuntimeError::StopTimedOut {
+        let consumed = join_within(&mut running.consumer, deadline)
+            .await
+            .unwrap_or_else(|_| {
+                Err(RuntimeError::StopTimedOut {
                     deadline_ms: self.config.shutdown_deadline_ms,
-                }),
-            },
-        };
+                })
+            });
         let _ = stop_relay.send(true);
         let left = deadline.saturating_sub(started.elapsed());
-        let drained = match running.relay.as_mut() {
-            None => Ok(()),
-            Some(task) => match tokio::time::timeout(left, task).await {
-                Ok(r) => {
-                    running.relay = None;
-                    flatten(r)
-                }
-                Err(_) => {
-                    warn!(
-                        service,
-                        "outbox not drained before the deadline; it resumes at next start"
-                    );
-                    Ok(())
-                }
-            },
-        };
+        let drained = join_within(&mut running.relay, left)
+            .await
+            .unwrap_or_else(|_| {
+                warn!(
+                    service,
+                    "outbox not drained before the deadline; it resumes at next start"
+                );
+                Ok(())
+            });
         consumed.and(drained)
     }
 }
@@ -349,6 +337,21 @@ impl Running {
             let _ = task.await;
         }
     }
+}
+
+/// Waits up to `limit` for a task of the runtime to end, and takes it out of its slot if it
+/// did (a handle is awaited at most once); an empty slot has ended already. `Err` when the
+/// task is still running.
+async fn join_within(
+    slot: &mut Option<JoinHandle<Result<()>>>,
+    limit: Duration,
+) -> std::result::Result<Result<()>, tokio::time::error::Elapsed> {
+    let Some(task) = slot.as_mut() else {
+        return Ok(Ok(()));
+    };
+    let r = tokio::time::timeout(limit, task).await?;
+    *slot = None;
+    Ok(flatten(r))
 }
 
 fn flatten(r: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {

@@ -21,8 +21,8 @@
 mod audit;
 mod breaker;
 mod config;
+mod decide;
 mod http_venue;
-mod order;
 mod reconcile;
 pub mod server;
 mod venue;
@@ -42,12 +42,12 @@ use runtime::{Handled, Participant, ReadRecords, Records, TxResult};
 pub use audit::{audit, audit_with_progress, TradeAudit};
 pub use breaker::{Admission, BreakerConfig, BreakerState, CircuitBreaker};
 pub use config::TradeConfig;
-pub use http_venue::HttpVenue;
-pub use order::{
+pub use decide::{
     decide, hold_expiring, order_key, reemit_events, Decision, Fill, OrderRecord, OrderState,
     OrderWrite, Quote, Reversal, HOUSE_ACCOUNT, ORDER_PREFIX, PNL_ACCOUNT, POSITION_ACCOUNT,
     REVERSAL_RETRY_MAX_MS, VENUE_ACCOUNT,
 };
+pub use http_venue::HttpVenue;
 pub use reconcile::{combine, reconcile, report, ReconcileError, TradeReport, VenueReconciliation};
 pub use venue::{
     limit_fill, limit_sale, Book, ClientOrderId, Execution, Market, MemoryBook, OrderOutcome,
@@ -399,6 +399,6 @@ impl Intervene for TradeService {
             return Ok(Err(wrong_service(self.name(), action)));
         }
         let order = records.get::<OrderRecord>(&order_key(req.saga_id))?;
-        Ok(order::decide_reemit(order.as_ref(), req, actor))
+        Ok(decide::decide_reemit(order.as_ref(), req, actor))
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! `decide(order, event, quote, now_ms, config)` is the whole of fx-trade's logic: no IO, no
 //! clock, no randomness. The venue was already asked (in `prepare`) and its answer is the
-//! `quote`; the adapter in `lib.rs` loads the record, calls `decide`, and writes what it says.
+//! `quote`; the adapter in `lib.rs` loads the record, calls `decide`, and applies the
+//! [`Decision`] (`runtime::Decision::apply`).
 //!
 //! The rule that keeps the venue's side booked: a [`Quote::Rate`] means the venue *executed*
 //! this saga's order, so the answer is always a fill, whatever else holds; fx-trade says a

@@ -28,19 +28,11 @@ pub fn deposit<R: Records>(
         account: r.get(&account_key(user))?,
         totals: r.get(TOTALS_KEY)?.unwrap_or_default(),
     };
-    let d = decide_deposit(&before, deposit_id, user, amount, actor, now_ms);
-    if d.outcome != Handled::Applied {
-        return Ok(d.outcome);
-    }
-    if let Some(record) = &d.state.deposit {
-        r.put(&deposit_key(deposit_id), record)?;
-    }
-    if let Some(account) = &d.state.account {
-        r.put(&account_key(user), account)?;
-    }
-    r.put(TOTALS_KEY, &d.state.totals)?;
-    r.journal_and_emit(&d.journal, &d.events, &deposit_id.to_string(), now_ms)?;
-    Ok(d.outcome)
+    decide_deposit(&before, deposit_id, user, amount, actor, now_ms).apply(
+        r,
+        &deposit_id.to_string(),
+        now_ms,
+    )
 }
 
 /// A user's KRW account, or `None` if nothing was ever deposited for them.

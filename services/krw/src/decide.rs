@@ -1,4 +1,5 @@
-//! fx-krw's decisions as pure functions: `(records, input, now) -> (records, events, journal)`.
+//! fx-krw's decisions as pure functions: `(records, input, now) -> Decision` (the runtime's
+//! one decision shape: the records that changed, journal lines, events).
 //!
 //! No I/O happens here, so the service (through the adapter in `service.rs`), the deterministic
 //! simulation and these tests all run the same rules. A decision never half-applies: either it
@@ -23,11 +24,12 @@ use events::{
     Event, ExchangeRequested, Krw, KrwCommitted, KrwHeld, KrwRejected, KrwReleased, RejectReason,
     ReleaseReason, SagaId, UserId, MAX_MESSAGE_CHARS,
 };
-use runtime::{Handled, JournalEntry};
+use runtime::{Handled, JournalEntry, Records, TxResult, Writes};
 
 use crate::records::{
-    available_account, day_of, expiry_due, held_account, Account, DepositRecord, House,
-    RequestFingerprint, SagaRecord, SagaStatus, Totals, EXTERNAL_ACCOUNT, HOUSE_ACCOUNT,
+    account_key, available_account, day_of, deposit_key, expiry_due, held_account, saga_key,
+    Account, DepositRecord, House, RequestFingerprint, SagaRecord, SagaStatus, Totals,
+    EXTERNAL_ACCOUNT, HOUSE_ACCOUNT, HOUSE_KEY, TOTALS_KEY,
 };
 use crate::{KrwConfig, KrwError};
 
@@ -128,9 +130,78 @@ impl Input<'_> {
     }
 }
 
-/// The outcome of a decision: the complete new records, and what to journal and emit.
+/// fx-krw's record writes: the records of one saga decision that changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KrwWrites {
+    /// `saga:<saga_id>`, with its expiry index entry when that moves.
+    pub saga: Option<SagaWrite>,
+    /// `acct:<user>` of the saga's user.
+    pub account: Option<(UserId, Account)>,
+    /// `house`.
+    pub house: Option<House>,
+}
+
+/// A saga record to write, and the expiry index entries its change drops and adds. The index
+/// is derived from the record, so it cannot drift from it: exactly the open, unpinned holds
+/// have an entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Decision {
+pub struct SagaWrite {
+    /// The saga.
+    pub saga_id: SagaId,
+    /// Its new record.
+    pub record: SagaRecord,
+    /// The expiry index entry to remove (the hold ended, was pinned, or moved).
+    pub unindex: Option<String>,
+    /// The expiry index entry to add (a new open hold).
+    pub index: Option<String>,
+}
+
+impl Writes for KrwWrites {
+    fn write<R: Records>(&self, r: &R) -> TxResult<()> {
+        if let Some(s) = &self.saga {
+            if let Some(k) = &s.unindex {
+                r.remove(k)?;
+            }
+            if let Some(k) = &s.index {
+                r.put(k, &s.saga_id)?;
+            }
+            r.put(&saga_key(s.saga_id), &s.record)?;
+        }
+        if let Some((user, account)) = &self.account {
+            r.put(&account_key(user), account)?;
+        }
+        if let Some(house) = &self.house {
+            r.put(HOUSE_KEY, house)?;
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    /// The records once `writes` are written: what the saga's next decision reads.
+    pub fn after(&self, writes: &KrwWrites) -> State {
+        State {
+            saga: match &writes.saga {
+                Some(s) => Some(s.record.clone()),
+                None => self.saga.clone(),
+            },
+            account: match &writes.account {
+                Some((_, a)) => Some(a.clone()),
+                None => self.account.clone(),
+            },
+            house: writes.house.clone().unwrap_or_else(|| self.house.clone()),
+        }
+    }
+}
+
+/// The outcome of a saga decision: the records that changed, what to journal and emit, and
+/// what becomes of the input.
+pub type Decision = runtime::Decision<KrwWrites>;
+
+/// A decision at work: the complete new records, and what to journal and emit. The rules
+/// change the records in place; [`Draft::finish`] keeps those that changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Draft {
     /// The records after the decision (equal to the input state when nothing changed).
     pub state: State,
     /// Events to append to the outbox, in order.
@@ -142,13 +213,53 @@ pub struct Decision {
     pub outcome: Handled,
 }
 
-impl Decision {
-    pub(crate) fn unchanged(state: &State, outcome: Handled) -> Decision {
-        Decision {
+impl Draft {
+    pub(crate) fn unchanged(state: &State, outcome: Handled) -> Draft {
+        Draft {
             state: state.clone(),
             events: Vec::new(),
             journal: Vec::new(),
             outcome,
+        }
+    }
+
+    /// The decision: the records of `saga_id` that differ from `before` (a duplicate writes
+    /// nothing), with the journal lines and events.
+    pub(crate) fn finish(self, before: &State, saga_id: SagaId) -> Decision {
+        let after = self.state;
+        let saga = match &after.saga {
+            Some(record) if after.saga != before.saga => {
+                let old = before
+                    .saga
+                    .as_ref()
+                    .and_then(|s| s.expiry_index_key(saga_id));
+                let new = record.expiry_index_key(saga_id);
+                let moved = old != new;
+                Some(SagaWrite {
+                    saga_id,
+                    record: record.clone(),
+                    unindex: old.filter(|_| moved),
+                    index: new.filter(|_| moved),
+                })
+            }
+            _ => None,
+        };
+        // Money of a saga moves on the account of the user who holds it.
+        let account = match (&after.account, &after.saga) {
+            (Some(account), Some(saga)) if after.account != before.account => {
+                Some((saga.user.clone(), account.clone()))
+            }
+            _ => None,
+        };
+        Decision {
+            handled: self.outcome,
+            writes: KrwWrites {
+                saga,
+                account,
+                house: (after.house != before.house).then_some(after.house),
+            },
+            journal: self.journal,
+            events: self.events,
         }
     }
 }
@@ -163,6 +274,15 @@ pub fn decide(
     input: &Input<'_>,
     now_ms: u64,
 ) -> Result<Decision, KrwError> {
+    Ok(draft(state, config, input, now_ms)?.finish(state, input.saga_id()))
+}
+
+fn draft(
+    state: &State,
+    config: &KrwConfig,
+    input: &Input<'_>,
+    now_ms: u64,
+) -> Result<Draft, KrwError> {
     match *input {
         Input::Requested(req) => on_request(state, config, req, now_ms),
         Input::InvalidRequest(inv) => Ok(on_invalid_request(state, inv, now_ms)),
@@ -187,7 +307,7 @@ fn on_request(
     config: &KrwConfig,
     req: &ExchangeRequested,
     now_ms: u64,
-) -> Result<Decision, KrwError> {
+) -> Result<Draft, KrwError> {
     let fingerprint = RequestFingerprint {
         user: req.user_id.clone(),
         krw_amount: req.krw_amount,
@@ -199,7 +319,7 @@ fn on_request(
         Some(rec) if rec.status == SagaStatus::NoRequest && rec.user == req.user_id => rec.clone(),
         // Dedup by saga state, not event id: a retry of the accepted (or rejected) body.
         Some(rec) if rec.request.as_ref() == Some(&fingerprint) => {
-            return Ok(Decision::unchanged(state, Handled::Ignored))
+            return Ok(Draft::unchanged(state, Handled::Ignored))
         }
         // The saga lives on with the body it accepted; a rejection beside it would read as
         // INCONSISTENT, so the conflicting request goes to the dead-letter stream.
@@ -211,7 +331,7 @@ fn on_request(
                 describe(rec),
                 describe_request(&fingerprint)
             );
-            return Ok(Decision::unchanged(
+            return Ok(Draft::unchanged(
                 state,
                 Handled::DeadLetter {
                     reason: SAGA_ID_CONFLICT,
@@ -221,7 +341,7 @@ fn on_request(
         }
     };
     saga.request = Some(fingerprint);
-    let mut d = Decision::unchanged(state, Handled::Applied);
+    let mut d = Draft::unchanged(state, Handled::Applied);
 
     if let Err((reason, message)) = check_request(state.account.as_ref(), config, req, now_ms) {
         saga.status = SagaStatus::Rejected { reason };
@@ -330,13 +450,13 @@ fn check_request(
     Ok(())
 }
 
-fn on_invalid_request(state: &State, inv: &InvalidRequest, now_ms: u64) -> Decision {
+fn on_invalid_request(state: &State, inv: &InvalidRequest, now_ms: u64) -> Draft {
     match &state.saga {
         None => {
             let mut saga = SagaRecord::new(inv.user.clone(), now_ms);
             saga.invalid_request_digest = Some(inv.digest.clone());
             saga.status = SagaStatus::Rejected { reason: inv.reason };
-            let mut d = Decision::unchanged(state, Handled::Applied);
+            let mut d = Draft::unchanged(state, Handled::Applied);
             d.state.saga = Some(saga);
             d.events.push(Event::KrwRejected(KrwRejected {
                 saga_id: inv.saga_id,
@@ -348,9 +468,9 @@ fn on_invalid_request(state: &State, inv: &InvalidRequest, now_ms: u64) -> Decis
         }
         // The same bytes again (a redelivery before the ack): answered already.
         Some(rec) if rec.invalid_request_digest.as_deref() == Some(inv.digest.as_str()) => {
-            Decision::unchanged(state, Handled::Ignored)
+            Draft::unchanged(state, Handled::Ignored)
         }
-        Some(rec) => Decision::unchanged(
+        Some(rec) => Draft::unchanged(
             state,
             Handled::DeadLetter {
                 reason: SAGA_ID_CONFLICT,
@@ -381,12 +501,12 @@ fn on_other(
     user: &UserId,
     other: Other,
     now_ms: u64,
-) -> Result<Decision, KrwError> {
+) -> Result<Draft, KrwError> {
     let mut saga = match &state.saga {
         Some(rec) if &rec.user != user => {
             // Money moves only on the saga's own account; an event naming someone else is a
             // bug upstream, and acting on it silently would hide it.
-            return Ok(Decision::unchanged(
+            return Ok(Draft::unchanged(
                 state,
                 Handled::DeadLetter {
                     reason: SAGA_USER_MISMATCH,
@@ -407,12 +527,12 @@ fn on_other(
         Other::Credited => &mut saga.seen.usd_credited,
     };
     if *flag {
-        return Ok(Decision::unchanged(state, Handled::Ignored));
+        return Ok(Draft::unchanged(state, Handled::Ignored));
     }
     *flag = true;
 
     let status = saga.status;
-    let mut d = Decision::unchanged(state, Handled::Ignored);
+    let mut d = Draft::unchanged(state, Handled::Ignored);
     if status == SagaStatus::NoRequest {
         // Arrived before the request: a tombstone that on_request replays.
         d.state.saga = Some(saga);
@@ -453,7 +573,7 @@ fn on_expire(
     config: &KrwConfig,
     saga_id: SagaId,
     now_ms: u64,
-) -> Result<Decision, KrwError> {
+) -> Result<Draft, KrwError> {
     let due = state.saga.as_ref().is_some_and(|s| {
         s.expirable()
             && s.expires_at_ms
@@ -461,9 +581,9 @@ fn on_expire(
     });
     if !due {
         // Pinned, ended, not yet due, or unknown: the timer is a no-op.
-        return Ok(Decision::unchanged(state, Handled::Ignored));
+        return Ok(Draft::unchanged(state, Handled::Ignored));
     }
-    let mut d = Decision::unchanged(state, Handled::Ignored);
+    let mut d = Draft::unchanged(state, Handled::Ignored);
     release(&mut d, saga_id, ReleaseReason::Expired, now_ms)?;
     Ok(d)
 }
@@ -474,7 +594,7 @@ fn inconsistent(saga_id: SagaId, message: String) -> KrwError {
 
 /// The saga record and its user's account, both required for moving held money.
 fn saga_and_account(
-    d: &mut Decision,
+    d: &mut Draft,
     saga_id: SagaId,
 ) -> Result<(&mut SagaRecord, &mut Account, &mut House), KrwError> {
     let State {
@@ -515,12 +635,7 @@ fn entry(
 }
 
 /// TCC try: available -> held, counted against today's limit; emits krw.held.
-fn hold(
-    d: &mut Decision,
-    config: &KrwConfig,
-    saga_id: SagaId,
-    now_ms: u64,
-) -> Result<(), KrwError> {
+fn hold(d: &mut Draft, config: &KrwConfig, saga_id: SagaId, now_ms: u64) -> Result<(), KrwError> {
     let (saga, account, _) = saga_and_account(d, saga_id)?;
     let req = saga
         .request
@@ -589,7 +704,7 @@ fn held_amount(saga: &SagaRecord, account: &Account, saga_id: SagaId) -> Result<
 }
 
 /// TCC confirm: held -> house; emits krw.committed.
-fn commit(d: &mut Decision, saga_id: SagaId, now_ms: u64) -> Result<(), KrwError> {
+fn commit(d: &mut Draft, saga_id: SagaId, now_ms: u64) -> Result<(), KrwError> {
     let (saga, account, house) = saga_and_account(d, saga_id)?;
     let amount = held_amount(saga, account, saga_id)?;
     account.held = account.held.checked_sub(amount).unwrap_or(Krw::ZERO);
@@ -619,7 +734,7 @@ fn commit(d: &mut Decision, saga_id: SagaId, now_ms: u64) -> Result<(), KrwError
 /// TCC cancel: held -> available, giving the day's limit back if the hold counted today;
 /// emits krw.released.
 pub(crate) fn release(
-    d: &mut Decision,
+    d: &mut Draft,
     saga_id: SagaId,
     reason: ReleaseReason,
     now_ms: u64,
@@ -670,18 +785,53 @@ pub struct DepositState {
     pub totals: Totals,
 }
 
-/// The outcome of a deposit decision.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DepositDecision {
-    /// The records after the decision.
-    pub state: DepositState,
-    /// krw.deposited, when applied.
-    pub events: Vec<Event>,
-    /// The `deposit` entry, when applied.
-    pub journal: Vec<JournalEntry>,
-    /// `Applied`, `Ignored` (a repeat), or `DeadLetter` (refused; nothing changes).
-    pub outcome: Handled,
+/// A deposit's record writes: the deposit, the user's account and the totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DepositWrites {
+    /// `dep:<deposit_id>`.
+    pub deposit: Option<(SagaId, DepositRecord)>,
+    /// `acct:<user>`.
+    pub account: Option<(UserId, Account)>,
+    /// `totals`.
+    pub totals: Option<Totals>,
 }
+
+impl Writes for DepositWrites {
+    fn write<R: Records>(&self, r: &R) -> TxResult<()> {
+        if let Some((id, deposit)) = &self.deposit {
+            r.put(&deposit_key(*id), deposit)?;
+        }
+        if let Some((user, account)) = &self.account {
+            r.put(&account_key(user), account)?;
+        }
+        if let Some(totals) = &self.totals {
+            r.put(TOTALS_KEY, totals)?;
+        }
+        Ok(())
+    }
+}
+
+impl DepositState {
+    /// The records once `writes` are written.
+    pub fn after(&self, writes: &DepositWrites) -> DepositState {
+        DepositState {
+            deposit: match &writes.deposit {
+                Some((_, d)) => Some(d.clone()),
+                None => self.deposit.clone(),
+            },
+            saga_exists: self.saga_exists,
+            account: match &writes.account {
+                Some((_, a)) => Some(a.clone()),
+                None => self.account.clone(),
+            },
+            totals: writes.totals.clone().unwrap_or_else(|| self.totals.clone()),
+        }
+    }
+}
+
+/// The outcome of a deposit decision: `Applied`, `Ignored` (a repeat), or `DeadLetter`
+/// (refused; nothing is written).
+pub type DepositDecision = runtime::Decision<DepositWrites>;
 
 /// Decides an admin deposit of `amount` to `user`, idempotent by `deposit_id`.
 pub fn decide_deposit(
@@ -692,18 +842,11 @@ pub fn decide_deposit(
     actor: &str,
     now_ms: u64,
 ) -> DepositDecision {
-    let unchanged = |outcome: Handled| DepositDecision {
-        state: state.clone(),
-        events: Vec::new(),
-        journal: Vec::new(),
-        outcome,
-    };
-    let refuse =
-        |reason: &'static str, message: String| unchanged(Handled::DeadLetter { reason, message });
+    let refuse = DepositDecision::dead_letter;
     if let Some(existing) = &state.deposit {
         if &existing.user == user && existing.krw_amount == amount {
             // A retry of the same deposit (the admin's reply was lost): already done.
-            return unchanged(Handled::Ignored);
+            return DepositDecision::ignored();
         }
         return refuse(
             DEPOSIT_ID_CONFLICT,
@@ -739,16 +882,19 @@ pub fn decide_deposit(
     account.available = available;
     let actor = bounded(actor.to_owned());
     DepositDecision {
-        state: DepositState {
-            deposit: Some(DepositRecord {
-                user: user.clone(),
-                krw_amount: amount,
-                actor: actor.clone(),
-                at_ms: now_ms,
-            }),
-            saga_exists: false,
-            account: Some(account),
-            totals: Totals { deposits },
+        handled: Handled::Applied,
+        writes: DepositWrites {
+            deposit: Some((
+                deposit_id,
+                DepositRecord {
+                    user: user.clone(),
+                    krw_amount: amount,
+                    actor: actor.clone(),
+                    at_ms: now_ms,
+                },
+            )),
+            account: Some((user.clone(), account)),
+            totals: Some(Totals { deposits }),
         },
         events: vec![Event::KrwDeposited(events::KrwDeposited {
             saga_id: deposit_id,
@@ -767,7 +913,6 @@ pub fn decide_deposit(
                 now_ms,
             )
         }],
-        outcome: Handled::Applied,
     }
 }
 

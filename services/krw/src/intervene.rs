@@ -21,7 +21,7 @@ use events::{
 use runtime::intervention::{intervened, reasons, Refusal};
 use runtime::Handled;
 
-use crate::decide::{release, snake, Decision, State};
+use crate::decide::{release, snake, Decision, Draft, State};
 use crate::records::{SagaRecord, SagaStatus};
 use crate::KrwError;
 
@@ -33,7 +33,7 @@ fn unknown(saga_id: SagaId) -> Refusal {
 }
 
 /// `fxctl saga cancel`: releases an open hold that no fill has pinned, now, with reason
-/// `operator`; fx-trade and fx-usd then compensate as after an expiry. `Ok(None)` when an
+/// `operator`; fx-trade and fx-usd then compensate as after an expiry. `Ignored` when an
 /// operator already cancelled it (idempotent); a refusal when the state does not allow it.
 pub fn decide_cancel(
     state: &State,
@@ -41,7 +41,7 @@ pub fn decide_cancel(
     actor: &str,
     reason: &str,
     now_ms: u64,
-) -> Result<Result<Option<Decision>, Refusal>, KrwError> {
+) -> Result<Result<Decision, Refusal>, KrwError> {
     let Some(saga) = &state.saga else {
         return Ok(Err(unknown(saga_id)));
     };
@@ -49,7 +49,7 @@ pub fn decide_cancel(
     match saga.status {
         SagaStatus::Released {
             reason: ReleaseReason::Operator,
-        } => Ok(Ok(None)),
+        } => Ok(Ok(Decision::ignored())),
         SagaStatus::NoRequest => refuse(
             reasons::NO_HOLD,
             format!("fx-krw has seen events of saga {saga_id} but no request: nothing is held"),
@@ -63,7 +63,7 @@ pub fn decide_cancel(
             ),
         ),
         SagaStatus::Held => {
-            let mut d = Decision::unchanged(state, Handled::Applied);
+            let mut d = Draft::unchanged(state, Handled::Applied);
             release(&mut d, saga_id, ReleaseReason::Operator, now_ms)?;
             d.events.push(intervened(
                 EventKind::KrwIntervened,
@@ -74,7 +74,7 @@ pub fn decide_cancel(
                 reason,
                 &d.events,
             ));
-            Ok(Ok(Some(d)))
+            Ok(Ok(d.finish(state, saga_id)))
         }
         SagaStatus::Committed | SagaStatus::Released { .. } | SagaStatus::Rejected { .. } => {
             refuse(
@@ -176,9 +176,8 @@ mod tests {
     }
 
     fn step(state: &State, input: Input<'_>) -> State {
-        decide(state, &KrwConfig::default(), &input, T0)
-            .unwrap()
-            .state
+        let d = decide(state, &KrwConfig::default(), &input, T0).unwrap();
+        state.after(&d.writes)
     }
 
     /// alice holds 300,000 of her 1,000,000 KRW for the saga.
@@ -200,18 +199,21 @@ mod tests {
         step(&start, Input::Requested(&req))
     }
 
-    fn cancel(state: &State) -> Result<Option<Decision>, Refusal> {
+    fn cancel(state: &State) -> Result<Decision, Refusal> {
         decide_cancel(state, saga(), "admin", "customer called", T0 + 5).unwrap()
     }
 
     #[test]
     fn cancel_releases_an_unpinned_hold_for_the_operator_and_records_who_and_why() {
-        let d = cancel(&held()).unwrap().expect("released");
-        let account = d.state.account.as_ref().unwrap();
+        let before = held();
+        let d = cancel(&before).unwrap();
+        assert_eq!(d.handled, Handled::Applied);
+        let after = before.after(&d.writes);
+        let account = after.account.as_ref().unwrap();
         assert_eq!(account.available, Krw::parse("1000000").unwrap());
         assert_eq!(account.held, Krw::ZERO);
         assert_eq!(
-            d.state.saga.as_ref().unwrap().status,
+            after.saga.as_ref().unwrap().status,
             SagaStatus::Released {
                 reason: ReleaseReason::Operator
             }
@@ -234,7 +236,7 @@ mod tests {
         );
 
         // Idempotent: a second cancel finds it done and changes nothing.
-        assert_eq!(cancel(&d.state), Ok(None));
+        assert_eq!(cancel(&after), Ok(Decision::ignored()));
     }
 
     #[test]
@@ -302,8 +304,8 @@ mod tests {
         assert_eq!(events[0].id(), original.events[0].id());
         assert_eq!(events[1].kind(), EventKind::KrwIntervened);
 
-        let d = cancel(&state).unwrap().unwrap();
-        let events = decide_reemit(&d.state, saga(), "admin", "lost").unwrap();
+        let d = cancel(&state).unwrap();
+        let events = decide_reemit(&state.after(&d.writes), saga(), "admin", "lost").unwrap();
         assert_eq!(events[0], d.events[0], "krw.released(operator)");
 
         let nothing = State {

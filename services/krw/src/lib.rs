@@ -1,10 +1,13 @@
 //! fx-krw: KRW accounts, holds (TCC try/confirm/cancel) and the KRW double-entry journal.
 //!
-//! - [`decide`]: the pure rules, `(records, input, now) -> (records, events, journal)`.
+//! - [`decide`]: the pure rules, `(records, input, now) -> Decision`, the runtime's one
+//!   decision shape ([`runtime::Decision`]) with the changed records ([`KrwWrites`]) as its
+//!   writes.
 //! - [`KrwService`]: the [`runtime::Participant`] (and the adapter the simulation calls) that
-//!   loads records through [`runtime::Records`], decides, and writes back, journals and emits
-//!   inside the caller's one transaction; plus the hold-expiry timer ([`KrwService::expire`],
-//!   [`KrwService::due_expiries`]).
+//!   loads records through [`runtime::Records`], decides, and applies the decision inside the
+//!   caller's one transaction; plus the hold-expiry timer ([`KrwService::expire`],
+//!   [`KrwService::due_expiries`]) and the operator's interventions
+//!   ([`runtime::intervention::Intervene`]).
 //! - [`deposit`], [`balance`], [`audit`]: admin operations.
 //! - [`records`]: the state records and their key layout.
 //!
@@ -26,7 +29,8 @@ pub use admin::{balance, deposit};
 pub use audit::{audit, audit_with_progress, AuditTotals, KrwAudit};
 pub use config::KrwConfig;
 pub use decide::{
-    decide, decide_deposit, Decision, DepositDecision, DepositState, Input, InvalidRequest, State,
+    decide, decide_deposit, Decision, DepositDecision, DepositState, DepositWrites, Input,
+    InvalidRequest, KrwWrites, SagaWrite, State,
 };
 pub use error::KrwError;
 pub use records::{

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use events::{InterventionAction, Krw, SagaId, UserId};
 use runtime::admin::{
-    audit_json, handler, job_handler, serve_admin, walk_store, AdminError, AdminHandler,
-    AdminRequest, Progress,
+    audit_json, handler, job_handler, walk_store, AdminError, AdminHandler, AdminRequest, Progress,
 };
 use runtime::intervention;
 use runtime::{Clock, Handled, Runtime, RuntimeConfig, Store};
@@ -42,25 +41,16 @@ pub async fn serve(
     sweep_ms: u64,
     shutdown: impl Future<Output = ()> + Send,
 ) -> runtime::Result<()> {
-    let store = rt.store();
-    let clock = rt.clock();
-    let admin = serve_admin(
-        rt.client(),
-        "krw",
-        rt.partitioning(),
-        "fx-krw admin: deposit, balance, audit, saga, saga_cancel, saga_reemit",
-        endpoints(rt.participant(), store.clone(), clock.clone()),
-    )
-    .await?;
-    let sweeper = sweep(rt.participant(), store, clock, sweep_ms);
+    let (service, store, clock) = (rt.participant(), rt.store(), rt.clock());
+    let endpoints = endpoints(service.clone(), store.clone(), clock.clone());
     // Beside the consumer, inside the runtime: whichever ends, the stop is the graceful one.
-    rt.with_task("admin server", async move {
-        admin.await;
-        Ok(())
-    })
-    .with_task("expiry sweeper", sweeper)
-    .run(shutdown)
-    .await
+    rt.with_task("expiry sweeper", sweep(service, store, clock, sweep_ms))
+        .run_with_admin(
+            "fx-krw admin: deposit, balance, audit, saga, saga_cancel, saga_reemit",
+            endpoints,
+            shutdown,
+        )
+        .await
 }
 
 /// Releases unpinned holds past `expires_at + grace`, each in its own transaction (the same
@@ -116,34 +106,16 @@ fn account_json(store: &Store, user: &UserId) -> Result<serde_json::Value, Admin
     })
 }
 
-/// The handler of one intervention, decided by [`KrwService::intervene`].
-fn intervention(
-    service: Arc<KrwService>,
-    store: Arc<Store>,
-    clock: Clock,
-    action: InterventionAction,
-) -> AdminHandler {
-    intervention::endpoint("krw", store, action, move |tx, body, actor| {
-        service.intervene(tx, action, body, actor, clock())
-    })
-}
-
 fn endpoints(
     service: Arc<KrwService>,
     store: Arc<Store>,
     clock: Clock,
 ) -> Vec<(&'static str, AdminHandler)> {
-    let cancel = intervention(
-        service.clone(),
-        store.clone(),
-        clock.clone(),
-        InterventionAction::Cancel,
-    );
-    let reemit = intervention(
-        service,
-        store.clone(),
-        clock.clone(),
-        InterventionAction::Reemit,
+    let intervention =
+        |action| intervention::endpoint(service.clone(), store.clone(), clock.clone(), action);
+    let (cancel, reemit) = (
+        intervention(InterventionAction::Cancel),
+        intervention(InterventionAction::Reemit),
     );
     let s = store.clone();
     let deposit = handler(move |req: AdminRequest| {

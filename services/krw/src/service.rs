@@ -1,15 +1,15 @@
-//! The thin adapter: load records through [`Records`], call the pure decision, write back,
-//! journal and emit. The runtime calls it inside its one transaction per event; the
+//! The thin adapter: load records through [`Records`], call the pure decision, apply it
+//! ([`runtime::Decision::apply`]: the changed records, the journal, the events). The runtime calls it inside its one transaction per event; the
 //! simulation calls it with an in-memory `Records`.
 
 use std::future::Future;
 
 use events::{DecodeError, Event, EventKind, InterventionAction, RejectReason, SagaId, UserId};
 use runtime::core::Storage;
-use runtime::intervention::{check_reason, InterventionRequest, Refusal, Verdict};
+use runtime::intervention::{wrong_service, Intervene, InterventionRequest, Refusal};
 use runtime::{abort, Handled, Participant, ReadRecords, Records, TxResult};
 
-use crate::decide::{decide, Decision, Input, InvalidRequest, State};
+use crate::decide::{decide, Decision, Input, InvalidRequest, KrwWrites, State};
 use crate::records::{
     account_key, expiry_due, parse_expiry_key, saga_key, SagaRecord, EXPIRY_PREFIX, HOUSE_KEY,
 };
@@ -42,8 +42,8 @@ impl KrwService {
     }
 
     /// Runs one decision inside the caller's transaction: loads the saga, its user's account
-    /// and the house, decides, and writes back only what changed (a duplicate writes nothing).
-    /// Emitted events carry `causation_id` as `Fx-Causation-Id`.
+    /// and the house, decides, and applies the decision (which writes only what changed: a
+    /// duplicate writes nothing). Emitted events carry `causation_id` as `Fx-Causation-Id`.
     pub fn apply<R: Records>(
         &self,
         r: &R,
@@ -51,14 +51,11 @@ impl KrwService {
         causation_id: &str,
         now_ms: u64,
     ) -> TxResult<Handled> {
-        let saga_id = input.saga_id();
         let before = load(r, input)?;
-        let decision = match decide(&before, &self.config, input, now_ms) {
-            Ok(d) => d,
-            Err(e) => return abort(e.into()),
-        };
-        write(r, saga_id, &before, &decision, causation_id, now_ms)?;
-        Ok(decision.outcome)
+        match decide(&before, &self.config, input, now_ms) {
+            Ok(d) => d.apply(r, causation_id, now_ms),
+            Err(e) => abort(e.into()),
+        }
     }
 
     /// The hold-expiry timer for one saga, run in a transaction of its own exactly like an
@@ -70,59 +67,6 @@ impl KrwService {
         // The release answers the hold timing out, so the hold is its cause.
         let causation = saga_id.event_id(EventKind::KrwHeld);
         self.apply(r, &Input::Expire { saga_id }, &causation, now_ms)
-    }
-
-    /// An operator's `cancel` or `reemit` of one saga (see [`crate::intervene`]), in the
-    /// caller's transaction: decides from the saga's records, then writes, journals and emits
-    /// like an event would (caused by the intervention's own event id). A refusal writes
-    /// nothing; `refuse_credit` is fx-usd's, so fx-krw refuses it.
-    pub fn intervene<R: Records>(
-        &self,
-        r: &R,
-        action: InterventionAction,
-        req: &InterventionRequest,
-        actor: &str,
-        now_ms: u64,
-    ) -> TxResult<Result<Verdict, Refusal>> {
-        if let Err(refusal) = check_reason(&req.reason) {
-            return Ok(Err(refusal));
-        }
-        let saga_id = req.saga_id;
-        let before = load_saga(r, saga_id, Some(&req.user_id))?;
-        let cause = saga_id.intervention_id(EventKind::KrwIntervened, action);
-        match action {
-            InterventionAction::Cancel => {
-                let decision = match crate::intervene::decide_cancel(
-                    &before,
-                    saga_id,
-                    actor,
-                    &req.reason,
-                    now_ms,
-                ) {
-                    Ok(Ok(Some(d))) => d,
-                    Ok(Ok(None)) => return Ok(Ok(Verdict::AlreadyDone)),
-                    Ok(Err(refusal)) => return Ok(Err(refusal)),
-                    Err(e) => return abort(e.into()),
-                };
-                write(r, saga_id, &before, &decision, &cause, now_ms)?;
-                Ok(Ok(Verdict::Done(decision.events)))
-            }
-            InterventionAction::Reemit => {
-                match crate::intervene::decide_reemit(&before, saga_id, actor, &req.reason) {
-                    Ok(events) => {
-                        for e in &events {
-                            r.emit(e, &cause, now_ms)?;
-                        }
-                        Ok(Ok(Verdict::Done(events)))
-                    }
-                    Err(refusal) => Ok(Err(refusal)),
-                }
-            }
-            InterventionAction::RefuseCredit => Ok(Err(Refusal::new(
-                runtime::intervention::reasons::WRONG_SERVICE,
-                "refuse-credit is fx-usd's action, not fx-krw's",
-            ))),
-        }
     }
 
     /// Sagas whose expiry index entry is due at `now_ms` (expiry plus grace reached), oldest
@@ -184,53 +128,6 @@ fn load_saga<R: Records>(r: &R, saga_id: SagaId, named: Option<&UserId>) -> TxRe
         account,
         house: r.get(HOUSE_KEY)?.unwrap_or_default(),
     })
-}
-
-fn write<R: Records>(
-    r: &R,
-    saga_id: SagaId,
-    before: &State,
-    d: &Decision,
-    causation_id: &str,
-    now_ms: u64,
-) -> TxResult<()> {
-    if matches!(
-        d.outcome,
-        Handled::DeadLetter { .. } | Handled::RetryAfter { .. }
-    ) {
-        // The runtime's contract: nothing may be written for these.
-        debug_assert!(d.state == *before && d.events.is_empty() && d.journal.is_empty());
-        return Ok(());
-    }
-    if d.state.saga != before.saga {
-        if let Some(saga) = &d.state.saga {
-            // The index is derived from the record, so it cannot drift from it: exactly the
-            // open, unpinned holds have an entry.
-            let old = before
-                .saga
-                .as_ref()
-                .and_then(|s| s.expiry_index_key(saga_id));
-            let new = saga.expiry_index_key(saga_id);
-            if old != new {
-                if let Some(k) = old {
-                    r.remove(&k)?;
-                }
-                if let Some(k) = new {
-                    r.put(&k, &saga_id)?;
-                }
-            }
-            r.put(&saga_key(saga_id), saga)?;
-        }
-    }
-    if d.state.account != before.account {
-        if let (Some(account), Some(saga)) = (&d.state.account, &d.state.saga) {
-            r.put(&account_key(&saga.user), account)?;
-        }
-    }
-    if d.state.house != before.house {
-        r.put(HOUSE_KEY, &d.state.house)?;
-    }
-    r.journal_and_emit(&d.journal, &d.events, causation_id, now_ms)
 }
 
 /// FNV-1a (64 bit) of subject and body: a stable fingerprint of an unreadable request. Not a
@@ -328,6 +225,41 @@ impl Participant for KrwService {
             &causation,
             now_ms,
         )
+    }
+}
+
+impl Intervene for KrwService {
+    type Writes = KrwWrites;
+    const INTERVENED: EventKind = EventKind::KrwIntervened;
+
+    /// An operator's `cancel` or `reemit` of one saga (see [`crate::intervene`]), decided from
+    /// the saga's records like an event; `refuse_credit` is fx-usd's.
+    fn intervene<R: Records>(
+        &self,
+        r: &R,
+        action: InterventionAction,
+        req: &InterventionRequest,
+        actor: &str,
+        now_ms: u64,
+    ) -> TxResult<Result<Decision, Refusal>> {
+        let saga_id = req.saga_id;
+        let before = load_saga(r, saga_id, Some(&req.user_id))?;
+        let decided = match action {
+            InterventionAction::Cancel => {
+                crate::intervene::decide_cancel(&before, saga_id, actor, &req.reason, now_ms)
+            }
+            InterventionAction::Reemit => {
+                Ok(
+                    crate::intervene::decide_reemit(&before, saga_id, actor, &req.reason)
+                        .map(Decision::emitting),
+                )
+            }
+            InterventionAction::RefuseCredit => Ok(Err(wrong_service(self.name(), action))),
+        };
+        match decided {
+            Ok(d) => Ok(d),
+            Err(e) => abort(e.into()),
+        }
     }
 }
 

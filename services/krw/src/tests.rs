@@ -672,3 +672,51 @@ fn the_audit_passes_after_everything_and_names_a_corrupted_balance() {
         .iter()
         .any(|f| f.contains("acct:bob has available -5 KRW")));
 }
+
+#[test]
+fn an_intervention_goes_through_the_shared_path_reason_first() {
+    use events::InterventionAction as A;
+    use runtime::intervention::{intervene, reasons, InterventionRequest, Verdict};
+    let f = Fixture::new().funded(1, "alice", "1000000");
+    let saga = sid(100);
+    assert_eq!(
+        f.handle(&request(saga, "alice", "300000"), T0),
+        Handled::Applied
+    );
+    let ask = |action, reason: &str| {
+        let req = InterventionRequest {
+            saga_id: saga,
+            user_id: user("alice"),
+            reason: reason.into(),
+        };
+        f.store
+            .transact(|tx| intervene(&f.service, &*tx, action, &req, "ops@example", T0 + 1))
+            .unwrap()
+    };
+    // No reason: refused before the service decides, nothing written.
+    assert_eq!(ask(A::Cancel, "  ").unwrap_err().code, reasons::BAD_REASON);
+    assert_eq!(f.saga(saga).status, SagaStatus::Held);
+    // Another service's action: refused.
+    assert_eq!(
+        ask(A::RefuseCredit, "why").unwrap_err().code,
+        reasons::WRONG_SERVICE
+    );
+    // A cancel releases the hold, journals and emits, caused by the intervention's id.
+    let Ok(Verdict::Done(events)) = ask(A::Cancel, "customer called") else {
+        panic!("the cancel is carried out")
+    };
+    assert_eq!(
+        events.iter().map(Event::kind).collect::<Vec<_>>(),
+        [EventKind::KrwReleased, EventKind::KrwIntervened]
+    );
+    assert_eq!(f.account("alice").available, krw("1000000"));
+    assert_eq!(f.journal_ops(saga), ["hold", "release"]);
+    let cause = saga.intervention_id(EventKind::KrwIntervened, A::Cancel);
+    let outbox = f.outbox();
+    assert!(outbox[outbox.len() - 2..].iter().all(|(_, c)| *c == cause));
+    assert!(f.expiry_keys().is_empty());
+    // Again: already done, nothing more.
+    assert_eq!(ask(A::Cancel, "again"), Ok(Verdict::AlreadyDone));
+    assert_eq!(f.outbox().len(), outbox.len());
+    f.assert_audit_ok();
+}

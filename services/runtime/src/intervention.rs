@@ -1,7 +1,10 @@
 //! What every service shares about an operator's intervention on one saga (`fxctl saga
 //! <action> ID --reason TEXT`): the admin request's body, the refusal with its machine reason,
 //! the `<domain>.intervened` record, and the reply. Each service decides the action itself,
-//! with a pure function over its own records.
+//! with a pure function over its own records ([`Intervene`]); [`intervene`] is the one path
+//! every caller (the admin endpoint, the simulation, tests) takes: it checks the operator's
+//! reason, has the service decide, and applies the decision like any other
+//! ([`Decision::apply`]).
 
 use events::{Event, EventKind, Intervened, InterventionAction, SagaId, UserId, MAX_MESSAGE_CHARS};
 use serde::{Deserialize, Serialize};
@@ -9,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use crate::admin::{handler, AdminError, AdminHandler, AdminRequest};
-use crate::{Store, Tx, TxResult};
+use crate::{Clock, Decision, Handled, Participant, Records, Store, TxResult, Writes};
 
 /// Admin endpoint of `reemit` (`fxadmin.<service>.saga_reemit`), on fx-krw, fx-trade, fx-usd.
 pub const REEMIT_ENDPOINT: &str = "saga_reemit";
@@ -169,34 +172,85 @@ pub fn reply(
     })
 }
 
-/// The admin handler of one intervention on `service` (`fx-<service>`): reads the request,
-/// runs `decide` (the service's adapter over its pure decision) in one transaction, flushes
-/// when it emitted (the relay publishes only what is flushed), and answers with [`reply`]; a
-/// refusal is an error reply whose message starts with its machine reason.
-pub fn endpoint<F>(
-    service: &'static str,
-    store: Arc<Store>,
+/// The refusal of an action that is another service's (`service` is e.g. `krw`).
+pub fn wrong_service(service: &str, action: InterventionAction) -> Refusal {
+    Refusal::new(
+        reasons::WRONG_SERVICE,
+        format!("{} is not fx-{service}'s action", action.as_str()),
+    )
+}
+
+/// A service's side of an operator's intervention on one saga.
+pub trait Intervene: Participant {
+    /// The service's record writes.
+    type Writes: Writes;
+
+    /// Its `<domain>.intervened` kind: what an intervention emits is caused by
+    /// `saga_id.intervention_id(INTERVENED, action)`.
+    const INTERVENED: EventKind;
+
+    /// Decides `action` on `req.saga_id` from the service's records, read through `records`
+    /// inside the caller's transaction. `Applied` when it acts now (its events end with the
+    /// `<domain>.intervened` record), `Ignored` when the same action was carried out before;
+    /// a refusal when the saga's state does not allow it. Writes nothing itself: the reason is
+    /// checked and the decision applied by [`intervene`].
+    fn intervene<R: Records>(
+        &self,
+        records: &R,
+        action: InterventionAction,
+        req: &InterventionRequest,
+        actor: &str,
+        now_ms: u64,
+    ) -> TxResult<Result<Decision<Self::Writes>, Refusal>>;
+}
+
+/// Carries out an operator's intervention at `service`, inside the caller's transaction:
+/// refuses a missing or over-long reason, has the service decide, and applies the decision
+/// (caused by the intervention's own event id). A refusal writes nothing.
+pub fn intervene<S: Intervene, R: Records>(
+    service: &S,
+    records: &R,
     action: InterventionAction,
-    decide: F,
-) -> AdminHandler
-where
-    F: Fn(&mut Tx<'_>, &InterventionRequest, &str) -> TxResult<Result<Verdict, Refusal>>
-        + Send
-        + Sync
-        + 'static,
-{
-    let decide = Arc::new(decide);
+    req: &InterventionRequest,
+    actor: &str,
+    now_ms: u64,
+) -> TxResult<Result<Verdict, Refusal>> {
+    if let Err(refusal) = check_reason(&req.reason) {
+        return Ok(Err(refusal));
+    }
+    let decision = match service.intervene(records, action, req, actor, now_ms)? {
+        Ok(d) => d,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let cause = req.saga_id.intervention_id(S::INTERVENED, action);
+    Ok(Ok(match decision.apply(records, &cause, now_ms)? {
+        Handled::Applied => Verdict::Done(decision.events),
+        // An intervention is either carried out now or was before: nothing else applies.
+        _ => Verdict::AlreadyDone,
+    }))
+}
+
+/// The admin handler of one intervention on `service`: reads the request, carries it out
+/// through [`intervene`] in one transaction, flushes when it emitted (the relay publishes
+/// only what is flushed), and answers with [`reply`]; a refusal is an error reply whose
+/// message starts with its machine reason.
+pub fn endpoint<S: Intervene>(
+    service: Arc<S>,
+    store: Arc<Store>,
+    clock: Clock,
+    action: InterventionAction,
+) -> AdminHandler {
     handler(move |req: AdminRequest| {
-        let (store, decide) = (store.clone(), decide.clone());
+        let (service, store, clock) = (service.clone(), store.clone(), clock.clone());
         async move {
             let body: InterventionRequest = req.json()?;
             let verdict = store
-                .transact(|tx| decide(tx, &body, &req.actor))
+                .transact(|tx| intervene(&*service, &*tx, action, &body, &req.actor, clock()))
                 .map_err(AdminError::internal)??;
             if matches!(verdict, Verdict::Done(_)) {
                 store.flush().await.map_err(AdminError::internal)?;
             }
-            Ok(reply(service, body.saga_id, action, &verdict))
+            Ok(reply(service.name(), body.saga_id, action, &verdict))
         }
     })
 }

@@ -6,6 +6,8 @@
 //! - [`Records`]: the read/write surface service code uses, implemented by the sled
 //!   transaction and by the deterministic simulation.
 //! - [`ReadRecords`]: read-only access to the committed records, for `prepare`.
+//! - [`Decision`]: the one shape of a service's pure decision (its typed record [`Writes`],
+//!   journal lines, events), and [`Decision::apply`], the one step that writes it.
 //! - [`Participant`]: what a service implements; [`Runtime`] runs it: a durable pull consumer
 //!   with group commit, the relay (outbox to JetStream, pipelined), inbox pruning, and the
 //!   `/healthz` `/readyz` `/metrics` server.
@@ -17,18 +19,21 @@ pub mod admin;
 pub mod broker;
 mod config;
 pub mod core;
+mod decision;
 pub mod durable;
 mod error;
 mod fault;
 pub mod intervention;
 mod participant;
 mod runtime;
+mod serve;
 mod store;
 pub mod telemetry;
 pub mod trace;
 
 pub use broker::{connect, provision, ProvisionReport, DLQ_STREAM, STREAM};
 pub use config::{env_or, env_parse, NatsConfig, RuntimeConfig, StreamSettings};
+pub use decision::{Decision, Writes};
 pub use error::{Result, RuntimeError};
 pub use fault::{no_faults, FaultAction, FaultHook, FaultPoint};
 pub use participant::{Handled, Participant};

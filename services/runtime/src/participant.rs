@@ -70,7 +70,9 @@ pub trait Participant: Send + Sync + 'static {
         1
     }
 
-    /// Handles one decoded event: reads and writes records, journals, emits.
+    /// Handles one decoded event: the services load their records through `records`, decide
+    /// purely (a [`crate::Decision`]) and apply the decision ([`crate::Decision::apply`]:
+    /// record writes, journal, events; nothing for a dead letter or a retry).
     fn handle<R: Records>(
         &self,
         records: &R,

@@ -6,7 +6,7 @@ use serde::Serialize;
 use events::Usd;
 use rust_decimal::Decimal;
 
-use crate::order::{Fill, OrderRecord, OrderState, ORDER_PREFIX, PNL_ACCOUNT};
+use crate::decide::{Fill, OrderRecord, OrderState, ORDER_PREFIX, PNL_ACCOUNT};
 
 /// The result of [`audit`]: counts, and every disagreement in words.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

@@ -9,9 +9,11 @@
 //! - `TradeService`'s `prepare`: the one place the venue is called, before the transaction,
 //!   and only for a saga without a record: an order while the hold is outside the safety
 //!   margin, a lookup when it is too late to order (hold inside the margin, or released).
-//! - [`decide`]: the pure decision `(order, event, quote, now_ms, config) -> Decision`.
-//! - [`apply`]: the thin adapter over [`Records`] that loads, decides, writes, journals and
-//!   emits; [`TradeService`] is the [`Participant`] the runtime (and the simulation) drives.
+//! - [`decide`]: the pure decision `(order, event, quote, now_ms, config) -> Decision`, the
+//!   runtime's one decision shape ([`runtime::Decision`]) with the order record as its writes.
+//! - [`apply`]: the thin adapter over [`Records`]: load, decide, apply; [`TradeService`] is the
+//!   [`Participant`] the runtime (and the simulation) drives, and its [`Intervene`] the
+//!   operator's `reemit`.
 //!
 //! State: one record per saga, `order:<saga_id>` ([`OrderRecord`]). Journal: `fill` and
 //! `cancel` entries (USD, `venue` <-> `house`), so audits can count fills and reversals.
@@ -19,8 +21,8 @@
 mod audit;
 mod breaker;
 mod config;
+mod decide;
 mod http_venue;
-mod order;
 mod reconcile;
 pub mod server;
 mod venue;
@@ -31,19 +33,21 @@ mod tests;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use events::InterventionAction;
 use events::{Event, EventKind, KrwHeld, SagaId, Usd, UserId};
 use futures::future::BoxFuture;
+use runtime::intervention::{wrong_service, Intervene, InterventionRequest, Refusal};
 use runtime::{Handled, Participant, ReadRecords, Records, TxResult};
 
 pub use audit::{audit, audit_with_progress, TradeAudit};
 pub use breaker::{Admission, BreakerConfig, BreakerState, CircuitBreaker};
 pub use config::TradeConfig;
-pub use http_venue::HttpVenue;
-pub use order::{
+pub use decide::{
     decide, hold_expiring, order_key, reemit_events, Decision, Fill, OrderRecord, OrderState,
-    Quote, Reversal, HOUSE_ACCOUNT, ORDER_PREFIX, PNL_ACCOUNT, POSITION_ACCOUNT,
+    OrderWrite, Quote, Reversal, HOUSE_ACCOUNT, ORDER_PREFIX, PNL_ACCOUNT, POSITION_ACCOUNT,
     REVERSAL_RETRY_MAX_MS, VENUE_ACCOUNT,
 };
+pub use http_venue::HttpVenue;
 pub use reconcile::{combine, reconcile, report, ReconcileError, TradeReport, VenueReconciliation};
 pub use venue::{
     limit_fill, limit_sale, Book, ClientOrderId, Execution, Market, MemoryBook, OrderOutcome,
@@ -59,8 +63,8 @@ pub const CONSUMES: &[EventKind] = &[
     EventKind::TradeCancelled,
 ];
 
-/// Handles one event of one saga inside a transaction: loads `order:<saga_id>`, decides,
-/// writes the record, journals and emits (causation id = the consumed event's id).
+/// Handles one event of one saga inside a transaction: loads `order:<saga_id>`, decides, and
+/// applies the decision (causation id = the consumed event's id).
 ///
 /// Deterministic in its inputs, so it may run twice on a transaction conflict and the
 /// simulation can call it with its in-memory [`Records`].
@@ -74,63 +78,8 @@ pub fn apply<R: Records>(
     if !CONSUMES.contains(&event.kind()) {
         return Ok(Handled::Ignored);
     }
-    let key = order_key(event.saga_id());
-    let order: Option<OrderRecord> = records.get(&key)?;
-    let decision = decide(order.as_ref(), event, quote, now_ms, config);
-    if let Some(order) = &decision.order {
-        records.put(&key, order)?;
-    }
-    records.journal_and_emit(&decision.journal, &decision.events, &event.id(), now_ms)?;
-    Ok(decision.handled)
-}
-
-/// An operator's `reemit` of one saga at fx-trade, in the caller's transaction: its last word
-/// from `order:<saga_id>` (see [`reemit_events`]), then trade.intervened, caused by the
-/// intervention's own event id. Changes no record; `cancel` and `refuse_credit` are fx-krw's
-/// and fx-usd's.
-pub fn intervene<R: Records>(
-    records: &R,
-    action: events::InterventionAction,
-    req: &runtime::intervention::InterventionRequest,
-    actor: &str,
-    now_ms: u64,
-) -> TxResult<Result<runtime::intervention::Verdict, runtime::intervention::Refusal>> {
-    use runtime::intervention::{check_reason, intervened, reasons, Refusal, Verdict};
-    if let Err(refusal) = check_reason(&req.reason) {
-        return Ok(Err(refusal));
-    }
-    if action != events::InterventionAction::Reemit {
-        return Ok(Err(Refusal::new(
-            reasons::WRONG_SERVICE,
-            format!("{} is not fx-trade's action", action.as_str()),
-        )));
-    }
-    let Some(order) = records.get::<OrderRecord>(&order_key(req.saga_id))? else {
-        return Ok(Err(Refusal::new(
-            reasons::UNKNOWN_SAGA,
-            format!(
-                "fx-trade has no record of saga {}: it has not answered a krw.held of it",
-                req.saga_id
-            ),
-        )));
-    };
-    let mut events = reemit_events(req.saga_id, &order);
-    events.push(intervened(
-        EventKind::TradeIntervened,
-        req.saga_id,
-        &order.user_id,
-        action,
-        actor,
-        &req.reason,
-        &events,
-    ));
-    let cause = req
-        .saga_id
-        .intervention_id(EventKind::TradeIntervened, action);
-    for e in &events {
-        records.emit(e, &cause, now_ms)?;
-    }
-    Ok(Ok(Verdict::Done(events)))
+    let order: Option<OrderRecord> = records.get(&order_key(event.saga_id()))?;
+    decide(order.as_ref(), event, quote, now_ms, config).apply(records, &event.id(), now_ms)
 }
 
 /// The fx-trade participant: config, an injected venue and the breaker around it.
@@ -428,5 +377,28 @@ impl Participant for TradeService {
         now_ms: u64,
     ) -> TxResult<Handled> {
         apply(records, event, prepared, now_ms, &self.config)
+    }
+}
+
+impl Intervene for TradeService {
+    type Writes = Option<OrderWrite>;
+    const INTERVENED: EventKind = EventKind::TradeIntervened;
+
+    /// `reemit` only: fx-trade's last word from `order:<saga_id>` (see [`reemit_events`]),
+    /// then trade.intervened. Changes no record; `cancel` and `refuse_credit` are fx-krw's and
+    /// fx-usd's.
+    fn intervene<R: Records>(
+        &self,
+        records: &R,
+        action: InterventionAction,
+        req: &InterventionRequest,
+        actor: &str,
+        _now_ms: u64,
+    ) -> TxResult<Result<Decision, Refusal>> {
+        if action != InterventionAction::Reemit {
+            return Ok(Err(wrong_service(self.name(), action)));
+        }
+        let order = records.get::<OrderRecord>(&order_key(req.saga_id))?;
+        Ok(decide::decide_reemit(order.as_ref(), req, actor))
     }
 }

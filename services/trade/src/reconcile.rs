@@ -15,7 +15,7 @@ use events::{Partitioning, SagaId};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::order::{order_key, Fill, OrderRecord, OrderState, Reversal, ORDER_PREFIX};
+use crate::decide::{order_key, Fill, OrderRecord, OrderState, Reversal, ORDER_PREFIX};
 use crate::venue::{Execution, Side, Venue, VenueError};
 
 /// Executions asked for per page.

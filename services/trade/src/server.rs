@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use events::InterventionAction;
-use runtime::admin::{audit_json, job_handler, serve_admin, walk_store, AdminError, Progress};
+use runtime::admin::{audit_json, job_handler, walk_store, AdminError, Progress};
 use runtime::intervention;
 use runtime::{Runtime, RuntimeConfig};
 
@@ -80,28 +80,16 @@ pub async fn serve(
             audit_json(a, changed)
         }
     });
-    let (store, clock) = (rt.store(), rt.clock());
     let reemit = intervention::endpoint(
-        "trade",
-        store,
+        rt.participant(),
+        rt.store(),
+        rt.clock(),
         InterventionAction::Reemit,
-        move |tx, body, actor| {
-            crate::intervene(tx, InterventionAction::Reemit, body, actor, clock())
-        },
     );
-    let admin = serve_admin(
-        rt.client(),
-        "trade",
-        rt.partitioning(),
+    rt.run_with_admin(
         "fx-trade admin: audit (books and venue reconciliation), saga_reemit",
         vec![("audit", audit), (intervention::REEMIT_ENDPOINT, reemit)],
+        shutdown,
     )
-    .await?;
-    // Beside the consumer, inside the runtime: if it ends, the stop is the graceful one.
-    rt.with_task("admin server", async move {
-        admin.await;
-        Ok(())
-    })
-    .run(shutdown)
     .await
 }

@@ -9,13 +9,14 @@
 //! Anything else is a duplicate or a late word with nothing to do: `Ignored`.
 
 use events::{
-    CreditFailReason, Event, TradeCancelled, TradeFilled, UsdCreditFailed, UsdCredited, UsdDebited,
-    UserId,
+    CreditFailReason, Event, SagaId, TradeCancelled, TradeFilled, UsdCreditFailed, UsdCredited,
+    UsdDebited, UserId,
 };
-use runtime::{Handled, JournalEntry};
+use runtime::{Decision, Handled, JournalEntry, Records, TxResult, Writes};
 
 use crate::model::{
-    user_account, CreditRecord, CreditState, HouseAccount, UsdAccount, HOUSE_ACCOUNT,
+    account_key, credit_key, user_account, CreditRecord, CreditState, HouseAccount, UsdAccount,
+    HOUSE_ACCOUNT, HOUSE_KEY,
 };
 
 /// What `decide` reads: the saga's record, the account of the saga's user, the house float.
@@ -29,36 +30,34 @@ pub struct UsdState {
     pub house: HouseAccount,
 }
 
-/// What `decide` wants written, journaled and emitted, all in one transaction.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UsdDecision {
-    /// What to tell the runtime.
-    pub handled: Handled,
-    /// New `credit:<saga_id>`, if it changed.
-    pub credit: Option<CreditRecord>,
-    /// New account of the saga's user, if it changed.
-    pub account: Option<UsdAccount>,
-    /// New house float, if it changed.
+/// fx-usd's record writes: each record a decision changed, with its key's part.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsdWrites {
+    /// New `credit:<saga_id>`.
+    pub credit: Option<(SagaId, CreditRecord)>,
+    /// New `acct:<user_id>` of the saga's user.
+    pub account: Option<(UserId, UsdAccount)>,
+    /// New house float.
     pub house: Option<HouseAccount>,
-    /// Events to emit.
-    pub events: Vec<Event>,
-    /// Journal entries to append.
-    pub journal: Vec<JournalEntry>,
 }
 
-impl UsdDecision {
-    /// Nothing to do.
-    pub fn ignored() -> UsdDecision {
-        UsdDecision {
-            handled: Handled::Ignored,
-            credit: None,
-            account: None,
-            house: None,
-            events: Vec::new(),
-            journal: Vec::new(),
+impl Writes for UsdWrites {
+    fn write<R: Records>(&self, records: &R) -> TxResult<()> {
+        if let Some((saga_id, credit)) = &self.credit {
+            records.put(&credit_key(*saga_id), credit)?;
         }
+        if let Some((user, account)) = &self.account {
+            records.put(&account_key(user), account)?;
+        }
+        if let Some(house) = &self.house {
+            records.put(HOUSE_KEY, house)?;
+        }
+        Ok(())
     }
 }
+
+/// What `decide` wants written, journaled and emitted, all in one transaction.
+pub type UsdDecision = Decision<UsdWrites>;
 
 /// The stored state contradicts what a decision needs (e.g. a credited user holds less than
 /// the credit to take back). A bug or a corrupted store: abort rather than go negative.
@@ -92,7 +91,7 @@ pub fn decide(
         // - trade.filled again, or after the tombstone / a failure / a debit: already answered;
         // - trade.cancelled after credit_failed: nothing was credited, nothing to undo;
         // - trade.cancelled after the debit: a duplicate.
-        _ => Ok(UsdDecision::ignored()),
+        _ => Ok(Decision::ignored()),
     }
 }
 
@@ -134,19 +133,27 @@ fn credit(state: &UsdState, f: &TradeFilled, now_ms: u64) -> UsdDecision {
     let user = user_account(&f.user_id);
     UsdDecision {
         handled: Handled::Applied,
-        credit: Some(CreditRecord {
-            user_id: f.user_id.clone(),
-            state: CreditState::Credited {
-                usd_amount: f.usd_amount,
-                credited_at_ms: now_ms,
-            },
-            updated_at_ms: now_ms,
-        }),
-        account: Some(UsdAccount {
-            usd: user_after,
-            ..account
-        }),
-        house: Some(HouseAccount { usd: house_after }),
+        writes: UsdWrites {
+            credit: Some((
+                f.saga_id,
+                CreditRecord {
+                    user_id: f.user_id.clone(),
+                    state: CreditState::Credited {
+                        usd_amount: f.usd_amount,
+                        credited_at_ms: now_ms,
+                    },
+                    updated_at_ms: now_ms,
+                },
+            )),
+            account: Some((
+                f.user_id.clone(),
+                UsdAccount {
+                    usd: user_after,
+                    ..account
+                },
+            )),
+            house: Some(HouseAccount { usd: house_after }),
+        },
         events: vec![Event::UsdCredited(UsdCredited {
             saga_id: f.saga_id,
             user_id: f.user_id.clone(),
@@ -168,18 +175,26 @@ fn credit(state: &UsdState, f: &TradeFilled, now_ms: u64) -> UsdDecision {
 fn failed(f: &TradeFilled, reason: CreditFailReason, message: String, now_ms: u64) -> UsdDecision {
     UsdDecision {
         handled: Handled::Applied,
-        credit: Some(CreditRecord {
-            user_id: f.user_id.clone(),
-            state: CreditState::Failed { reason },
-            updated_at_ms: now_ms,
-        }),
+        writes: UsdWrites {
+            credit: Some((f.saga_id, failed_record(&f.user_id, reason, now_ms))),
+            ..UsdWrites::default()
+        },
         events: vec![Event::UsdCreditFailed(UsdCreditFailed {
             saga_id: f.saga_id,
             user_id: f.user_id.clone(),
             reason,
             message,
         })],
-        ..UsdDecision::ignored()
+        ..Decision::ignored()
+    }
+}
+
+/// The record of a credit fx-usd refused.
+fn failed_record(user_id: &UserId, reason: CreditFailReason, now_ms: u64) -> CreditRecord {
+    CreditRecord {
+        user_id: user_id.clone(),
+        state: CreditState::Failed { reason },
+        updated_at_ms: now_ms,
     }
 }
 
@@ -189,11 +204,10 @@ fn tombstone(c: &TradeCancelled, now_ms: u64) -> UsdDecision {
     let reason = CreditFailReason::OrderCancelled;
     UsdDecision {
         handled: Handled::Applied,
-        credit: Some(CreditRecord {
-            user_id: c.user_id.clone(),
-            state: CreditState::Failed { reason },
-            updated_at_ms: now_ms,
-        }),
+        writes: UsdWrites {
+            credit: Some((c.saga_id, failed_record(&c.user_id, reason, now_ms))),
+            ..UsdWrites::default()
+        },
         events: vec![Event::UsdCreditFailed(UsdCreditFailed {
             saga_id: c.saga_id,
             user_id: c.user_id.clone(),
@@ -202,7 +216,7 @@ fn tombstone(c: &TradeCancelled, now_ms: u64) -> UsdDecision {
                       credited"
                 .into(),
         })],
-        ..UsdDecision::ignored()
+        ..Decision::ignored()
     }
 }
 
@@ -237,20 +251,28 @@ fn debit(
     };
     Ok(UsdDecision {
         handled: Handled::Applied,
-        credit: Some(CreditRecord {
-            user_id: user.clone(),
-            state: CreditState::Debited {
-                usd_amount,
-                credited_at_ms,
-                debited_at_ms: now_ms,
-            },
-            updated_at_ms: now_ms,
-        }),
-        account: Some(UsdAccount {
-            usd: user_after,
-            ..account
-        }),
-        house: Some(HouseAccount { usd: house_after }),
+        writes: UsdWrites {
+            credit: Some((
+                c.saga_id,
+                CreditRecord {
+                    user_id: user.clone(),
+                    state: CreditState::Debited {
+                        usd_amount,
+                        credited_at_ms,
+                        debited_at_ms: now_ms,
+                    },
+                    updated_at_ms: now_ms,
+                },
+            )),
+            account: Some((
+                user.clone(),
+                UsdAccount {
+                    usd: user_after,
+                    ..account
+                },
+            )),
+            house: Some(HouseAccount { usd: house_after }),
+        },
         events: vec![Event::UsdDebited(UsdDebited {
             saga_id: c.saga_id,
             user_id: user.clone(),
@@ -336,8 +358,8 @@ mod tests {
     fn given_an_unknown_user_when_filled_then_an_account_is_opened_and_credited() {
         let d = decide(&state(None, "5000.00"), &filled(), NOW).unwrap();
         assert_eq!(d.handled, Handled::Applied);
-        assert_eq!(d.account.unwrap().usd, usd("1071.42"));
-        assert_eq!(d.house.unwrap().usd, usd("3928.58"));
+        assert_eq!(d.writes.account.unwrap().1.usd, usd("1071.42"));
+        assert_eq!(d.writes.house.unwrap().usd, usd("3928.58"));
         assert!(matches!(d.events.as_slice(), [Event::UsdCredited(_)]));
         assert_eq!(d.journal[0].op, "credit");
         assert_eq!(d.journal[0].credit, "user:alice");
@@ -347,7 +369,7 @@ mod tests {
     fn given_a_frozen_account_when_filled_then_credit_failed_and_nothing_moves() {
         let d = decide(&state(Some(frozen("1.00")), "5000.00"), &filled(), NOW).unwrap();
         assert_eq!(fail_reason(&d), CreditFailReason::AccountFrozen);
-        assert!(d.account.is_none() && d.house.is_none() && d.journal.is_empty());
+        assert!(d.writes.account.is_none() && d.writes.house.is_none() && d.journal.is_empty());
     }
 
     #[test]
@@ -360,17 +382,17 @@ mod tests {
     #[test]
     fn given_a_credit_when_cancelled_then_debited_even_if_frozen_since() {
         let credited = decide(&state(None, "5000.00"), &filled(), NOW).unwrap();
-        let mut account = credited.account.unwrap();
+        let mut account = credited.writes.account.unwrap().1;
         account.frozen = true;
         let s = UsdState {
-            credit: credited.credit,
+            credit: credited.writes.credit.map(|(_, c)| c),
             account: Some(account),
-            house: credited.house.unwrap(),
+            house: credited.writes.house.unwrap(),
         };
         let d = decide(&s, &cancelled(), NOW + 1).unwrap();
         assert!(matches!(d.events.as_slice(), [Event::UsdDebited(_)]));
-        assert_eq!(d.account.unwrap().usd, Usd::ZERO);
-        assert_eq!(d.house.unwrap().usd, usd("5000.00"));
+        assert_eq!(d.writes.account.unwrap().1.usd, Usd::ZERO);
+        assert_eq!(d.writes.house.unwrap().usd, usd("5000.00"));
         assert_eq!(d.journal[0].op, "debit");
     }
 
@@ -378,12 +400,12 @@ mod tests {
     fn given_a_credit_when_the_user_holds_less_then_abort_instead_of_going_negative() {
         let credited = decide(&state(None, "5000.00"), &filled(), NOW).unwrap();
         let s = UsdState {
-            credit: credited.credit,
+            credit: credited.writes.credit.map(|(_, c)| c),
             account: Some(UsdAccount {
                 usd: usd("10.00"),
                 ..UsdAccount::open(0)
             }),
-            house: credited.house.unwrap(),
+            house: credited.writes.house.unwrap(),
         };
         let err = decide(&s, &cancelled(), NOW + 1).unwrap_err();
         assert!(err.0.contains("holds only 10.00 USD"), "{err}");
@@ -394,22 +416,19 @@ mod tests {
         let d = decide(&state(None, "5000.00"), &cancelled(), NOW).unwrap();
         assert_eq!(fail_reason(&d), CreditFailReason::OrderCancelled);
         let s = UsdState {
-            credit: d.credit,
+            credit: d.writes.credit.map(|(_, c)| c),
             ..state(None, "5000.00")
         };
-        assert_eq!(decide(&s, &filled(), NOW).unwrap(), UsdDecision::ignored());
+        assert_eq!(decide(&s, &filled(), NOW).unwrap(), Decision::ignored());
     }
 
     #[test]
     fn given_a_credit_failure_when_cancelled_then_nothing_to_undo() {
         let d = decide(&state(Some(frozen("0")), "5000.00"), &filled(), NOW).unwrap();
         let s = UsdState {
-            credit: d.credit,
+            credit: d.writes.credit.map(|(_, c)| c),
             ..state(Some(frozen("0")), "5000.00")
         };
-        assert_eq!(
-            decide(&s, &cancelled(), NOW).unwrap(),
-            UsdDecision::ignored()
-        );
+        assert_eq!(decide(&s, &cancelled(), NOW).unwrap(), Decision::ignored());
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use events::{InterventionAction, SagaId, Usd, UserId};
 use runtime::admin::{
-    audit_json, handler, job_handler, serve_admin, walk_store, AdminError, AdminRequest, Progress,
+    audit_json, handler, job_handler, walk_store, AdminError, AdminRequest, Progress,
 };
 use runtime::intervention;
 use runtime::{Clock, Runtime, RuntimeConfig, Store};
@@ -40,20 +40,12 @@ pub async fn serve(
     // The house float is a deposit under a fixed id: idempotent across restarts.
     store.transact(|tx| crate::seed_house_float(tx, config.house_float, clock()))?;
     store.flush().await?;
-    let admin = serve_admin(
-        rt.client(),
-        "usd",
-        rt.partitioning(),
+    let endpoints = endpoints(rt.participant(), store, clock);
+    rt.run_with_admin(
         "fx-usd admin: deposit, balance, freeze, unfreeze, audit, saga_refuse_credit, saga_reemit",
-        endpoints(store, clock),
+        endpoints,
+        shutdown,
     )
-    .await?;
-    // Beside the consumer, inside the runtime: if it ends, the stop is the graceful one.
-    rt.with_task("admin server", async move {
-        admin.await;
-        Ok(())
-    })
-    .run(shutdown)
     .await
 }
 
@@ -84,8 +76,13 @@ fn account_json(store: &Store, user: &UserId) -> Result<serde_json::Value, Admin
     })
 }
 
-fn endpoints(store: Arc<Store>, clock: Clock) -> Vec<(&'static str, runtime::admin::AdminHandler)> {
-    let (store2, clock2) = (store.clone(), clock.clone());
+fn endpoints(
+    service: Arc<UsdService>,
+    store: Arc<Store>,
+    clock: Clock,
+) -> Vec<(&'static str, runtime::admin::AdminHandler)> {
+    let intervention =
+        |action| intervention::endpoint(service.clone(), store.clone(), clock.clone(), action);
     let s = store.clone();
     let c = clock.clone();
     let deposit = handler(move |req: AdminRequest| {
@@ -158,26 +155,11 @@ fn endpoints(store: Arc<Store>, clock: Clock) -> Vec<(&'static str, runtime::adm
         ("audit", audit),
         (
             intervention::REFUSE_CREDIT_ENDPOINT,
-            intervention_handler(
-                store2.clone(),
-                clock2.clone(),
-                InterventionAction::RefuseCredit,
-            ),
+            intervention(InterventionAction::RefuseCredit),
         ),
         (
             intervention::REEMIT_ENDPOINT,
-            intervention_handler(store2, clock2, InterventionAction::Reemit),
+            intervention(InterventionAction::Reemit),
         ),
     ]
-}
-
-/// The handler of one intervention, decided by [`crate::intervene`].
-fn intervention_handler(
-    store: Arc<Store>,
-    clock: Clock,
-    action: InterventionAction,
-) -> runtime::admin::AdminHandler {
-    intervention::endpoint("usd", store, action, move |tx, body, actor| {
-        crate::intervene(tx, action, body, actor, clock())
-    })
 }

@@ -493,7 +493,7 @@ impl World {
         user_id: &UserId,
     ) -> Vec<String> {
         use events::InterventionAction as A;
-        use runtime::intervention::{InterventionRequest, Verdict};
+        use runtime::intervention::{intervene, InterventionRequest, Verdict};
         use runtime::Records;
         let req = InterventionRequest {
             saga_id,
@@ -522,12 +522,20 @@ impl World {
         };
         let mut answers = Vec::new();
         for &node in nodes {
-            let krw_service = self.krw.clone();
-            let verdict = self.admin(node, |tx, now| match node {
-                NodeId::Krw => krw_service.intervene(tx, action, &req, "sim-operator", now),
-                NodeId::Trade => trade::intervene(tx, action, &req, "sim-operator", now),
-                NodeId::Usd => usd::intervene(tx, action, &req, "sim-operator", now),
-            });
+            // Through the one path every caller takes (the reason checked, then the
+            // service's decision applied), as the admin endpoint does.
+            let now = self.node_now(node);
+            let verdict = self.nodes[node.index()]
+                .store
+                .transact(|tx| {
+                    let operator = "sim-operator";
+                    match node {
+                        NodeId::Krw => intervene(&self.krw, tx, action, &req, operator, now),
+                        NodeId::Trade => intervene(&self.trade, tx, action, &req, operator, now),
+                        NodeId::Usd => intervene(&self.usd, tx, action, &req, operator, now),
+                    }
+                })
+                .unwrap_or_else(|e| panic!("intervention at {} failed: {e:?}", node.name()));
             let answer = match &verdict {
                 Ok(Verdict::Done(_)) => "done".to_owned(),
                 Ok(Verdict::AlreadyDone) => "already_done".to_owned(),

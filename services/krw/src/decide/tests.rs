@@ -50,8 +50,24 @@ fn given(available: &str) -> State {
     }
 }
 
-fn when(state: &State, input: Input<'_>, now: u64) -> Decision {
-    decide(state, &config(), &input, now).expect("records are consistent")
+/// One decision, with the records it leaves (`state`: the input records after its writes).
+struct Step {
+    outcome: Handled,
+    state: State,
+    writes: KrwWrites,
+    events: Vec<Event>,
+    journal: Vec<runtime::JournalEntry>,
+}
+
+fn when(state: &State, input: Input<'_>, now: u64) -> Step {
+    let d = decide(state, &config(), &input, now).expect("records are consistent");
+    Step {
+        outcome: d.handled,
+        state: state.after(&d.writes),
+        writes: d.writes,
+        events: d.events,
+        journal: d.journal,
+    }
 }
 
 /// Given alice's 1,000,000 KRW of which `amount` is held for saga 1 at T0.
@@ -97,11 +113,11 @@ fn status(s: &State) -> SagaStatus {
     s.saga.as_ref().unwrap().status
 }
 
-fn ops_of(d: &Decision) -> Vec<&str> {
+fn ops_of(d: &Step) -> Vec<&str> {
     d.journal.iter().map(|e| e.op.as_str()).collect()
 }
 
-fn kinds(d: &Decision) -> Vec<events::EventKind> {
+fn kinds(d: &Step) -> Vec<events::EventKind> {
     d.events.iter().map(Event::kind).collect()
 }
 
@@ -223,6 +239,11 @@ fn a_repeated_request_is_a_no_op_and_a_different_body_is_a_conflict() {
     );
     assert_eq!(same.outcome, Handled::Ignored);
     assert_eq!(same.state, state);
+    assert_eq!(
+        same.writes,
+        KrwWrites::default(),
+        "a duplicate writes nothing"
+    );
     assert!(same.events.is_empty() && same.journal.is_empty());
     // When a different body arrives with the same saga id, Then it is dead-lettered unchanged.
     let other = when(
@@ -239,7 +260,39 @@ fn a_repeated_request_is_a_no_op_and_a_different_body_is_a_conflict() {
         "{message}"
     );
     assert_eq!(other.state, state);
+    assert_eq!(other.writes, KrwWrites::default());
     assert!(other.events.is_empty() && other.journal.is_empty());
+}
+
+#[test]
+fn the_writes_are_the_changed_records_and_the_expiry_index_follows_the_hold() {
+    // A hold writes the saga with its expiry index entry, the account, not the house.
+    let d = when(
+        &given("1000000"),
+        Input::Requested(&request(saga_id(1), "300000")),
+        T0,
+    );
+    let saga = d.writes.saga.as_ref().expect("the saga is written");
+    let index = saga.record.expiry_index_key(saga_id(1));
+    assert!(index.is_some());
+    assert_eq!((&saga.index, &saga.unindex), (&index, &None));
+    assert_eq!(d.writes.account.as_ref().unwrap().0, alice());
+    assert_eq!(d.writes.house, None);
+    // The fill pins it: the entry goes, the account and house stay as they are.
+    let pinned = when(&d.state, filled(&alice()), T0 + 1);
+    let saga = pinned.writes.saga.as_ref().expect("the saga is written");
+    assert_eq!((&saga.index, &saga.unindex), (&None, &index));
+    assert_eq!(
+        (&pinned.writes.account, &pinned.writes.house),
+        (&None, &None)
+    );
+    // The credit commits it: the held KRW moves to the house.
+    let committed = when(&pinned.state, credited(&alice()), T0 + 2);
+    assert_eq!(
+        committed.writes.house.as_ref().map(|h| h.krw),
+        Some(krw("300000"))
+    );
+    assert_eq!(committed.writes.saga.as_ref().unwrap().unindex, None);
 }
 
 #[test]
@@ -550,19 +603,22 @@ fn deposits_create_accounts_and_repeat_as_no_ops() {
     };
     // When an operator deposits 5,000,000 for bob, Then his account exists with it.
     let d = decide_deposit(&empty, saga_id(9), &bob, krw("5000000"), "admin", T0);
-    assert_eq!(d.outcome, Handled::Applied);
-    assert_eq!(d.state.account.as_ref().unwrap().available, krw("5000000"));
-    assert_eq!(d.state.totals.deposits, krw("5000000"));
+    assert_eq!(d.handled, Handled::Applied);
+    let after = empty.after(&d.writes);
+    assert_eq!(after.account.as_ref().unwrap().available, krw("5000000"));
+    assert_eq!(after.totals.deposits, krw("5000000"));
+    assert_eq!(d.writes.deposit.as_ref().unwrap().1.user, bob);
     assert_eq!(d.journal[0].debit, "external");
     assert_eq!(d.journal[0].actor.as_deref(), Some("admin"));
     // The same deposit again: Ignored, nothing changes.
-    let again = decide_deposit(&d.state, saga_id(9), &bob, krw("5000000"), "admin", T0 + 1);
-    assert_eq!(again.outcome, Handled::Ignored);
-    assert_eq!(again.state, d.state);
+    let again = decide_deposit(&after, saga_id(9), &bob, krw("5000000"), "admin", T0 + 1);
+    assert_eq!(again.handled, Handled::Ignored);
+    assert_eq!(again.writes, DepositWrites::default());
+    assert!(again.journal.is_empty() && again.events.is_empty());
     // The same id for another amount: refused.
-    let other = decide_deposit(&d.state, saga_id(9), &bob, krw("1"), "admin", T0 + 1);
+    let other = decide_deposit(&after, saga_id(9), &bob, krw("1"), "admin", T0 + 1);
     assert!(matches!(
-        other.outcome,
+        other.handled,
         Handled::DeadLetter {
             reason: DEPOSIT_ID_CONFLICT,
             ..
@@ -571,7 +627,7 @@ fn deposits_create_accounts_and_repeat_as_no_ops() {
     // Zero: refused.
     let zero = decide_deposit(&empty, saga_id(10), &bob, Krw::ZERO, "admin", T0);
     assert!(matches!(
-        zero.outcome,
+        zero.handled,
         Handled::DeadLetter {
             reason: INVALID_DEPOSIT,
             ..

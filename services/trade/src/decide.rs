@@ -2,7 +2,8 @@
 //!
 //! `decide(order, event, quote, now_ms, config)` is the whole of fx-trade's logic: no IO, no
 //! clock, no randomness. The venue was already asked (in `prepare`) and its answer is the
-//! `quote`; the adapter in `lib.rs` loads the record, calls `decide`, and writes what it says.
+//! `quote`; the adapter in `lib.rs` loads the record, calls `decide`, and applies the
+//! [`Decision`] (`runtime::Decision::apply`).
 //!
 //! The rule that keeps the venue's side booked: a [`Quote::Rate`] means the venue *executed*
 //! this saga's order, so the answer is always a fill, whatever else holds; fx-trade says a
@@ -40,10 +41,12 @@
 //! as `fx_pnl`.
 
 use events::{
-    CancelReason, CreditFailReason, Event, Krw, KrwHeld, KrwReleased, Rate, SagaId, TradeCancelled,
-    TradeFailReason, TradeFailed, TradeFilled, TradeReversed, Usd, UserId,
+    CancelReason, CreditFailReason, Event, EventKind, InterventionAction, Krw, KrwHeld,
+    KrwReleased, Rate, SagaId, TradeCancelled, TradeFailReason, TradeFailed, TradeFilled,
+    TradeReversed, Usd, UserId,
 };
-use runtime::{Handled, JournalEntry};
+use runtime::intervention::{intervened, reasons, InterventionRequest, Refusal};
+use runtime::{Handled, JournalEntry, Records, TxResult, Writes};
 use serde::{Deserialize, Serialize};
 
 use crate::venue::{limit_fill, Execution};
@@ -219,45 +222,34 @@ pub struct OrderRecord {
     pub updated_at_ms: u64,
 }
 
-/// What `decide` wants done; the adapter applies it in one transaction.
+/// fx-trade's record write: the saga's new order record.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Decision {
-    /// What to tell the runtime.
-    pub handled: Handled,
-    /// The new record to write, if it changed.
-    pub order: Option<OrderRecord>,
-    /// Events to emit (caused by the consumed event).
-    pub events: Vec<Event>,
-    /// Journal entries to append.
-    pub journal: Vec<JournalEntry>,
+pub struct OrderWrite {
+    /// The saga (the record's key is `order:<saga_id>`).
+    pub saga_id: SagaId,
+    /// The record after the decision.
+    pub order: OrderRecord,
 }
 
-impl Decision {
-    /// Nothing to do.
-    pub fn ignored() -> Decision {
-        Decision {
-            handled: Handled::Ignored,
-            order: None,
-            events: Vec::new(),
-            journal: Vec::new(),
-        }
+impl Writes for OrderWrite {
+    fn write<R: Records>(&self, records: &R) -> TxResult<()> {
+        records.put(&order_key(self.saga_id), &self.order)
     }
+}
 
-    /// Not now: redeliver after `delay_ms`; nothing is written.
-    pub fn retry(delay_ms: u64) -> Decision {
-        Decision {
-            handled: Handled::RetryAfter { delay_ms },
-            ..Decision::ignored()
-        }
-    }
+/// What `decide` wants done (`writes` is `None` when the record does not change); the adapter
+/// applies it in one transaction.
+pub type Decision = runtime::Decision<Option<OrderWrite>>;
 
-    fn applied(order: OrderRecord, event: Event, journal: Option<JournalEntry>) -> Decision {
-        Decision {
-            handled: Handled::Applied,
-            order: Some(order),
-            events: vec![event],
-            journal: journal.into_iter().collect(),
-        }
+fn applied(order: OrderRecord, event: Event, journal: Option<JournalEntry>) -> Decision {
+    Decision {
+        handled: Handled::Applied,
+        writes: Some(OrderWrite {
+            saga_id: event.saga_id(),
+            order,
+        }),
+        events: vec![event],
+        journal: journal.into_iter().collect(),
     }
 }
 
@@ -318,7 +310,7 @@ pub fn decide(
             if let Some(OrderRecord {
                 state: OrderState::Failed { unverified, .. },
                 ..
-            }) = d.order.as_mut()
+            }) = d.writes.as_mut().map(|w| &mut w.order)
             {
                 *unverified = true;
             }
@@ -424,7 +416,7 @@ fn decide_held(held: &KrwHeld, quote: &Quote, now_ms: u64, config: &TradeConfig)
                 if let Some(OrderRecord {
                     state: OrderState::Failed { unverified, .. },
                     ..
-                }) = d.order.as_mut()
+                }) = d.writes.as_mut().map(|w| &mut w.order)
                 {
                     *unverified = true;
                 }
@@ -501,7 +493,7 @@ fn decide_released(
                 );
                 d.events.extend(c.events);
                 d.journal.extend(c.journal);
-                d.order = c.order;
+                d.writes = c.writes;
                 d
             }
             // A venue that executed an order for nothing broke its contract (see
@@ -563,15 +555,18 @@ fn verify(
     }
     Decision {
         handled: Handled::Applied,
-        order: Some(OrderRecord {
-            user_id: user_id.clone(),
-            state: OrderState::Failed {
-                reason: failed_reason,
-                unverified: false,
-                reversed,
-                reversal,
+        writes: Some(OrderWrite {
+            saga_id: rel.saga_id,
+            order: OrderRecord {
+                user_id: user_id.clone(),
+                state: OrderState::Failed {
+                    reason: failed_reason,
+                    unverified: false,
+                    reversed,
+                    reversal,
+                },
+                updated_at_ms: now_ms,
             },
-            updated_at_ms: now_ms,
         }),
         events,
         journal,
@@ -610,14 +605,17 @@ fn reverse(
         handled: Handled::Applied,
         journal: reversal_entries(tc.saga_id, fill, &reversal, now_ms),
         events: vec![reversed_event(tc.saga_id, &order.user_id, fill, &reversal)],
-        order: Some(OrderRecord {
-            user_id: order.user_id.clone(),
-            state: OrderState::Cancelled {
-                fill: fill.clone(),
-                reason,
-                reversal: Some(reversal),
+        writes: Some(OrderWrite {
+            saga_id: tc.saga_id,
+            order: OrderRecord {
+                user_id: order.user_id.clone(),
+                state: OrderState::Cancelled {
+                    fill: fill.clone(),
+                    reason,
+                    reversal: Some(reversal),
+                },
+                updated_at_ms: now_ms,
             },
-            updated_at_ms: now_ms,
         }),
     }
 }
@@ -716,7 +714,7 @@ fn filled_parts(saga_id: SagaId, user_id: &UserId, fill: Fill, now_ms: u64) -> D
         state: OrderState::Filled(fill),
         updated_at_ms: now_ms,
     };
-    Decision::applied(record, event, Some(journal))
+    applied(record, event, Some(journal))
 }
 
 fn failed(
@@ -742,7 +740,7 @@ fn failed(
         },
         updated_at_ms: now_ms,
     };
-    Decision::applied(record, event, None)
+    applied(record, event, None)
 }
 
 fn cancel(
@@ -770,7 +768,7 @@ fn cancel(
         },
         updated_at_ms: now_ms,
     };
-    Decision::applied(record, event, Some(journal))
+    applied(record, event, Some(journal))
 }
 
 /// `fxctl saga reemit` at fx-trade: its last word for the saga, rebuilt from the order record
@@ -812,6 +810,36 @@ pub fn reemit_events(saga_id: SagaId, order: &OrderRecord) -> Vec<Event> {
             events
         }
     }
+}
+
+/// `fxctl saga reemit` at fx-trade, decided from `order:<saga_id>`: its last word (see
+/// [`reemit_events`]), then trade.intervened. Changes no record; refused for a saga fx-trade
+/// has no record of.
+pub fn decide_reemit(
+    order: Option<&OrderRecord>,
+    req: &InterventionRequest,
+    actor: &str,
+) -> Result<Decision, Refusal> {
+    let Some(order) = order else {
+        return Err(Refusal::new(
+            reasons::UNKNOWN_SAGA,
+            format!(
+                "fx-trade has no record of saga {}: it has not answered a krw.held of it",
+                req.saga_id
+            ),
+        ));
+    };
+    let mut events = reemit_events(req.saga_id, order);
+    events.push(intervened(
+        EventKind::TradeIntervened,
+        req.saga_id,
+        &order.user_id,
+        InterventionAction::Reemit,
+        actor,
+        &req.reason,
+        &events,
+    ));
+    Ok(Decision::emitting(events))
 }
 
 #[cfg(test)]
@@ -879,7 +907,7 @@ mod tests {
             panic!("{:?}", d.events)
         };
         assert_eq!(f.reason, TradeFailReason::CreditRefused);
-        let order = d.order.expect("tombstone");
+        let order = d.writes.expect("tombstone").order;
         assert!(order.state.unverified(), "the release asks the venue");
         // A later krw.held never fills: the record answers it.
         let later = decide(
@@ -899,7 +927,7 @@ mod tests {
             &config(),
         );
         assert!(matches!(
-            v.order.unwrap().state,
+            v.writes.unwrap().order.state,
             OrderState::Failed {
                 reason: TradeFailReason::CreditRefused,
                 unverified: false,
@@ -917,7 +945,7 @@ mod tests {
             NOW,
             &config(),
         );
-        let filled = d.order.unwrap();
+        let filled = d.writes.unwrap().order;
         assert_eq!(reemit_events(saga(), &filled), d.events);
         let c = decide(
             Some(&filled),
@@ -926,7 +954,7 @@ mod tests {
             NOW + 1,
             &config(),
         );
-        assert_eq!(reemit_events(saga(), &c.order.unwrap()), c.events);
+        assert_eq!(reemit_events(saga(), &c.writes.unwrap().order), c.events);
     }
 
     fn the_event(d: &Decision) -> &Event {
@@ -949,8 +977,9 @@ mod tests {
             NOW,
             &config(),
         )
-        .order
+        .writes
         .unwrap()
+        .order
     }
 
     #[test]
@@ -970,7 +999,10 @@ mod tests {
         assert_eq!(f.rate, rate(1400));
         assert_eq!(d.journal.len(), 1);
         assert_eq!(d.journal[0].op, "fill");
-        assert!(matches!(d.order.unwrap().state, OrderState::Filled(_)));
+        assert!(matches!(
+            d.writes.unwrap().order.state,
+            OrderState::Filled(_)
+        ));
     }
 
     #[test]
@@ -1073,7 +1105,7 @@ mod tests {
                 Handled::RetryAfter { delay_ms: 500 },
                 "{left} ms left"
             );
-            assert!(d.order.is_none() && d.events.is_empty());
+            assert!(d.writes.is_none() && d.events.is_empty());
         }
         let d = decide(None, &held(None, 500), &down, NOW, &config());
         assert_eq!(fail_reason(&d), TradeFailReason::VenueUnavailable);
@@ -1087,7 +1119,7 @@ mod tests {
         };
         let d = decide(None, &held(None, 500), &down, NOW, &config());
         assert_eq!(fail_reason(&d), TradeFailReason::VenueUnavailable);
-        let failed = d.order.unwrap();
+        let failed = d.writes.unwrap().order;
         assert!(failed.state.unverified());
 
         // The release cannot be verified while the venue is still away: no deadline, retry.
@@ -1104,7 +1136,7 @@ mod tests {
         );
         assert_eq!(d.handled, Handled::Applied);
         assert!(d.events.is_empty() && d.journal.is_empty());
-        let verified = d.order.unwrap();
+        let verified = d.writes.unwrap().order;
         assert!(!verified.state.unverified());
         let d = decide(
             Some(&verified),
@@ -1159,7 +1191,7 @@ mod tests {
             unverified,
             reversed: Some(fill),
             reversal: Some(r),
-        } = d.order.unwrap().state
+        } = d.writes.unwrap().order.state
         else {
             panic!("expected a failed order with its reversed execution")
         };
@@ -1192,7 +1224,10 @@ mod tests {
             ),
             (Quote::NoExecution, held(None, 1_000)),
         ] {
-            let failed = decide(None, &h, &quote, NOW, &config()).order.unwrap();
+            let failed = decide(None, &h, &quote, NOW, &config())
+                .writes
+                .unwrap()
+                .order;
             assert!(!failed.state.unverified(), "{quote:?}");
             let d = decide(
                 Some(&failed),
@@ -1245,7 +1280,7 @@ mod tests {
         assert_eq!(c.reason, CancelReason::CreditFailed);
         assert_eq!(c.usd_amount.to_string(), "1071.42");
         assert_eq!(d.journal[0].op, "cancel");
-        let cancelled = d.order.unwrap();
+        let cancelled = d.writes.unwrap().order;
         for again in [credit_failed(), released(), held(None, 30_000)] {
             let d = decide(
                 Some(&cancelled),
@@ -1272,7 +1307,7 @@ mod tests {
     fn given_no_order_when_released_then_tombstone_announced_and_the_later_hold_never_fills() {
         let d = decide(None, &released(), &Quote::NoExecution, NOW, &config());
         assert_eq!(fail_reason(&d), TradeFailReason::HoldReleased);
-        let tomb = d.order.unwrap();
+        let tomb = d.writes.unwrap().order;
         let d = decide(
             Some(&tomb),
             &held(None, 30_000),
@@ -1312,7 +1347,7 @@ mod tests {
         let ops: Vec<&str> = d.journal.iter().map(|e| e.op.as_str()).collect();
         assert_eq!(ops, ["fill", "cancel"]);
         assert!(matches!(
-            d.order.unwrap().state,
+            d.writes.unwrap().order.state,
             OrderState::Cancelled {
                 reason: CancelReason::HoldReleased,
                 ..

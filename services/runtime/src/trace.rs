@@ -14,7 +14,7 @@
 //! ignored, after the group's flush); a duplicate delivery, a retry, an error or a dead letter
 //! emits nothing and gets a random id, so no span id is exported twice.
 //!
-//! When nothing is exported no tracer exists, and [`GroupSpans`] stays empty (no allocation):
+//! When nothing is exported no tracer exists, and `GroupSpans` stays empty (no allocation):
 //! the consumer loop costs one check per group. The deterministic simulation never touches this
 //! module; `traceparent` is a pure function of the outbox entry.
 

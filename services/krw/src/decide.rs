@@ -23,11 +23,12 @@ use events::{
     Event, ExchangeRequested, Krw, KrwCommitted, KrwHeld, KrwRejected, KrwReleased, RejectReason,
     ReleaseReason, SagaId, UserId, MAX_MESSAGE_CHARS,
 };
+use runtime::ledger::{self, Currency, Op};
 use runtime::{Handled, JournalEntry};
 
 use crate::records::{
     available_account, day_of, expiry_due, held_account, Account, DepositRecord, House,
-    RequestFingerprint, SagaRecord, SagaStatus, Totals, EXTERNAL_ACCOUNT, HOUSE_ACCOUNT,
+    RequestFingerprint, SagaRecord, SagaStatus, Totals,
 };
 use crate::{KrwConfig, KrwError};
 
@@ -40,18 +41,6 @@ pub const SAGA_USER_MISMATCH: &str = "saga_user_mismatch";
 pub const DEPOSIT_ID_CONFLICT: &str = "deposit_id_conflict";
 /// Refusal reason of a deposit of zero, or one that would pass the KRW ceiling.
 pub const INVALID_DEPOSIT: &str = "invalid_deposit";
-
-/// Journal operation names (one entry per saga and operation).
-pub mod ops {
-    /// external -> user available.
-    pub const DEPOSIT: &str = "deposit";
-    /// user available -> user held.
-    pub const HOLD: &str = "hold";
-    /// user held -> house.
-    pub const COMMIT: &str = "commit";
-    /// user held -> user available.
-    pub const RELEASE: &str = "release";
-}
 
 /// The records one saga decision reads and writes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -496,22 +485,20 @@ fn saga_and_account(
 
 fn entry(
     saga_id: SagaId,
-    op: &str,
-    debit: String,
-    credit: String,
+    op: Op,
+    debit: ledger::Account,
+    credit: ledger::Account,
     amount: Krw,
     now_ms: u64,
 ) -> JournalEntry {
-    JournalEntry {
+    JournalEntry::new(
         saga_id,
-        op: op.to_owned(),
-        currency: "KRW".to_owned(),
-        debit,
-        credit,
-        amount: amount.amount(),
-        at_ms: now_ms,
-        actor: None,
-    }
+        op,
+        Currency::Krw,
+        (debit, credit),
+        amount.amount(),
+        now_ms,
+    )
 }
 
 /// TCC try: available -> held, counted against today's limit; emits krw.held.
@@ -553,7 +540,7 @@ fn hold(
     let user = saga.user.clone();
     d.journal.push(entry(
         saga_id,
-        ops::HOLD,
+        Op::Hold,
         available_account(&user),
         held_account(&user),
         amount,
@@ -601,9 +588,9 @@ fn commit(d: &mut Decision, saga_id: SagaId, now_ms: u64) -> Result<(), KrwError
     let user = saga.user.clone();
     d.journal.push(entry(
         saga_id,
-        ops::COMMIT,
+        Op::Commit,
         held_account(&user),
-        HOUSE_ACCOUNT.to_owned(),
+        ledger::Account::House,
         amount,
         now_ms,
     ));
@@ -641,7 +628,7 @@ pub(crate) fn release(
     let user = saga.user.clone();
     d.journal.push(entry(
         saga_id,
-        ops::RELEASE,
+        Op::Release,
         held_account(&user),
         available_account(&user),
         amount,
@@ -756,17 +743,15 @@ pub fn decide_deposit(
             krw_amount: amount,
             actor: actor.clone(),
         })],
-        journal: vec![JournalEntry {
-            actor: Some(actor),
-            ..entry(
-                deposit_id,
-                ops::DEPOSIT,
-                EXTERNAL_ACCOUNT.to_owned(),
-                available_account(user),
-                amount,
-                now_ms,
-            )
-        }],
+        journal: vec![entry(
+            deposit_id,
+            Op::Deposit,
+            ledger::Account::External,
+            available_account(user),
+            amount,
+            now_ms,
+        )
+        .by(actor)],
         outcome: Handled::Applied,
     }
 }

@@ -22,6 +22,7 @@ use sled::Transactional;
 use tokio::sync::watch;
 
 use crate::durable::{self, DataFiles, SyncError};
+use crate::ledger::{Account, Currency, Line, Op};
 use crate::{Result, RuntimeError};
 
 /// Result inside a store transaction; `?` works on sled errors and on `abort(..)`.
@@ -48,14 +49,15 @@ pub fn aborted(e: ConflictableTransactionError<RuntimeError>) -> RuntimeError {
 pub struct JournalEntry {
     /// The saga (or admin operation) this entry belongs to.
     pub saga_id: SagaId,
-    /// The operation, e.g. `hold`, `commit`, `release`, `deposit`, `credit`, `debit`.
-    pub op: String,
+    /// The operation, stored as its name: `hold`, `commit`, `credit`, ... (see [`Op`]).
+    pub op: Op,
     /// `KRW` or `USD`.
-    pub currency: String,
-    /// The account the amount leaves, e.g. `user:alice:available` or `external`.
-    pub debit: String,
+    pub currency: Currency,
+    /// The account the amount leaves, stored as its name: `user:alice:available`, `external`,
+    /// ... (see [`Account`]).
+    pub debit: Account,
     /// The account the amount enters.
-    pub credit: String,
+    pub credit: Account,
     /// Positive amount at the currency's scale.
     #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
@@ -517,7 +519,8 @@ impl Store {
         })
     }
 
-    /// Every journal entry in the order of its own key `<saga_id>:<op>`, decoded one at a time.
+    /// Every journal entry in the order of its own key `<saga_id>:<op>`, decoded one at a time,
+    /// leniently: a [`Line`] says why an entry with a name the ledger does not know is no entry.
     /// Saga ids print at one fixed length, so one saga's entries are adjacent and sagas come in
     /// id order: an audit can walk the journal side by side with its per-saga records, holding
     /// one saga at a time.
@@ -527,7 +530,7 @@ impl Store {
     /// decodes only what does not start as its key says, and yielded where its own key sorts,
     /// so an audit still sees it next to the entries it may duplicate. Memory: the misfiled
     /// entries, none in a sound store.
-    pub fn journal_iter_by_saga(&self) -> Result<impl Iterator<Item = Result<JournalEntry>> + '_> {
+    pub fn journal_iter_by_saga(&self) -> Result<impl Iterator<Item = Result<Line>> + '_> {
         let mut misfiled_keys = std::collections::BTreeSet::new();
         let mut misfiled = Vec::new();
         for item in self.journal.iter() {
@@ -535,7 +538,7 @@ impl Store {
             if starts_as_keyed(&k, &v) {
                 continue;
             }
-            let e: JournalEntry = decode(&String::from_utf8_lossy(&k), &v)?;
+            let e: Line = decode(&String::from_utf8_lossy(&k), &v)?;
             if e.key().as_bytes() != &*k {
                 misfiled.push((e.key(), e));
                 misfiled_keys.insert(k);
@@ -546,10 +549,10 @@ impl Store {
         let mut misfiled = misfiled.into_iter().peekable();
         let mut stored = self.journal.iter().filter_map(move |item| match item {
             Ok((k, _)) if misfiled_keys.contains(&k) => None,
-            Ok((k, v)) => Some(decode::<JournalEntry>(&String::from_utf8_lossy(&k), &v)),
+            Ok((k, v)) => Some(decode::<Line>(&String::from_utf8_lossy(&k), &v)),
             Err(e) => Some(Err(e.into())),
         });
-        let mut next_stored: Option<Result<JournalEntry>> = None;
+        let mut next_stored: Option<Result<Line>> = None;
         Ok(std::iter::from_fn(move || {
             if next_stored.is_none() {
                 next_stored = stored.next();
@@ -945,8 +948,8 @@ impl From<RuntimeError> for ConflictableTransactionError<RuntimeError> {
 pub struct SagaGroup<K, V, const N: usize> {
     /// The saga; `None` for a record whose key names no saga (then it is the only record).
     pub saga: Option<K>,
-    /// The saga's journal entries, in the order of their keys.
-    pub entries: Vec<JournalEntry>,
+    /// The saga's journal entries, in the order of their keys, each read leniently.
+    pub entries: Vec<Line>,
     /// Per prefix, in the order given: the saga's record under it (key and value), if any.
     pub records: [Option<(String, V)>; N],
 }
@@ -954,7 +957,7 @@ pub struct SagaGroup<K, V, const N: usize> {
 /// How [`Store::by_saga`] compares sagas and reads a saga from a record's key.
 pub trait SagaKey: Ord + Clone {
     /// A journal entry's saga.
-    fn of_entry(entry: &JournalEntry) -> Self;
+    fn of_entry(entry: &Line) -> Self;
     /// The saga `key`, a key under `prefix`, names; `None` if it names none.
     fn of_record(prefix: &str, key: &str) -> Option<Self>;
 }
@@ -962,7 +965,7 @@ pub trait SagaKey: Ord + Clone {
 /// Sagas compared as text: an entry's printed id, a key with every leading `prefix` trimmed.
 /// Every key names a saga.
 impl SagaKey for String {
-    fn of_entry(entry: &JournalEntry) -> Self {
+    fn of_entry(entry: &Line) -> Self {
         entry.saga_id.to_string()
     }
 
@@ -973,7 +976,7 @@ impl SagaKey for String {
 
 /// Sagas compared as ids: a key names a saga if what follows its prefix parses as one.
 impl SagaKey for SagaId {
-    fn of_entry(entry: &JournalEntry) -> Self {
+    fn of_entry(entry: &Line) -> Self {
         entry.saga_id
     }
 
@@ -1074,17 +1077,16 @@ mod tests {
         })
     }
 
-    fn entry(saga: SagaId, op: &str) -> JournalEntry {
-        JournalEntry {
-            saga_id: saga,
-            op: op.into(),
-            currency: "KRW".into(),
-            debit: "user:alice:held".into(),
-            credit: "house".into(),
-            amount: Decimal::from(100),
-            at_ms: 1,
-            actor: None,
-        }
+    fn entry(saga: SagaId, op: Op) -> JournalEntry {
+        let alice = UserId::parse("alice").unwrap();
+        JournalEntry::new(
+            saga,
+            op,
+            Currency::Krw,
+            (Account::Held(alice), Account::House),
+            Decimal::from(100),
+            1,
+        )
     }
 
     #[tokio::test]
@@ -1119,7 +1121,7 @@ mod tests {
                 match i {
                     0 => {
                         tx.put("count", &1u32)?;
-                        tx.journal(&entry(a, "hold"))?;
+                        tx.journal(&entry(a, Op::Hold))?;
                         tx.emit(&committed(a), "c0", 1)?;
                         tx.mark_seen("e0", 1)?;
                     }
@@ -1131,7 +1133,7 @@ mod tests {
                     2 => {
                         tx.put("count", &100u32)?;
                         tx.emit(&committed(b), "c2", 1)?;
-                        tx.journal(&entry(a, "hold"))?;
+                        tx.journal(&entry(a, Op::Hold))?;
                     }
                     _ => tx.emit(&committed(b), "c3", 1)?,
                 }
@@ -1252,12 +1254,12 @@ mod tests {
         let store = Store::temporary().unwrap();
         let saga = SagaId::new_v7();
         store
-            .transact(|tx| tx.journal(&entry(saga, "commit")))
+            .transact(|tx| tx.journal(&entry(saga, Op::Commit)))
             .unwrap();
         let err = store
             .transact(|tx| {
                 tx.put("touched", &true)?;
-                tx.journal(&entry(saga, "commit"))
+                tx.journal(&entry(saga, Op::Commit))
             })
             .unwrap_err();
         assert!(matches!(err, RuntimeError::JournalConflict { .. }), "{err}");
@@ -1279,13 +1281,13 @@ mod tests {
         );
         store
             .transact(|tx| {
-                tx.journal(&entry(a, "commit"))?;
-                tx.journal(&entry(b, "commit"))?;
-                tx.journal(&entry(c, "commit"))
+                tx.journal(&entry(a, Op::Commit))?;
+                tx.journal(&entry(b, Op::Commit))?;
+                tx.journal(&entry(c, Op::Commit))
             })
             .unwrap();
         // Behind the store's back: a second `a:commit`, stored under c's key space.
-        let stray = entry(a, "commit");
+        let stray = entry(a, Op::Commit);
         let stray_key = format!("{c}:hold");
         store
             .journal
@@ -1310,7 +1312,7 @@ mod tests {
         let all: Vec<JournalEntry> = store
             .journal_iter_by_saga()
             .unwrap()
-            .map(Result::unwrap)
+            .map(|line| line.unwrap().entry.unwrap())
             .collect();
         assert_eq!(all, store.journal_entries().unwrap());
     }
@@ -1322,9 +1324,9 @@ mod tests {
         let (a, b, c, d) = (id(1), id(2), id(3), id(5));
         store
             .transact(|tx| {
-                tx.journal(&entry(c, "commit"))?;
-                tx.journal(&entry(a, "hold"))?;
-                tx.journal(&entry(a, "commit"))?;
+                tx.journal(&entry(c, Op::Commit))?;
+                tx.journal(&entry(a, Op::Hold))?;
+                tx.journal(&entry(a, Op::Commit))?;
                 tx.put(&format!("r:{a}"), &1u32)?;
                 tx.put(&format!("r:{d}"), &4u32)?;
                 tx.put("r:4", &9u32)?; // names no saga id; sorts between a and d

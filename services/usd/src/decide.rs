@@ -12,11 +12,10 @@ use events::{
     CreditFailReason, Event, TradeCancelled, TradeFilled, UsdCreditFailed, UsdCredited, UsdDebited,
     UserId,
 };
+use runtime::ledger::{Account, Currency, Op};
 use runtime::{Handled, JournalEntry};
 
-use crate::model::{
-    user_account, CreditRecord, CreditState, HouseAccount, UsdAccount, HOUSE_ACCOUNT,
-};
+use crate::model::{user_account, CreditRecord, CreditState, HouseAccount, UsdAccount};
 
 /// What `decide` reads: the saga's record, the account of the saga's user, the house float.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,16 +151,14 @@ fn credit(state: &UsdState, f: &TradeFilled, now_ms: u64) -> UsdDecision {
             user_id: f.user_id.clone(),
             usd_amount: f.usd_amount,
         })],
-        journal: vec![JournalEntry {
-            saga_id: f.saga_id,
-            op: "credit".into(),
-            currency: "USD".into(),
-            debit: HOUSE_ACCOUNT.into(),
-            credit: user,
-            amount: f.usd_amount.amount(),
-            at_ms: now_ms,
-            actor: None,
-        }],
+        journal: vec![JournalEntry::new(
+            f.saga_id,
+            Op::Credit,
+            Currency::Usd,
+            (Account::House, user),
+            f.usd_amount.amount(),
+            now_ms,
+        )],
     }
 }
 
@@ -256,16 +253,14 @@ fn debit(
             user_id: user.clone(),
             usd_amount,
         })],
-        journal: vec![JournalEntry {
-            saga_id: c.saga_id,
-            op: "debit".into(),
-            currency: "USD".into(),
-            debit: user_account(user),
-            credit: HOUSE_ACCOUNT.into(),
-            amount: usd_amount.amount(),
-            at_ms: now_ms,
-            actor: None,
-        }],
+        journal: vec![JournalEntry::new(
+            c.saga_id,
+            Op::Debit,
+            Currency::Usd,
+            (user_account(user), Account::House),
+            usd_amount.amount(),
+            now_ms,
+        )],
     })
 }
 
@@ -339,8 +334,8 @@ mod tests {
         assert_eq!(d.account.unwrap().usd, usd("1071.42"));
         assert_eq!(d.house.unwrap().usd, usd("3928.58"));
         assert!(matches!(d.events.as_slice(), [Event::UsdCredited(_)]));
-        assert_eq!(d.journal[0].op, "credit");
-        assert_eq!(d.journal[0].credit, "user:alice");
+        assert_eq!(d.journal[0].op.to_string(), "credit");
+        assert_eq!(d.journal[0].credit.to_string(), "user:alice");
     }
 
     #[test]
@@ -371,7 +366,7 @@ mod tests {
         assert!(matches!(d.events.as_slice(), [Event::UsdDebited(_)]));
         assert_eq!(d.account.unwrap().usd, Usd::ZERO);
         assert_eq!(d.house.unwrap().usd, usd("5000.00"));
-        assert_eq!(d.journal[0].op, "debit");
+        assert_eq!(d.journal[0].op.to_string(), "debit");
     }
 
     #[test]

@@ -447,6 +447,7 @@ async fn run(cli: Cli) -> CtlResult<()> {
                                  difference may be one of them; audit again when traffic is quiet to confirm)"
                             );
                         }
+                        print_journal(a);
                         print_failures(a);
                         if svc == "trade" {
                             print_venue_part(a);
@@ -590,6 +591,13 @@ fn print_failures(a: &serde_json::Value) {
                     .unwrap_or_else(|| f.to_string())
             );
         }
+    }
+}
+
+/// What the audit's journal walk read: entries, and how many of each operation.
+fn print_journal(a: &serde_json::Value) {
+    if let Some(line) = fxctl::journal_line(a) {
+        println!("  journal: {line}");
     }
 }
 

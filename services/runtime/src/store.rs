@@ -1318,6 +1318,38 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_with_a_name_the_ledger_does_not_know_reaches_the_walk_as_a_line_that_says_so() {
+        let store = Store::temporary().unwrap();
+        let (a, b) = (
+            SagaId::from(uuid::Uuid::from_u128(1)),
+            SagaId::from(uuid::Uuid::from_u128(2)),
+        );
+        store
+            .transact(|tx| tx.journal(&entry(b, Op::Hold)))
+            .unwrap();
+        // Behind the store's back: an op no version ever wrote.
+        let mut odd = serde_json::to_value(entry(a, Op::Hold)).unwrap();
+        odd["op"] = "bogus".into();
+        let key = format!("{a}:bogus");
+        store
+            .journal
+            .insert(key.as_bytes(), serde_json::to_vec(&odd).unwrap())
+            .unwrap();
+        let groups: Vec<SagaGroup<SagaId, u32, 1>> =
+            store.by_saga(["r:"]).unwrap().map(Result::unwrap).collect();
+        assert_eq!(groups.len(), 2);
+        let line = &groups[0].entries[0];
+        assert_eq!((line.key(), line.saga_id), (key.clone(), a));
+        assert_eq!(
+            line.entry,
+            Err(format!(
+                "journal {key} does not read: op \"bogus\" is not one the ledger knows"
+            ))
+        );
+        assert_eq!(groups[1].entries[0].entry, Ok(entry(b, Op::Hold)));
+    }
+
+    #[test]
     fn by_saga_yields_each_saga_with_its_entries_and_records_in_id_order() {
         let store = Store::temporary().unwrap();
         let id = |n: u128| SagaId::from(uuid::Uuid::from_u128(n << 124));

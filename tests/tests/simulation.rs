@@ -811,7 +811,7 @@ fn a_fill_lost_in_a_crash_while_the_venue_is_unreachable_until_the_hold_runs_out
         .durable()
         .journal_log
         .iter()
-        .map(|e| e.op.clone())
+        .map(|e| e.op.to_string())
         .collect();
     assert_eq!(ops, ["fill", "cancel", "reverse"], "booked and reversed");
     assert_eq!(w.venue.reversals_executed(), 1);

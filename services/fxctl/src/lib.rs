@@ -456,6 +456,23 @@ pub async fn audit_with_progress(
     Ok(serde_json::Value::Object(out))
 }
 
+/// What one audit report's journal walk read, in words: `12 entries (deposit 2, hold 5,
+/// commit 4, release 1)`; `None` when the report has no journal counts.
+pub fn journal_line(report: &serde_json::Value) -> Option<String> {
+    let counts: runtime::ledger::JournalCounts =
+        serde_json::from_value(report.get("journal")?.clone()).ok()?;
+    let ops: Vec<String> = counts
+        .by_op
+        .iter()
+        .map(|(op, n)| format!("{op} {n}"))
+        .collect();
+    Some(if ops.is_empty() {
+        format!("{} entries", counts.entries)
+    } else {
+        format!("{} entries ({})", counts.entries, ops.join(", "))
+    })
+}
+
 /// One dead letter, as `fxctl dlq list` shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct DeadLetterView {
@@ -782,4 +799,22 @@ pub async fn tail(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_journal_line_names_every_operation_counted() {
+        let report = serde_json::json!({
+            "ok": true,
+            "journal": {"entries": 7, "by_op": {"hold": 3, "commit": 2, "deposit": 2}},
+        });
+        assert_eq!(
+            super::journal_line(&report).as_deref(),
+            Some("7 entries (deposit 2, hold 3, commit 2)")
+        );
+        let empty = serde_json::json!({"journal": {"entries": 0, "by_op": {}}});
+        assert_eq!(super::journal_line(&empty).as_deref(), Some("0 entries"));
+        assert_eq!(super::journal_line(&serde_json::json!({"ok": true})), None);
+    }
 }

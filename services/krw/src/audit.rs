@@ -1,6 +1,13 @@
-//! The KRW audit: checks the money invariants 1, 2 and 4 (ARCHITECTURE.md) against fx-krw's own store, and
-//! that records, journal and expiry index tell the same story. Every failure is a sentence an
-//! operator can act on.
+//! The KRW audit: checks the money invariants 1, 2 and 4 (ARCHITECTURE.md) against fx-krw's own
+//! store, and that records, journal and expiry index tell the same story. Every failure is a
+//! sentence an operator can act on, starting with the name of the check it failed.
+//!
+//! The audit is a few named steps over the shared journal replay (`runtime::ledger`):
+//! `read_balances` (the balances as recorded), `check_conservation` (invariant 1),
+//! `read_expiry_index`, `walk_sagas` (the journal into the replay, each saga's operations
+//! and its saga and deposit records, one saga at a time), `check_replay` (the replay against
+//! the balances) and `check_holds` (held balances against open holds). Each step writes its
+//! sentences into its own `Section`, and the report reads in the order of the sections.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -9,13 +16,12 @@ use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use runtime::ledger::{self, saturating_add, AuditReport, Currency, Line, Op, Replay};
 use runtime::{ReadRecords, Store};
 
-use crate::decide::ops;
 use crate::records::{
-    available_account, held_account, parse_expiry_key, saga_key, DepositRecord, SagaRecord,
-    SagaStatus, ACCOUNT_PREFIX, DEPOSIT_PREFIX, EXPIRY_PREFIX, EXTERNAL_ACCOUNT, HOUSE_ACCOUNT,
-    HOUSE_KEY, SAGA_PREFIX, TOTALS_KEY,
+    parse_expiry_key, saga_key, DepositRecord, SagaRecord, SagaStatus, ACCOUNT_PREFIX,
+    DEPOSIT_PREFIX, EXPIRY_PREFIX, HOUSE_KEY, SAGA_PREFIX, TOTALS_KEY,
 };
 
 /// Sums over the store, in KRW.
@@ -39,15 +45,11 @@ pub struct AuditTotals {
     pub sagas: usize,
     /// Holds still open.
     pub open_holds: usize,
-    /// Journal entries.
-    pub journal_entries: usize,
 }
 
-/// The result of [`audit`]: one boolean per invariant, and every failure in words.
+/// fx-krw's own figures in its audit report: what it summed, and one boolean per check.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KrwAudit {
-    /// True when every check passed.
-    pub ok: bool,
+pub struct KrwFigures {
     /// What the checks summed.
     pub totals: AuditTotals,
     /// Invariant 1: Σ available + Σ held + house == Σ deposits.
@@ -67,10 +69,15 @@ pub struct KrwAudit {
     pub deposits_consistent: bool,
     /// Every record decodes.
     pub records_readable: bool,
-    /// Every failed check, as a sentence starting with the check's name.
-    pub failures: Vec<String>,
 }
 
+/// The result of [`audit`]: the shared report shape with fx-krw's figures.
+pub type KrwAudit = AuditReport<KrwFigures>;
+
+/// The operations fx-krw journals.
+pub const KRW_OPS: &[Op] = &[Op::Deposit, Op::Hold, Op::Commit, Op::Release];
+
+/// The checks, each with its flag in [`KrwFigures`] and the name its sentences start with.
 #[derive(Clone, Copy)]
 enum Check {
     Conservation,
@@ -82,47 +89,94 @@ enum Check {
     Readable,
 }
 
-impl KrwAudit {
-    fn fail(&mut self, check: Check, message: String) {
-        let name = self.flag(check);
-        self.failures.push(format!("{name}: {message}"));
+/// Where a sentence goes in the report, in report order.
+#[derive(Clone, Copy)]
+enum Section {
+    /// The balances as recorded, and conservation.
+    Balances,
+    /// Each journal entry (the shared replay's sentences, and duplicates).
+    Entries,
+    /// Each saga's set of operations.
+    Ops,
+    /// The replay against the balances.
+    Replay,
+    /// The expiry index's keys.
+    Index,
+    /// Saga records against journal and index.
+    Sagas,
+    /// Index entries of no saga, held balances against open holds.
+    Holds,
+    /// Deposit records that do not read.
+    DepositRecords,
+    /// Journal entries without a saga or deposit record.
+    Orphans,
+    /// Deposit records without a journal entry.
+    Deposits,
+}
+
+const SECTIONS: usize = Section::Deposits as usize + 1;
+
+/// The report being written: the figures, and the sentences per section.
+struct Audit {
+    figures: KrwFigures,
+    sections: [Vec<String>; SECTIONS],
+}
+
+impl Audit {
+    fn new() -> Audit {
+        Audit {
+            figures: KrwFigures {
+                conservation: true,
+                no_negative_balance: true,
+                journal_matches_balances: true,
+                one_entry_per_saga_op: true,
+                holds_consistent: true,
+                deposits_consistent: true,
+                records_readable: true,
+                ..KrwFigures::default()
+            },
+            sections: Default::default(),
+        }
     }
 
-    /// Like `fail`, with the sentence kept in `out` (appended to the report later, so that
-    /// the failures keep the order of the checks).
-    fn fail_to(&mut self, out: &mut Vec<String>, check: Check, message: String) {
-        let name = self.flag(check);
-        out.push(format!("{name}: {message}"));
+    /// Records a failed check: its flag goes false, the sentence into `section`.
+    fn fail(&mut self, section: Section, check: Check, message: String) {
+        let f = &mut self.figures;
+        let (flag, name) = match check {
+            Check::Conservation => (&mut f.conservation, "conservation"),
+            Check::NoNegative => (&mut f.no_negative_balance, "no negative balance"),
+            Check::Journal => (&mut f.journal_matches_balances, "journal replay"),
+            Check::OneEntry => (&mut f.one_entry_per_saga_op, "one entry per saga and op"),
+            Check::Holds => (&mut f.holds_consistent, "holds"),
+            Check::Deposits => (&mut f.deposits_consistent, "deposits"),
+            Check::Readable => (&mut f.records_readable, "records"),
+        };
+        *flag = false;
+        self.sections[section as usize].push(format!("{name}: {message}"));
     }
 
-    fn decode_to<T: DeserializeOwned>(
+    /// Decodes a record, or says it does not decode.
+    fn decode<T: DeserializeOwned>(
         &mut self,
-        out: &mut Vec<String>,
+        section: Section,
         key: &str,
         value: serde_json::Value,
     ) -> Option<T> {
         match serde_json::from_value(value) {
             Ok(t) => Some(t),
             Err(e) => {
-                self.fail_to(out, Check::Readable, format!("{key} does not decode: {e}"));
+                self.fail(
+                    section,
+                    Check::Readable,
+                    format!("{key} does not decode: {e}"),
+                );
                 None
             }
         }
     }
 
-    /// Marks the check failed; returns its name.
-    fn flag(&mut self, check: Check) -> &'static str {
-        let (flag, name) = match check {
-            Check::Conservation => (&mut self.conservation, "conservation"),
-            Check::NoNegative => (&mut self.no_negative_balance, "no negative balance"),
-            Check::Journal => (&mut self.journal_matches_balances, "journal replay"),
-            Check::OneEntry => (&mut self.one_entry_per_saga_op, "one entry per saga and op"),
-            Check::Holds => (&mut self.holds_consistent, "holds"),
-            Check::Deposits => (&mut self.deposits_consistent, "deposits"),
-            Check::Readable => (&mut self.records_readable, "records"),
-        };
-        *flag = false;
-        name
+    fn finish(self, journal: ledger::JournalCounts) -> KrwAudit {
+        AuditReport::new(journal, self.figures, self.sections.concat())
     }
 }
 
@@ -148,68 +202,17 @@ struct LooseTotals {
     deposits: Decimal,
 }
 
-/// One saga's journal operations: op -> (amount, user). A sorted vector rather than a map:
-/// the audit keeps one per saga in memory, and a saga has at most three operations.
-#[derive(Default)]
-struct SagaOps(Vec<(String, (Decimal, Option<String>))>);
+/// Balances as recorded, per user (the key's text after `acct:`): bounded by the number of
+/// users (a few hundred in the benchmark), not of sagas.
+type Accounts = BTreeMap<String, LooseAccount>;
 
-impl SagaOps {
-    /// Adds an operation; returns the one it replaces, if the op was already there.
-    fn insert(
-        &mut self,
-        op: String,
-        v: (Decimal, Option<String>),
-    ) -> Option<(Decimal, Option<String>)> {
-        match self.0.binary_search_by(|(o, _)| o.as_str().cmp(&op)) {
-            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, v)),
-            Err(i) => {
-                self.0.insert(i, (op, v));
-                None
-            }
-        }
-    }
-
-    fn get(&self, op: &str) -> Option<&(Decimal, Option<String>)> {
-        self.0
-            .binary_search_by(|(o, _)| o.as_str().cmp(op))
-            .ok()
-            .map(|i| &self.0[i].1)
-    }
-
-    fn contains_key(&self, op: &str) -> bool {
-        self.get(op).is_some()
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn keys(&self) -> impl Iterator<Item = &String> {
-        self.0.iter().map(|(o, _)| o)
-    }
-
-    fn values(&self) -> impl Iterator<Item = &(Decimal, Option<String>)> {
-        self.0.iter().map(|(_, v)| v)
-    }
-}
-
-impl std::fmt::Debug for SagaOps {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map()
-            .entries(self.0.iter().map(|(o, v)| (o, v)))
-            .finish()
-    }
-}
-
-fn add(a: Decimal, b: Decimal) -> Decimal {
-    // Balances are capped at 10^15 KRW each; Decimal holds 7.9 * 10^28, so only an absurd
-    // number of corrupt records could overflow. Saturate rather than panic mid-audit.
-    a.checked_add(b).unwrap_or(Decimal::MAX)
-}
+/// One saga's journal operations: op -> (amount, user).
+type SagaOps = BTreeMap<Op, (Decimal, Option<UserId>)>;
 
 /// Reads the whole KRW store and checks it. Fails (`Err`) only when the store cannot be read;
-/// a record that does not decode is a failure in the report, not an error. A journal entry
-/// that does not decode is an error, since nothing can be replayed around it.
+/// a record that does not decode, or a journal entry with a name the ledger does not know, is
+/// a failure in the report, not an error. A journal entry that is not an entry's JSON at all is
+/// an error, since nothing can be replayed around it.
 pub fn audit(store: &Store) -> runtime::Result<KrwAudit> {
     audit_with_progress(store, &runtime::admin::Progress::default())
 }
@@ -220,30 +223,30 @@ pub fn audit_with_progress(
     store: &Store,
     progress: &runtime::admin::Progress,
 ) -> runtime::Result<KrwAudit> {
-    let mut a = KrwAudit {
-        ok: false,
-        conservation: true,
-        no_negative_balance: true,
-        journal_matches_balances: true,
-        one_entry_per_saga_op: true,
-        holds_consistent: true,
-        deposits_consistent: true,
-        records_readable: true,
-        ..KrwAudit::default()
-    };
+    let mut a = Audit::new();
+    let accounts = read_balances(&mut a, store)?;
+    check_conservation(&mut a);
+    let mut stray_index = read_expiry_index(&mut a, store)?;
+    let (replay, open_by_user) = walk_sagas(&mut a, store, progress, &mut stray_index)?;
+    check_replay(&mut a, &replay, &accounts);
+    check_holds(&mut a, &accounts, stray_index, open_by_user);
+    Ok(a.finish(replay.counts().clone()))
+}
 
-    // Balances as recorded. Kept per user for the replay below: bounded by the number of users
-    // (a few hundred in the benchmark), not of sagas.
-    let mut accounts: BTreeMap<String, LooseAccount> = BTreeMap::new();
+/// The user accounts, the house and the totals as recorded, into the figures; a negative or
+/// unreadable balance is a failure.
+fn read_balances(a: &mut Audit, store: &Store) -> runtime::Result<Accounts> {
+    let mut accounts = Accounts::new();
     for item in store.scan_iter::<serde_json::Value>(ACCOUNT_PREFIX) {
         let (key, value) = item?;
         let user = key[ACCOUNT_PREFIX.len()..].to_owned();
-        let Some(acct) = decode::<LooseAccount>(&mut a, &key, value.clone()) else {
+        let Some(acct) = a.decode::<LooseAccount>(Section::Balances, &key, value.clone()) else {
             continue;
         };
         // The strict form refuses negatives; report those under their own check.
         if acct.available < Decimal::ZERO || acct.held < Decimal::ZERO {
             a.fail(
+                Section::Balances,
                 Check::NoNegative,
                 format!(
                     "{key} has available {} KRW and held {} KRW; balances are never negative",
@@ -251,61 +254,60 @@ pub fn audit_with_progress(
                 ),
             );
         } else {
-            decode::<crate::Account>(&mut a, &key, value);
+            a.decode::<crate::Account>(Section::Balances, &key, value);
         }
-        a.totals.available = add(a.totals.available, acct.available);
-        a.totals.held = add(a.totals.held, acct.held);
+        let t = &mut a.figures.totals;
+        t.available = saturating_add(t.available, acct.available);
+        t.held = saturating_add(t.held, acct.held);
         accounts.insert(user, acct);
     }
-    a.totals.accounts = accounts.len();
-    let house =
-        read_single::<LooseHouse>(&mut a, store, HOUSE_KEY)?.map_or(Decimal::ZERO, |h| h.krw);
-    let deposits = read_single::<LooseTotals>(&mut a, store, TOTALS_KEY)?
-        .map_or(Decimal::ZERO, |t| t.deposits);
-    a.totals.house = house;
-    a.totals.deposits = deposits;
+    a.figures.totals.accounts = accounts.len();
+    let house = read_single::<LooseHouse>(a, store, HOUSE_KEY)?.map_or(Decimal::ZERO, |h| h.krw);
+    let deposits =
+        read_single::<LooseTotals>(a, store, TOTALS_KEY)?.map_or(Decimal::ZERO, |t| t.deposits);
+    a.figures.totals.house = house;
+    a.figures.totals.deposits = deposits;
     if house < Decimal::ZERO {
-        a.fail(Check::NoNegative, format!("the house has {house} KRW"));
-    }
-
-    // Invariant 1.
-    let sum = add(add(a.totals.available, a.totals.held), house);
-    if sum != deposits {
         a.fail(
-            Check::Conservation,
-            format!(
-                "available {} + held {} + house {house} = {sum} KRW, but deposits total \
-                 {deposits} KRW (off by {} KRW); the records created or lost money",
-                a.totals.available,
-                a.totals.held,
-                sum.checked_sub(deposits).unwrap_or_default()
-            ),
+            Section::Balances,
+            Check::NoNegative,
+            format!("the house has {house} KRW"),
         );
     }
+    Ok(accounts)
+}
 
-    // One walk (`Store::by_saga`) over three streams sorted by saga id: the journal (in the
-    // order of its own keys `<saga_id>:<op>`, so one saga's entries are adjacent), the saga
-    // records `saga:<id>` and the deposit records `dep:<id>`. Only the current saga's
-    // operations are held. Each part of the report collects its sentences separately, so the
-    // failures read in the order of the checks, as when the store was read one part after
-    // another.
-    let mut entry_failures = Vec::new(); // each journal entry's shape
-    let mut op_failures = Vec::new(); // each saga's set of operations
-    let mut record_failures = Vec::new(); // saga records against journal and index
-    let mut deposit_record_failures = Vec::new(); // dep: records that do not read
-    let mut orphan_failures = Vec::new(); // journal entries without a saga record
-    let mut deposit_failures = Vec::new(); // dep: records without a journal entry
+/// Invariant 1: Σ available + Σ held + house == Σ deposits.
+fn check_conservation(a: &mut Audit) {
+    let t = &a.figures.totals;
+    let sum = saturating_add(saturating_add(t.available, t.held), t.house);
+    if sum != t.deposits {
+        let message = format!(
+            "available {} + held {} + house {} = {sum} KRW, but deposits total {} KRW (off by \
+             {} KRW); the records created or lost money",
+            t.available,
+            t.held,
+            t.house,
+            t.deposits,
+            sum.checked_sub(t.deposits).unwrap_or_default()
+        );
+        a.fail(Section::Balances, Check::Conservation, message);
+    }
+}
 
-    // The expiry index, checked against saga records by lookups. Kept in memory: the entries
-    // that are not what their saga's record wants (none in a sound store), to be reported with
-    // that saga or as pointing at no record.
-    let mut index_failures = Vec::new();
-    let mut stray_index: BTreeMap<SagaId, BTreeSet<String>> = BTreeMap::new();
+/// The expiry index, checked against saga records by lookups. Returns the entries that are not
+/// what their saga's record wants (none in a sound store), per saga, to be reported with that
+/// saga or as pointing at no record.
+fn read_expiry_index(
+    a: &mut Audit,
+    store: &Store,
+) -> runtime::Result<BTreeMap<SagaId, BTreeSet<String>>> {
+    let mut stray: BTreeMap<SagaId, BTreeSet<String>> = BTreeMap::new();
     for item in store.scan_iter::<serde_json::Value>(EXPIRY_PREFIX) {
         let (key, _) = item?;
         let Some((_, saga)) = parse_expiry_key(&key) else {
-            a.fail_to(
-                &mut index_failures,
+            a.fail(
+                Section::Index,
                 Check::Holds,
                 format!("{key} is not an expiry index key"),
             );
@@ -316,14 +318,24 @@ pub fn audit_with_progress(
             .and_then(|v| serde_json::from_value::<SagaRecord>(v).ok())
             .and_then(|rec| rec.expiry_index_key(saga));
         if wanted.as_ref() != Some(&key) {
-            stray_index.entry(saga).or_default().insert(key);
+            stray.entry(saga).or_default().insert(key);
         }
     }
+    Ok(stray)
+}
 
-    // Journal balances replayed from zero, per journal account: two per user plus the house
-    // and `external`, so bounded by the number of users, not of sagas.
-    let mut replay: BTreeMap<String, Decimal> = BTreeMap::new();
-    // Σ open holds per user (bounded by users).
+/// One walk (`Store::by_saga`) over three streams sorted by saga id: the journal (in the order
+/// of its own keys `<saga_id>:<op>`, so one saga's entries are adjacent) into the shared
+/// replay, the saga records `saga:<id>` and the deposit records `dep:<id>`. Only the current
+/// saga's operations are held; the replay is per journal account and the open holds per user,
+/// so both are bounded by users, not sagas. Returns the replay and Σ open holds per user.
+fn walk_sagas(
+    a: &mut Audit,
+    store: &Store,
+    progress: &runtime::admin::Progress,
+    stray_index: &mut BTreeMap<SagaId, BTreeSet<String>>,
+) -> runtime::Result<(Replay, BTreeMap<String, Decimal>)> {
+    let mut replay = Replay::new(KRW_OPS);
     let mut open_by_user: BTreeMap<String, Decimal> = BTreeMap::new();
     for group in store.by_saga::<SagaId, serde_json::Value, 2>([SAGA_PREFIX, DEPOSIT_PREFIX])? {
         progress.add(1);
@@ -332,88 +344,41 @@ pub fn audit_with_progress(
         let Some(saga) = group.saga else {
             // A record whose key names no saga, reported where its key sorts.
             if let Some((key, _)) = saga_record {
-                a.totals.sagas += 1;
-                a.fail_to(
-                    &mut record_failures,
+                a.figures.totals.sagas += 1;
+                a.fail(
+                    Section::Sagas,
                     Check::Readable,
                     format!("{key} does not name a saga id"),
                 );
             }
             if let Some((key, _)) = deposit_record {
-                a.fail_to(
-                    &mut deposit_record_failures,
+                a.fail(
+                    Section::DepositRecords,
                     Check::Readable,
                     format!("{key} does not name a deposit id"),
                 );
             }
             continue;
         };
-
-        // This saga's journal entries, checking each one's shape on the way.
-        let mut saga_ops = SagaOps::default();
         let journaled = !group.entries.is_empty();
-        for e in group.entries {
-            a.totals.journal_entries += 1;
-            let key = e.key();
-            if e.currency != "KRW" || e.amount <= Decimal::ZERO {
-                a.fail_to(
-                    &mut entry_failures,
-                    Check::OneEntry,
-                    format!(
-                        "journal {key} moves {} {}; fx-krw journals positive KRW only",
-                        e.amount, e.currency
-                    ),
-                );
-            }
-            let user = journal_user(&e);
-            if user.is_none() {
-                a.fail_to(
-                    &mut entry_failures,
-                    Check::OneEntry,
-                    format!(
-                        "journal {key} moves {} -> {}, which is not what a {:?} does",
-                        e.debit, e.credit, e.op
-                    ),
-                );
-            }
-            let debit = replay.entry(e.debit.clone()).or_default();
-            *debit = debit.checked_sub(e.amount).unwrap_or(Decimal::MIN);
-            let credit = replay.entry(e.credit.clone()).or_default();
-            *credit = add(*credit, e.amount);
-            // The journal is keyed by (saga, op), so a second entry claiming the same pair is
-            // one whose stored key does not match its content.
-            if saga_ops.insert(e.op, (e.amount, user)).is_some() {
-                a.fail_to(
-                    &mut entry_failures,
-                    Check::OneEntry,
-                    format!("two journal entries claim {key}; an effect happened twice"),
-                );
-            }
-        }
+        let saga_ops = read_saga_entries(a, &mut replay, group.entries);
         if journaled {
-            check_saga_ops(&mut a, &mut op_failures, saga, &saga_ops);
+            check_saga_ops(a, saga, &saga_ops);
         }
 
         // Its saga record, against the journal, the expiry index and the held balances.
         let mut recorded = false;
         if let Some((key, value)) = saga_record {
-            a.totals.sagas += 1;
-            if let Some(rec) = a.decode_to::<SagaRecord>(&mut record_failures, &key, value) {
+            a.figures.totals.sagas += 1;
+            if let Some(rec) = a.decode::<SagaRecord>(Section::Sagas, &key, value) {
                 recorded = true;
-                check_saga_record(
-                    &mut a,
-                    &mut record_failures,
-                    store,
-                    saga,
-                    &rec,
-                    &saga_ops,
-                    stray_index.remove(&saga).unwrap_or_default(),
-                )?;
+                let stray = stray_index.remove(&saga).unwrap_or_default();
+                check_saga_record(a, store, saga, &rec, &saga_ops, stray)?;
                 if rec.status == SagaStatus::Held {
-                    a.totals.open_holds += 1;
+                    a.figures.totals.open_holds += 1;
                     if let Some(amount) = rec.hold_amount() {
                         let sum = open_by_user.entry(rec.user.to_string()).or_default();
-                        *sum = add(*sum, amount.amount());
+                        *sum = saturating_add(*sum, amount.amount());
                     }
                 }
             }
@@ -422,212 +387,107 @@ pub fn audit_with_progress(
         // Its deposit record. Journal entries without a saga record must be a deposit.
         let mut deposit = None;
         if let Some((key, value)) = deposit_record {
-            deposit = a.decode_to::<DepositRecord>(&mut deposit_record_failures, &key, value);
+            deposit = a.decode::<DepositRecord>(Section::DepositRecords, &key, value);
         }
         if journaled && !recorded {
-            match (saga_ops.get(ops::DEPOSIT), deposit.take()) {
-                (Some((amount, user)), Some(rec)) => {
-                    if rec.krw_amount.amount() != *amount
-                        || user.as_deref() != Some(rec.user.as_str())
-                    {
-                        a.fail_to(
-                            &mut orphan_failures,
-                            Check::Deposits,
-                            format!(
-                                "deposit {saga} records {} KRW to {}, the journal {amount} KRW to {}",
-                                rec.krw_amount,
-                                rec.user,
-                                user.as_deref().unwrap_or("?")
-                            ),
-                        );
-                    }
-                }
-                (Some(_), None) => a.fail_to(
-                    &mut orphan_failures,
-                    Check::Deposits,
-                    format!("journal has deposit {saga} but there is no dep:{saga} record"),
-                ),
-                (None, _) => a.fail_to(
-                    &mut orphan_failures,
-                    Check::Holds,
-                    format!(
-                        "journal has {:?} for saga {saga}, which has no saga record",
-                        saga_ops.keys().collect::<Vec<_>>()
-                    ),
-                ),
-            }
+            check_orphan(a, saga, &saga_ops, deposit.take());
         }
         if deposit.is_some() {
-            a.fail_to(
-                &mut deposit_failures,
+            a.fail(
+                Section::Deposits,
                 Check::Deposits,
                 format!("dep:{saga} has no journal entry; the deposit never reached a balance"),
             );
         }
     }
-    a.failures.append(&mut entry_failures);
-    a.failures.append(&mut op_failures);
+    Ok((replay, open_by_user))
+}
 
-    // Replay versus records.
-    for (account, balance) in &replay {
-        if account != EXTERNAL_ACCOUNT && *balance < Decimal::ZERO {
-            a.fail(
-                Check::NoNegative,
-                format!("the journal leaves {account} at {balance} KRW"),
-            );
+/// One saga's journal entries into the replay, and its operations. The journal is keyed by
+/// (saga, op), so a second entry claiming the same pair is one whose stored key does not match
+/// its content.
+fn read_saga_entries(a: &mut Audit, replay: &mut Replay, lines: Vec<Line>) -> SagaOps {
+    let mut saga_ops = SagaOps::new();
+    for line in lines {
+        let read = replay.read(line);
+        // What the replay found wrong with the entry (unreadable, not fx-krw's, ill-formed).
+        for words in replay.take_failures() {
+            a.fail(Section::Entries, Check::OneEntry, words);
         }
-    }
-    let replayed = |name: &str| replay.get(name).copied().unwrap_or_default();
-    let mut journal_users: BTreeSet<String> = replay
-        .keys()
-        .filter_map(|k| k.strip_prefix("user:"))
-        .filter_map(|k| k.rsplit_once(':').map(|(u, _)| u.to_owned()))
-        .collect();
-    for (user, acct) in &accounts {
-        journal_users.remove(user);
-        let Ok(uid) = UserId::parse(user) else {
-            a.fail(
-                Check::Readable,
-                format!("account key acct:{user} is not a user id"),
-            );
+        let Some((e, user)) = read else {
             continue;
         };
-        for (what, recorded, journal) in [
-            (
-                "available",
-                acct.available,
-                replayed(&available_account(&uid)),
-            ),
-            ("held", acct.held, replayed(&held_account(&uid))),
-        ] {
-            if recorded != journal {
-                a.fail(
-                    Check::Journal,
-                    format!(
-                        "acct:{user} records {recorded} KRW {what}, the journal gives {journal} KRW"
-                    ),
-                );
-            }
-        }
-    }
-    for user in journal_users {
-        a.fail(
-            Check::Journal,
-            format!("the journal moves KRW for {user}, who has no account record"),
-        );
-    }
-    if replayed(HOUSE_ACCOUNT) != house {
-        a.fail(
-            Check::Journal,
-            format!(
-                "the house records {house} KRW, the journal gives {} KRW",
-                replayed(HOUSE_ACCOUNT)
-            ),
-        );
-    }
-    // `external` only ever gives, so its balance is minus everything deposited.
-    let journal_deposits = Decimal::ZERO
-        .checked_sub(replayed(EXTERNAL_ACCOUNT))
-        .unwrap_or_default();
-    if journal_deposits != deposits {
-        a.fail(
-            Check::Journal,
-            format!("totals record {deposits} KRW of deposits, the journal {journal_deposits} KRW"),
-        );
-    }
-
-    // Saga records versus journal, expiry index and held balances.
-    a.failures.append(&mut index_failures);
-    a.failures.append(&mut record_failures);
-    for (saga, keys) in stray_index {
-        a.fail(
-            Check::Holds,
-            format!("expiry index {keys:?} points at saga {saga}, which has no record"),
-        );
-    }
-    for (user, acct) in &accounts {
-        let open = open_by_user.remove(user).unwrap_or_default();
-        if acct.held != open {
+        if saga_ops.insert(e.op, (e.amount, user)).is_some() {
             a.fail(
-                Check::Holds,
+                Section::Entries,
+                Check::OneEntry,
                 format!(
-                    "acct:{user} holds {} KRW but its open holds sum to {open} KRW",
-                    acct.held
+                    "two journal entries claim {}; an effect happened twice",
+                    e.key()
                 ),
             );
         }
     }
-    for (user, open) in open_by_user {
-        a.fail(
-            Check::Holds,
-            format!("{user} has open holds of {open} KRW but no account record"),
-        );
-    }
+    saga_ops
+}
 
-    // Deposits.
-    a.failures.append(&mut deposit_record_failures);
-    a.failures.append(&mut orphan_failures);
-    a.failures.append(&mut deposit_failures);
-    a.ok = a.failures.is_empty();
-    Ok(a)
+/// The names of a saga's operations, for sentences.
+fn op_names(saga_ops: &SagaOps) -> Vec<&'static str> {
+    saga_ops.keys().map(|op| op.as_str()).collect()
 }
 
 /// Invariant 4 for one saga's journal operations.
-fn check_saga_ops(a: &mut KrwAudit, out: &mut Vec<String>, saga: SagaId, saga_ops: &SagaOps) {
-    let has = |op: &str| saga_ops.contains_key(op);
-    if has(ops::COMMIT) && has(ops::RELEASE) {
-        a.fail_to(
-            out,
-            Check::OneEntry,
-            format!("saga {saga} was both committed and released"),
-        );
+fn check_saga_ops(a: &mut Audit, saga: SagaId, saga_ops: &SagaOps) {
+    let has = |op: Op| saga_ops.contains_key(&op);
+    let mut fail = |message: String| a.fail(Section::Ops, Check::OneEntry, message);
+    if has(Op::Commit) && has(Op::Release) {
+        fail(format!("saga {saga} was both committed and released"));
     }
-    if (has(ops::COMMIT) || has(ops::RELEASE)) && !has(ops::HOLD) {
-        a.fail_to(
-            out,
-            Check::OneEntry,
-            format!("saga {saga} was committed or released without a hold"),
-        );
+    if (has(Op::Commit) || has(Op::Release)) && !has(Op::Hold) {
+        fail(format!(
+            "saga {saga} was committed or released without a hold"
+        ));
     }
-    if has(ops::DEPOSIT) && saga_ops.len() > 1 {
-        a.fail_to(
-            out,
-            Check::OneEntry,
-            format!("deposit id {saga} also has exchange entries"),
-        );
+    if has(Op::Deposit) && saga_ops.len() > 1 {
+        fail(format!("deposit id {saga} also has exchange entries"));
     }
     let amounts: BTreeSet<_> = saga_ops.values().map(|(amount, _)| *amount).collect();
     let users: BTreeSet<_> = saga_ops.values().map(|(_, u)| u).collect();
     if amounts.len() > 1 || users.len() > 1 {
-        a.fail_to(
-            out,
-            Check::OneEntry,
-            format!("saga {saga}'s entries disagree on amount or user: {saga_ops:?}"),
-        );
+        let described: Vec<String> = saga_ops
+            .iter()
+            .map(|(op, (amount, user))| {
+                let user = user.as_ref().map_or("?".into(), |u| u.to_string());
+                format!("{op} {amount} KRW of {user}")
+            })
+            .collect();
+        fail(format!(
+            "saga {saga}'s entries disagree on amount or user: {}",
+            described.join(", ")
+        ));
     }
 }
 
 /// One saga record against its journal operations and the expiry index. `stray` are the index
 /// keys naming this saga that its record does not want.
 fn check_saga_record(
-    a: &mut KrwAudit,
-    out: &mut Vec<String>,
+    a: &mut Audit,
     store: &Store,
     saga_id: SagaId,
     rec: &SagaRecord,
     saga_ops: &SagaOps,
     stray: BTreeSet<String>,
 ) -> runtime::Result<()> {
-    let found: BTreeSet<&str> = saga_ops.keys().map(String::as_str).collect();
+    let found: BTreeSet<&str> = op_names(saga_ops).into_iter().collect();
     let expected: BTreeSet<&str> = match rec.status {
         SagaStatus::NoRequest | SagaStatus::Rejected { .. } => BTreeSet::new(),
-        SagaStatus::Held => [ops::HOLD].into(),
-        SagaStatus::Committed => [ops::HOLD, ops::COMMIT].into(),
-        SagaStatus::Released { .. } => [ops::HOLD, ops::RELEASE].into(),
+        SagaStatus::Held => ["hold"].into(),
+        SagaStatus::Committed => ["hold", "commit"].into(),
+        SagaStatus::Released { .. } => ["hold", "release"].into(),
     };
     if found != expected {
-        a.fail_to(
-            out,
+        a.fail(
+            Section::Sagas,
             Check::Holds,
             format!(
                 "saga {saga_id} is {:?} but its journal has {found:?} (expected {expected:?})",
@@ -635,10 +495,10 @@ fn check_saga_record(
             ),
         );
     }
-    if let (Some(amount), Some((journaled, _))) = (rec.hold_amount(), saga_ops.get(ops::HOLD)) {
+    if let (Some(amount), Some((journaled, _))) = (rec.hold_amount(), saga_ops.get(&Op::Hold)) {
         if amount.amount() != *journaled {
-            a.fail_to(
-                out,
+            a.fail(
+                Section::Sagas,
                 Check::Holds,
                 format!("saga {saga_id} holds {amount} KRW but the journal held {journaled} KRW"),
             );
@@ -653,8 +513,8 @@ fn check_saga_record(
         }
     }
     if want != have {
-        a.fail_to(
-            out,
+        a.fail(
+            Section::Sagas,
             Check::Holds,
             format!(
                 "saga {saga_id} ({:?}, pinned {}) needs expiry index {want:?} but has {have:?}",
@@ -665,50 +525,150 @@ fn check_saga_record(
     Ok(())
 }
 
-/// The user an entry moves money for, if its accounts are what its op should move between.
-fn journal_user(e: &runtime::JournalEntry) -> Option<String> {
-    let user_of = |account: &str, side: &str| {
-        account
-            .strip_prefix("user:")?
-            .strip_suffix(side)
-            .map(str::to_owned)
-    };
-    let (user, other) = match e.op.as_str() {
-        ops::DEPOSIT if e.debit == EXTERNAL_ACCOUNT => (user_of(&e.credit, ":available")?, None),
-        ops::HOLD => (
-            user_of(&e.debit, ":available")?,
-            Some(user_of(&e.credit, ":held")?),
+/// Journal entries of a saga without a saga record: they must be a deposit, with its record.
+fn check_orphan(a: &mut Audit, saga: SagaId, saga_ops: &SagaOps, deposit: Option<DepositRecord>) {
+    match (saga_ops.get(&Op::Deposit), deposit) {
+        (Some((amount, user)), Some(rec)) => {
+            if rec.krw_amount.amount() != *amount || user.as_ref() != Some(&rec.user) {
+                a.fail(
+                    Section::Orphans,
+                    Check::Deposits,
+                    format!(
+                        "deposit {saga} records {} KRW to {}, the journal {amount} KRW to {}",
+                        rec.krw_amount,
+                        rec.user,
+                        user.as_ref().map_or("?".into(), |u| u.to_string())
+                    ),
+                );
+            }
+        }
+        (Some(_), None) => a.fail(
+            Section::Orphans,
+            Check::Deposits,
+            format!("journal has deposit {saga} but there is no dep:{saga} record"),
         ),
-        ops::COMMIT if e.credit == HOUSE_ACCOUNT => (user_of(&e.debit, ":held")?, None),
-        ops::RELEASE => (
-            user_of(&e.debit, ":held")?,
-            Some(user_of(&e.credit, ":available")?),
+        (None, _) => a.fail(
+            Section::Orphans,
+            Check::Holds,
+            format!(
+                "journal has {:?} for saga {saga}, which has no saga record",
+                op_names(saga_ops)
+            ),
         ),
-        _ => return None,
-    };
-    match other {
-        Some(o) if o != user => None,
-        _ => Some(user),
     }
 }
 
-fn decode<T: DeserializeOwned>(a: &mut KrwAudit, key: &str, value: serde_json::Value) -> Option<T> {
-    match serde_json::from_value(value) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            a.fail(Check::Readable, format!("{key} does not decode: {e}"));
-            None
+/// The replay against the balances as recorded: each user's available and held, the house,
+/// and `external`, which only ever gives, so its balance is minus everything deposited.
+fn check_replay(a: &mut Audit, replay: &Replay, accounts: &Accounts) {
+    for words in replay.negative_balances() {
+        a.fail(Section::Replay, Check::NoNegative, words);
+    }
+    let replayed = |account: &ledger::Account| replay.balance(Currency::Krw, account);
+    let mut journal_users: BTreeSet<String> =
+        replay.users().into_iter().map(|u| u.to_string()).collect();
+    for (user, acct) in accounts {
+        journal_users.remove(user);
+        let Ok(uid) = UserId::parse(user) else {
+            a.fail(
+                Section::Replay,
+                Check::Readable,
+                format!("account key acct:{user} is not a user id"),
+            );
+            continue;
+        };
+        for (what, recorded, journal) in [
+            (
+                "available",
+                acct.available,
+                replayed(&ledger::Account::Available(uid.clone())),
+            ),
+            ("held", acct.held, replayed(&ledger::Account::Held(uid))),
+        ] {
+            if recorded != journal {
+                a.fail(
+                    Section::Replay,
+                    Check::Journal,
+                    format!(
+                        "acct:{user} records {recorded} KRW {what}, the journal gives {journal} KRW"
+                    ),
+                );
+            }
         }
+    }
+    for user in journal_users {
+        a.fail(
+            Section::Replay,
+            Check::Journal,
+            format!("the journal moves KRW for {user}, who has no account record"),
+        );
+    }
+    let t = &a.figures.totals;
+    let (house, deposits) = (t.house, t.deposits);
+    let journal_house = replayed(&ledger::Account::House);
+    if journal_house != house {
+        a.fail(
+            Section::Replay,
+            Check::Journal,
+            format!("the house records {house} KRW, the journal gives {journal_house} KRW"),
+        );
+    }
+    let journal_deposits = Decimal::ZERO
+        .checked_sub(replayed(&ledger::Account::External))
+        .unwrap_or_default();
+    if journal_deposits != deposits {
+        a.fail(
+            Section::Replay,
+            Check::Journal,
+            format!("totals record {deposits} KRW of deposits, the journal {journal_deposits} KRW"),
+        );
+    }
+}
+
+/// Index entries that point at no saga record, and each account's held balance against the
+/// sum of its open holds.
+fn check_holds(
+    a: &mut Audit,
+    accounts: &Accounts,
+    stray_index: BTreeMap<SagaId, BTreeSet<String>>,
+    mut open_by_user: BTreeMap<String, Decimal>,
+) {
+    for (saga, keys) in stray_index {
+        a.fail(
+            Section::Holds,
+            Check::Holds,
+            format!("expiry index {keys:?} points at saga {saga}, which has no record"),
+        );
+    }
+    for (user, acct) in accounts {
+        let open = open_by_user.remove(user).unwrap_or_default();
+        if acct.held != open {
+            a.fail(
+                Section::Holds,
+                Check::Holds,
+                format!(
+                    "acct:{user} holds {} KRW but its open holds sum to {open} KRW",
+                    acct.held
+                ),
+            );
+        }
+    }
+    for (user, open) in open_by_user {
+        a.fail(
+            Section::Holds,
+            Check::Holds,
+            format!("{user} has open holds of {open} KRW but no account record"),
+        );
     }
 }
 
 fn read_single<T: DeserializeOwned>(
-    a: &mut KrwAudit,
+    a: &mut Audit,
     store: &Store,
     key: &str,
 ) -> runtime::Result<Option<T>> {
     Ok(match store.get::<serde_json::Value>(key)? {
-        Some(v) => decode(a, key, v),
+        Some(v) => a.decode(Section::Balances, key, v),
         None => None,
     })
 }

@@ -24,12 +24,13 @@ use events::{
     Event, ExchangeRequested, Krw, KrwCommitted, KrwHeld, KrwRejected, KrwReleased, RejectReason,
     ReleaseReason, SagaId, UserId, MAX_MESSAGE_CHARS,
 };
+use runtime::ledger::{self, Currency, Op};
 use runtime::{Handled, JournalEntry, Records, TxResult, Writes};
 
 use crate::records::{
     account_key, available_account, day_of, deposit_key, expiry_due, held_account, saga_key,
-    Account, DepositRecord, House, RequestFingerprint, SagaRecord, SagaStatus, Totals,
-    EXTERNAL_ACCOUNT, HOUSE_ACCOUNT, HOUSE_KEY, TOTALS_KEY,
+    Account, DepositRecord, House, RequestFingerprint, SagaRecord, SagaStatus, Totals, HOUSE_KEY,
+    TOTALS_KEY,
 };
 use crate::{KrwConfig, KrwError};
 
@@ -42,18 +43,6 @@ pub const SAGA_USER_MISMATCH: &str = "saga_user_mismatch";
 pub const DEPOSIT_ID_CONFLICT: &str = "deposit_id_conflict";
 /// Refusal reason of a deposit of zero, or one that would pass the KRW ceiling.
 pub const INVALID_DEPOSIT: &str = "invalid_deposit";
-
-/// Journal operation names (one entry per saga and operation).
-pub mod ops {
-    /// external -> user available.
-    pub const DEPOSIT: &str = "deposit";
-    /// user available -> user held.
-    pub const HOLD: &str = "hold";
-    /// user held -> house.
-    pub const COMMIT: &str = "commit";
-    /// user held -> user available.
-    pub const RELEASE: &str = "release";
-}
 
 /// The records one saga decision reads and writes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -616,22 +605,20 @@ fn saga_and_account(
 
 fn entry(
     saga_id: SagaId,
-    op: &str,
-    debit: String,
-    credit: String,
+    op: Op,
+    debit: ledger::Account,
+    credit: ledger::Account,
     amount: Krw,
     now_ms: u64,
 ) -> JournalEntry {
-    JournalEntry {
+    JournalEntry::new(
         saga_id,
-        op: op.to_owned(),
-        currency: "KRW".to_owned(),
-        debit,
-        credit,
-        amount: amount.amount(),
-        at_ms: now_ms,
-        actor: None,
-    }
+        op,
+        Currency::Krw,
+        (debit, credit),
+        amount.amount(),
+        now_ms,
+    )
 }
 
 /// TCC try: available -> held, counted against today's limit; emits krw.held.
@@ -668,7 +655,7 @@ fn hold(d: &mut Draft, config: &KrwConfig, saga_id: SagaId, now_ms: u64) -> Resu
     let user = saga.user.clone();
     d.journal.push(entry(
         saga_id,
-        ops::HOLD,
+        Op::Hold,
         available_account(&user),
         held_account(&user),
         amount,
@@ -716,9 +703,9 @@ fn commit(d: &mut Draft, saga_id: SagaId, now_ms: u64) -> Result<(), KrwError> {
     let user = saga.user.clone();
     d.journal.push(entry(
         saga_id,
-        ops::COMMIT,
+        Op::Commit,
         held_account(&user),
-        HOUSE_ACCOUNT.to_owned(),
+        ledger::Account::House,
         amount,
         now_ms,
     ));
@@ -756,7 +743,7 @@ pub(crate) fn release(
     let user = saga.user.clone();
     d.journal.push(entry(
         saga_id,
-        ops::RELEASE,
+        Op::Release,
         held_account(&user),
         available_account(&user),
         amount,
@@ -902,17 +889,15 @@ pub fn decide_deposit(
             krw_amount: amount,
             actor: actor.clone(),
         })],
-        journal: vec![JournalEntry {
-            actor: Some(actor),
-            ..entry(
-                deposit_id,
-                ops::DEPOSIT,
-                EXTERNAL_ACCOUNT.to_owned(),
-                available_account(user),
-                amount,
-                now_ms,
-            )
-        }],
+        journal: vec![entry(
+            deposit_id,
+            Op::Deposit,
+            ledger::Account::External,
+            available_account(user),
+            amount,
+            now_ms,
+        )
+        .by(actor)],
     }
 }
 

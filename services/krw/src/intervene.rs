@@ -219,7 +219,7 @@ mod tests {
             }
         );
         assert_eq!(d.journal.len(), 1);
-        assert_eq!(d.journal[0].op, "release");
+        assert_eq!(d.journal[0].op, runtime::ledger::Op::Release);
         let [Event::KrwReleased(rel), Event::KrwIntervened(i)] = d.events.as_slice() else {
             panic!("{:?}", d.events)
         };

@@ -26,7 +26,7 @@ pub mod server;
 mod service;
 
 pub use admin::{balance, deposit};
-pub use audit::{audit, audit_with_progress, AuditTotals, KrwAudit};
+pub use audit::{audit, audit_with_progress, AuditTotals, KrwAudit, KrwFigures, KRW_OPS};
 pub use config::KrwConfig;
 pub use decide::{
     decide, decide_deposit, Decision, DepositDecision, DepositState, DepositWrites, Input,

@@ -13,6 +13,7 @@
 //! read the store with any JSON tool.
 
 use events::{Krw, RejectReason, ReleaseReason, SagaId, Usd, UserId};
+use runtime::ledger;
 use serde::{Deserialize, Serialize};
 
 /// Prefix of account records.
@@ -27,11 +28,6 @@ pub const DEPOSIT_PREFIX: &str = "dep:";
 pub const HOUSE_KEY: &str = "house";
 /// Key of the totals record.
 pub const TOTALS_KEY: &str = "totals";
-
-/// Journal account that deposits come from (its balance is minus Σ deposits).
-pub const EXTERNAL_ACCOUNT: &str = "external";
-/// Journal account that committed KRW goes to.
-pub const HOUSE_ACCOUNT: &str = "house";
 
 /// Milliseconds in a UTC day; the daily limit resets at 00:00 UTC.
 pub const DAY_MS: u64 = 86_400_000;
@@ -73,14 +69,14 @@ pub fn expiry_due(expires_at_ms: u64, grace_ms: u64, now_ms: u64) -> bool {
     now_ms >= expires_at_ms.saturating_add(grace_ms)
 }
 
-/// Journal account name of a user's available KRW.
-pub fn available_account(user: &UserId) -> String {
-    format!("user:{user}:available")
+/// Journal account of a user's available KRW, `user:<id>:available`.
+pub fn available_account(user: &UserId) -> ledger::Account {
+    ledger::Account::Available(user.clone())
 }
 
-/// Journal account name of a user's held KRW.
-pub fn held_account(user: &UserId) -> String {
-    format!("user:{user}:held")
+/// Journal account of a user's held KRW, `user:<id>:held`.
+pub fn held_account(user: &UserId) -> ledger::Account {
+    ledger::Account::Held(user.clone())
 }
 
 /// The UTC day number (days since the Unix epoch) of `now_ms`.

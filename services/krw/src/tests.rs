@@ -106,7 +106,7 @@ impl Fixture {
             .journal()
             .into_iter()
             .filter(|e| e.saga_id == saga)
-            .map(|e| e.op)
+            .map(|e| e.op.to_string())
             .collect();
         ops.sort();
         ops
@@ -514,7 +514,7 @@ fn deposits_are_idempotent_by_deposit_id() {
     let deposits: Vec<_> = f
         .journal()
         .into_iter()
-        .filter(|e| e.op == "deposit")
+        .filter(|e| e.op == runtime::ledger::Op::Deposit)
         .collect();
     assert_eq!(deposits.len(), 2);
     assert_eq!(deposits[0].actor.as_deref(), Some("ops@example"));
@@ -629,10 +629,10 @@ fn the_audit_passes_after_everything_and_names_a_corrupted_balance() {
     f.service.expire_due(&f.store, T0 + TTL + GRACE).unwrap();
     let report = audit(&f.store).unwrap();
     assert!(report.ok, "{:#?}", report.failures);
-    assert_eq!(report.totals.deposits.to_string(), "8000000");
-    assert_eq!(report.totals.house.to_string(), "1000000");
-    assert_eq!(report.totals.held.to_string(), "2000000");
-    assert_eq!(report.totals.open_holds, 1);
+    assert_eq!(report.figures.totals.deposits.to_string(), "8000000");
+    assert_eq!(report.figures.totals.house.to_string(), "1000000");
+    assert_eq!(report.figures.totals.held.to_string(), "2000000");
+    assert_eq!(report.figures.totals.open_holds, 1);
     // The report is JSON an operator can read.
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["totals"]["available"], "5000000");
@@ -644,8 +644,8 @@ fn the_audit_passes_after_everything_and_names_a_corrupted_balance() {
     // Then the audit fails and says where.
     let report = audit(&f.store).unwrap();
     assert!(!report.ok);
-    assert!(!report.conservation && !report.journal_matches_balances);
-    assert!(report.no_negative_balance && report.holds_consistent);
+    assert!(!report.figures.conservation && !report.figures.journal_matches_balances);
+    assert!(report.figures.no_negative_balance && report.figures.holds_consistent);
     let words = report.failures.join("\n");
     assert!(
         words.contains("conservation:") && words.contains("off by 1 KRW"),
@@ -666,7 +666,11 @@ fn the_audit_passes_after_everything_and_names_a_corrupted_balance() {
         })
         .unwrap();
     let report = audit(&f.store).unwrap();
-    assert!(!report.no_negative_balance, "{:#?}", report.failures);
+    assert!(
+        !report.figures.no_negative_balance,
+        "{:#?}",
+        report.failures
+    );
     assert!(report
         .failures
         .iter()

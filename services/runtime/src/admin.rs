@@ -326,17 +326,17 @@ pub async fn walk_store<T: Send + 'static>(
     .map_err(|e: RuntimeError| AdminError::internal(e))
 }
 
-/// The field of an audit report that says the store changed during its walk.
+/// The field of an audit report that says the store changed during its walk
+/// ([`crate::ledger::AuditReport::store_changed_during_audit`]).
 pub const CHANGED_DURING_AUDIT: &str = "store_changed_during_audit";
 
-/// An audit report as JSON, with [`CHANGED_DURING_AUDIT`].
-pub fn audit_json<T: Serialize>(
-    report: T,
+/// An audit report as JSON, saying whether the store changed during its walk.
+pub fn audit_json<F: Serialize>(
+    mut report: crate::ledger::AuditReport<F>,
     changed: bool,
 ) -> std::result::Result<serde_json::Value, AdminError> {
-    let mut v = serde_json::to_value(report).map_err(AdminError::internal)?;
-    v[CHANGED_DURING_AUDIT] = changed.into();
-    Ok(v)
+    report.store_changed_during_audit = changed;
+    serde_json::to_value(report).map_err(AdminError::internal)
 }
 
 /// How often [`request_job_to`] asks a running job how far it got.

@@ -13,6 +13,8 @@
 //!   `/healthz` `/readyz` `/metrics` server.
 //! - [`durable`]: the fsyncs that make a sled store survive a power cut, which sled's own flush
 //!   does not.
+//! - [`ledger`]: the journal's typed currencies, accounts and ops, and what every audit
+//!   shares: the lenient reading of stored entries, the journal replay, the report shape.
 //! - [`broker`]: connecting with retry, provisioning `FX` and `FX_DLQ`, dead letters.
 
 pub mod admin;
@@ -24,6 +26,7 @@ pub mod durable;
 mod error;
 mod fault;
 pub mod intervention;
+pub mod ledger;
 mod participant;
 mod runtime;
 mod serve;

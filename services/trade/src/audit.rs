@@ -1,18 +1,19 @@
-//! fx-trade's self-check: order records against the fill/cancel journal.
+//! fx-trade's self-check: order records against the fill/cancel/reverse/fx_pnl journal, on
+//! top of the shared journal replay (`runtime::ledger`).
 
+use runtime::ledger::{Account, AuditReport, Op, Replay};
 use runtime::{JournalEntry, Store};
 use serde::Serialize;
 
 use events::Usd;
 use rust_decimal::Decimal;
 
-use crate::decide::{Fill, OrderRecord, OrderState, ORDER_PREFIX, PNL_ACCOUNT};
+use crate::decide::{Fill, OrderRecord, OrderState, ORDER_PREFIX};
+use crate::reconcile::VenueReconciliation;
 
-/// The result of [`audit`]: counts, and every disagreement in words.
+/// fx-trade's own figures in its audit report: its order records, and the venue part.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct TradeAudit {
-    /// True when `failures` is empty.
-    pub ok: bool,
+pub struct TradeFigures {
     /// Order records (one per saga fx-trade answered).
     pub orders: usize,
     /// Orders currently filled (waiting for fx-usd's word, or done).
@@ -27,20 +28,25 @@ pub struct TradeAudit {
     pub reversals_pending: usize,
     /// Reversals booked (sales of a cancelled fill's USD back at the venue).
     pub reversed: usize,
-    /// `fill` journal entries.
-    pub fill_entries: usize,
-    /// `cancel` journal entries.
-    pub cancel_entries: usize,
-    /// `reverse` journal entries.
-    pub reverse_entries: usize,
     /// The house's open USD position: cancelled fills not yet sold back.
     pub position_usd: Decimal,
     /// The house's FX gain (positive) or loss (negative) on booked reversals, in KRW, as the
     /// records say; the `fx_pnl` entries sum to the same.
     pub pnl_krw: Decimal,
-    /// What is wrong, one sentence each.
-    pub failures: Vec<String>,
+    /// The books against the venue's executions ([`crate::reconcile`]); `None` until
+    /// [`crate::combine`] adds it, or (with `venue_error`) when the venue did not answer.
+    pub venue: Option<VenueReconciliation>,
+    /// Why the venue part is missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub venue_error: Option<String>,
 }
+
+/// The result of [`audit`] (the books) and of [`crate::report`] (the books and the venue): the
+/// shared report shape with fx-trade's figures.
+pub type TradeAudit = AuditReport<TradeFigures>;
+
+/// The operations fx-trade journals.
+pub const TRADE_OPS: &[Op] = &[Op::Fill, Op::Cancel, Op::Reverse, Op::FxPnl];
 
 /// One saga's journal entries, by operation.
 #[derive(Default)]
@@ -62,7 +68,7 @@ impl SagaEntries {
     /// The signed P&L the `fx_pnl` entry books: a gain is credited to fx_pnl.
     fn pnl(&self) -> Decimal {
         match &self.pnl {
-            Some(e) if e.credit == PNL_ACCOUNT => e.amount,
+            Some(e) if e.credit == Account::FxPnl => e.amount,
             Some(e) => -e.amount,
             None => Decimal::ZERO,
         }
@@ -82,12 +88,13 @@ pub fn audit_with_progress(
     store: &Store,
     progress: &runtime::admin::Progress,
 ) -> runtime::Result<TradeAudit> {
-    let mut a = TradeAudit::default();
+    let mut f = TradeFigures::default();
     // One walk (`Store::by_saga`) over two streams sorted by saga id: the journal, in the order
-    // of its own keys `<saga_id>:<op>` (one saga's entries adjacent), and the order records
-    // `order:<saga_id>`. Only the current saga's entries are held. Each part of the report
-    // collects its sentences separately and they are joined in the order of the checks.
-    let mut entry_failures = Vec::new();
+    // of its own keys `<saga_id>:<op>` (one saga's entries adjacent), into the shared replay,
+    // and the order records `order:<saga_id>`. Only the current saga's entries are held. Each
+    // part of the report collects its sentences separately and they are joined in the order of
+    // the checks.
+    let mut replay = Replay::new(TRADE_OPS);
     let mut record_failures = Vec::new();
     let mut unexplained = 0;
     let mut journal_pnl = Decimal::ZERO;
@@ -97,41 +104,14 @@ pub fn audit_with_progress(
         // Compared as text, as the record's key names it: every key names a saga.
         let saga = group.saga.expect("every key names a saga as text");
         let [record] = group.records;
-
-        // This saga's entries by operation; of two claiming one op, the last one counts.
-        let mut entries = SagaEntries::default();
-        for e in group.entries {
-            let slot = match e.op.as_str() {
-                "fill" => {
-                    a.fill_entries += 1;
-                    &mut entries.fill
-                }
-                "cancel" => {
-                    a.cancel_entries += 1;
-                    &mut entries.cancel
-                }
-                "reverse" => {
-                    a.reverse_entries += 1;
-                    &mut entries.reverse
-                }
-                "fx_pnl" => &mut entries.pnl,
-                other => {
-                    entry_failures.push(format!(
-                        "journal entry {} has operation {other:?}; fx-trade only journals fill, cancel, reverse and fx_pnl",
-                        e.key()
-                    ));
-                    continue;
-                }
-            };
-            *slot = Some(e);
-        }
+        let entries = saga_entries(&mut replay, group.entries);
         journal_pnl += entries.pnl();
 
         let Some((key, raw)) = record else {
             unexplained += entries.count();
             continue;
         };
-        a.orders += 1;
+        f.orders += 1;
         let record: OrderRecord = match serde_json::from_value(raw) {
             Ok(r) => r,
             Err(e) => {
@@ -140,23 +120,44 @@ pub fn audit_with_progress(
                 continue;
             }
         };
-        check_order(&mut a, &mut record_failures, &saga, &record, &entries);
+        check_order(&mut f, &mut record_failures, &saga, &record, &entries);
     }
-    if journal_pnl != a.pnl_krw {
+    if journal_pnl != f.pnl_krw {
         record_failures.push(format!(
             "the fx_pnl entries sum to {journal_pnl} KRW but the reversals recorded make {} KRW",
-            a.pnl_krw
+            f.pnl_krw
         ));
     }
-    a.failures.append(&mut entry_failures);
-    a.failures.append(&mut record_failures);
+    let mut failures = replay.take_failures();
+    failures.extend(replay.negative_balances());
+    failures.append(&mut record_failures);
     if unexplained > 0 {
-        a.failures.push(format!(
+        failures.push(format!(
             "{unexplained} journal entries belong to no order record"
         ));
     }
-    a.ok = a.failures.is_empty();
-    Ok(a)
+    Ok(AuditReport::new(replay.counts().clone(), f, failures))
+}
+
+/// One saga's entries into the replay, and by operation; of two claiming one op, the last one
+/// counts.
+fn saga_entries(replay: &mut Replay, lines: Vec<runtime::ledger::Line>) -> SagaEntries {
+    let mut entries = SagaEntries::default();
+    for line in lines {
+        let Some((e, _)) = replay.read(line) else {
+            continue;
+        };
+        let slot = match e.op {
+            Op::Fill => &mut entries.fill,
+            Op::Cancel => &mut entries.cancel,
+            Op::Reverse => &mut entries.reverse,
+            Op::FxPnl => &mut entries.pnl,
+            // Not fx-trade's: the replay said so.
+            _ => continue,
+        };
+        *slot = Some(e);
+    }
+    entries
 }
 
 /// One USD entry against what the record says it must be (`None`: no entry allowed).
@@ -185,7 +186,7 @@ fn check_usd(
 
 /// One order record against its entries.
 fn check_order(
-    a: &mut TradeAudit,
+    a: &mut TradeFigures,
     failures: &mut Vec<String>,
     saga: &str,
     record: &OrderRecord,

@@ -46,6 +46,7 @@ use events::{
     TradeReversed, Usd, UserId,
 };
 use runtime::intervention::{intervened, reasons, InterventionRequest, Refusal};
+use runtime::ledger::{Account, Currency, Op};
 use runtime::{Handled, JournalEntry, Records, TxResult, Writes};
 use serde::{Deserialize, Serialize};
 
@@ -61,15 +62,6 @@ pub fn order_key(saga_id: SagaId) -> String {
 /// Prefix of every order record, for scans.
 pub const ORDER_PREFIX: &str = "order:";
 
-/// Journal account the venue side of a fill is booked against.
-pub const VENUE_ACCOUNT: &str = "venue";
-/// Journal account of the USD bought at the venue for a saga, on its way to the user.
-pub const HOUSE_ACCOUNT: &str = "house";
-/// Journal account of the house's own open USD position: a cancelled fill's USD, until its
-/// reversal sells it back to the venue.
-pub const POSITION_ACCOUNT: &str = "position";
-/// Journal account of the house's FX gains and losses on reversals (KRW).
-pub const PNL_ACCOUNT: &str = "fx_pnl";
 /// Longest wait between two attempts of a reversal the venue has not confirmed.
 pub const REVERSAL_RETRY_MAX_MS: u64 = 60_000;
 
@@ -634,34 +626,30 @@ fn reversed_event(saga_id: SagaId, user_id: &UserId, fill: &Fill, r: &Reversal) 
 /// The sale: the position's USD goes to the venue (`reverse`), and the KRW it brought against
 /// the KRW the fill cost is the house's gain or loss (`fx_pnl`; none when they are equal).
 fn reversal_entries(saga_id: SagaId, fill: &Fill, r: &Reversal, now_ms: u64) -> Vec<JournalEntry> {
-    let mut entries = vec![JournalEntry {
+    let mut entries = vec![JournalEntry::new(
         saga_id,
-        op: "reverse".into(),
-        currency: "USD".into(),
-        debit: POSITION_ACCOUNT.into(),
-        credit: VENUE_ACCOUNT.into(),
-        amount: r.usd_amount.amount(),
-        at_ms: now_ms,
-        actor: None,
-    }];
+        Op::Reverse,
+        Currency::Usd,
+        (Account::Position, Account::Venue),
+        r.usd_amount.amount(),
+        now_ms,
+    )];
     let pnl = r.pnl_krw(fill);
     if !pnl.is_zero() {
         // A gain moves KRW from the position into fx_pnl; a loss the other way.
-        let (debit, credit) = if pnl.is_sign_positive() {
-            (POSITION_ACCOUNT, PNL_ACCOUNT)
+        let sides = if pnl.is_sign_positive() {
+            (Account::Position, Account::FxPnl)
         } else {
-            (PNL_ACCOUNT, POSITION_ACCOUNT)
+            (Account::FxPnl, Account::Position)
         };
-        entries.push(JournalEntry {
+        entries.push(JournalEntry::new(
             saga_id,
-            op: "fx_pnl".into(),
-            currency: "KRW".into(),
-            debit: debit.into(),
-            credit: credit.into(),
-            amount: pnl.abs(),
-            at_ms: now_ms,
-            actor: None,
-        });
+            Op::FxPnl,
+            Currency::Krw,
+            sides,
+            pnl.abs(),
+            now_ms,
+        ));
     }
     entries
 }
@@ -669,31 +657,27 @@ fn reversal_entries(saga_id: SagaId, fill: &Fill, r: &Reversal, now_ms: u64) -> 
 /// The house bought USD at the venue: journaled so the audit counts fills and can match them
 /// against fx-usd's credits.
 fn fill_entry(saga_id: SagaId, fill: &Fill, now_ms: u64) -> JournalEntry {
-    JournalEntry {
+    JournalEntry::new(
         saga_id,
-        op: "fill".into(),
-        currency: "USD".into(),
-        debit: VENUE_ACCOUNT.into(),
-        credit: HOUSE_ACCOUNT.into(),
-        amount: fill.usd_amount.amount(),
-        at_ms: now_ms,
-        actor: None,
-    }
+        Op::Fill,
+        Currency::Usd,
+        (Account::Venue, Account::House),
+        fill.usd_amount.amount(),
+        now_ms,
+    )
 }
 
 /// The user's fill is undone: its USD becomes the house's own open position, until the
 /// reversal sells it back to the venue.
 fn cancel_entry(saga_id: SagaId, fill: &Fill, now_ms: u64) -> JournalEntry {
-    JournalEntry {
+    JournalEntry::new(
         saga_id,
-        op: "cancel".into(),
-        currency: "USD".into(),
-        debit: HOUSE_ACCOUNT.into(),
-        credit: POSITION_ACCOUNT.into(),
-        amount: fill.usd_amount.amount(),
-        at_ms: now_ms,
-        actor: None,
-    }
+        Op::Cancel,
+        Currency::Usd,
+        (Account::House, Account::Position),
+        fill.usd_amount.amount(),
+        now_ms,
+    )
 }
 
 fn filled(held: &KrwHeld, fill: Fill, now_ms: u64) -> Decision {
@@ -998,7 +982,7 @@ mod tests {
         assert_eq!(f.usd_amount.to_string(), "1071.42");
         assert_eq!(f.rate, rate(1400));
         assert_eq!(d.journal.len(), 1);
-        assert_eq!(d.journal[0].op, "fill");
+        assert_eq!(d.journal[0].op.to_string(), "fill");
         assert!(matches!(
             d.writes.unwrap().order.state,
             OrderState::Filled(_)
@@ -1063,7 +1047,7 @@ mod tests {
             &config(),
         );
         assert!(matches!(the_event(&d), Event::TradeFilled(_)));
-        assert_eq!(d.journal[0].op, "fill");
+        assert_eq!(d.journal[0].op.to_string(), "fill");
         // The venue confirmed it holds nothing: too late to order.
         let d = decide(
             None,
@@ -1185,7 +1169,7 @@ mod tests {
                 ("fx_pnl", "53559".to_string()),
             ]
         );
-        assert_eq!(d.journal[3].credit, PNL_ACCOUNT, "a gain");
+        assert_eq!(d.journal[3].credit, Account::FxPnl, "a gain");
         let OrderState::Failed {
             reason,
             unverified,
@@ -1279,7 +1263,7 @@ mod tests {
         };
         assert_eq!(c.reason, CancelReason::CreditFailed);
         assert_eq!(c.usd_amount.to_string(), "1071.42");
-        assert_eq!(d.journal[0].op, "cancel");
+        assert_eq!(d.journal[0].op.to_string(), "cancel");
         let cancelled = d.writes.unwrap().order;
         for again in [credit_failed(), released(), held(None, 30_000)] {
             let d = decide(

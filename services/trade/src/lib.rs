@@ -15,8 +15,10 @@
 //!   [`Participant`] the runtime (and the simulation) drives, and its [`Intervene`] the
 //!   operator's `reemit`.
 //!
-//! State: one record per saga, `order:<saga_id>` ([`OrderRecord`]). Journal: `fill` and
-//! `cancel` entries (USD, `venue` <-> `house`), so audits can count fills and reversals.
+//! State: one record per saga, `order:<saga_id>` ([`OrderRecord`]). Journal (accounts of
+//! `runtime::ledger`): `fill` (USD `venue` -> `house`), `cancel` (`house` -> `position`),
+//! `reverse` (`position` -> `venue`) and `fx_pnl` (KRW, between `position` and `fx_pnl`), so
+//! audits can count fills and reversals.
 
 mod audit;
 mod breaker;
@@ -39,16 +41,15 @@ use futures::future::BoxFuture;
 use runtime::intervention::{wrong_service, Intervene, InterventionRequest, Refusal};
 use runtime::{Handled, Participant, ReadRecords, Records, TxResult};
 
-pub use audit::{audit, audit_with_progress, TradeAudit};
+pub use audit::{audit, audit_with_progress, TradeAudit, TradeFigures, TRADE_OPS};
 pub use breaker::{Admission, BreakerConfig, BreakerState, CircuitBreaker};
 pub use config::TradeConfig;
 pub use decide::{
     decide, hold_expiring, order_key, reemit_events, Decision, Fill, OrderRecord, OrderState,
-    OrderWrite, Quote, Reversal, HOUSE_ACCOUNT, ORDER_PREFIX, PNL_ACCOUNT, POSITION_ACCOUNT,
-    REVERSAL_RETRY_MAX_MS, VENUE_ACCOUNT,
+    OrderWrite, Quote, Reversal, ORDER_PREFIX, REVERSAL_RETRY_MAX_MS,
 };
 pub use http_venue::HttpVenue;
-pub use reconcile::{combine, reconcile, report, ReconcileError, TradeReport, VenueReconciliation};
+pub use reconcile::{combine, reconcile, report, ReconcileError, VenueReconciliation};
 pub use venue::{
     limit_fill, limit_sale, Book, ClientOrderId, Execution, Market, MemoryBook, OrderOutcome,
     OrderSide, Side, SimulatedVenue, Venue, VenueConfig, VenueError, VenueOrder,

@@ -224,56 +224,39 @@ fn check_execution(
     Ok(())
 }
 
-/// fx-trade's whole audit: its books ([`crate::audit`]) and the venue's executions
-/// ([`reconcile`]), with `ok` only when both hold and their P&L agree.
-#[derive(Clone, Debug, Serialize)]
-pub struct TradeReport {
-    /// True when the books and the venue agree.
-    pub ok: bool,
-    /// The books: order records against the journal.
-    #[serde(flatten)]
-    pub books: crate::TradeAudit,
-    /// The venue part; `None` (with `venue_error`) when the venue did not answer.
-    pub venue: Option<VenueReconciliation>,
-    /// Why the venue part is missing.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub venue_error: Option<String>,
-}
-
 /// Audits the books, then reconciles them with the venue.
 pub async fn report(
     store: &runtime::Store,
     venue: &dyn Venue,
     partitioning: Partitioning,
-) -> runtime::Result<TradeReport> {
+) -> runtime::Result<crate::TradeAudit> {
     let books = crate::audit(store)?;
     combine(books, reconcile(store, venue, partitioning).await)
 }
 
-/// The report of `books` and the venue's reconciliation (or why it could not run).
+/// fx-trade's whole audit: the report of its `books` ([`crate::audit`]) with the venue's
+/// reconciliation ([`reconcile`]) in its `venue` part, or why that could not run in
+/// `venue_error`; `ok` only when the books hold, the venue part ran and holds, and their P&L
+/// agree.
 pub fn combine(
     mut books: crate::TradeAudit,
     venue: Result<VenueReconciliation, ReconcileError>,
-) -> runtime::Result<TradeReport> {
-    let (venue, venue_error) = match venue {
+) -> runtime::Result<crate::TradeAudit> {
+    let f = &mut books.figures;
+    match venue {
         Ok(mut v) => {
-            if v.pnl_krw != books.pnl_krw {
+            if v.pnl_krw != f.pnl_krw {
                 v.fail(format!(
                     "the venue's executions make an FX P&L of {} KRW but fx-trade's books say {} KRW",
-                    v.pnl_krw, books.pnl_krw
+                    v.pnl_krw, f.pnl_krw
                 ));
                 v.ok = false;
             }
-            (Some(v), None)
+            f.venue = Some(v);
         }
         Err(ReconcileError::Store(e)) => return Err(e),
-        Err(e @ ReconcileError::Venue(_)) => (None, Some(e.to_string())),
-    };
-    books.ok = books.failures.is_empty();
-    Ok(TradeReport {
-        ok: books.ok && venue.as_ref().is_some_and(|v| v.ok),
-        books,
-        venue,
-        venue_error,
-    })
+        Err(e @ ReconcileError::Venue(_)) => f.venue_error = Some(e.to_string()),
+    }
+    books.ok = books.failures.is_empty() && f.venue.as_ref().is_some_and(|v| v.ok);
+    Ok(books)
 }

@@ -8,6 +8,7 @@ use events::{
     TradeFailReason, Usd, UsdCreditFailed, UserId,
 };
 use futures::executor::block_on;
+use runtime::ledger::Op;
 use runtime::{Handled, JournalEntry, Participant, Store};
 use rust_decimal::Decimal;
 
@@ -145,7 +146,7 @@ fn held_is_filled_at_the_venue_rate_and_journaled() {
     assert_eq!(fill.usd_amount, f.usd_amount);
     let journal = h.journal();
     assert_eq!(journal.len(), 1);
-    assert_eq!(journal[0].op, "fill");
+    assert_eq!(journal[0].op, Op::Fill);
     assert_eq!(journal[0].saga_id, saga(1));
     assert_eq!(journal[0].amount.to_string(), "1071.42");
     assert_eq!(h.venue.orders_executed(), 1);
@@ -320,7 +321,7 @@ fn an_execution_found_after_a_venue_unavailable_is_booked_and_reversed() {
         ("1446417".into(), "1500000".into())
     );
     assert_eq!(h.venue.reversals_executed(), 1);
-    let ops: Vec<String> = h.journal().into_iter().map(|e| e.op).collect();
+    let ops: Vec<String> = h.journal().into_iter().map(|e| e.op.to_string()).collect();
     assert_eq!(ops, ["cancel", "fill", "fx_pnl", "reverse"]);
     assert!(matches!(
         h.order(1).unwrap().state,
@@ -333,9 +334,16 @@ fn an_execution_found_after_a_venue_unavailable_is_booked_and_reversed() {
     ));
     let a = audit(&h.store).unwrap();
     assert!(a.ok, "{a:?}");
-    assert_eq!((a.failed, a.fill_entries, a.cancel_entries), (1, 1, 1));
-    assert_eq!((a.reversed, a.reversals_pending), (1, 0));
-    assert_eq!(a.pnl_krw, Decimal::from(-53_583));
+    assert_eq!(
+        (
+            a.figures.failed,
+            a.journal.count(Op::Fill),
+            a.journal.count(Op::Cancel)
+        ),
+        (1, 1, 1)
+    );
+    assert_eq!((a.figures.reversed, a.figures.reversals_pending), (1, 0));
+    assert_eq!(a.figures.pnl_krw, Decimal::from(-53_583));
     // Verified once: a redelivered release does not ask again.
     assert_eq!(h.deliver(&rel, expires + 600), Handled::Ignored);
     assert_eq!(h.venue.lookups(), 3);
@@ -453,7 +461,7 @@ fn a_fill_is_cancelled_once_on_credit_failed() {
         assert_eq!(h.deliver(&again, T0 + 20), Handled::Ignored);
         assert!(h.emitted(&again).is_empty());
     }
-    let ops: Vec<String> = h.journal().into_iter().map(|e| e.op).collect();
+    let ops: Vec<String> = h.journal().into_iter().map(|e| e.op.to_string()).collect();
     assert_eq!(ops, ["cancel", "fill"]);
     assert!(matches!(
         h.order(1).unwrap().state,
@@ -464,7 +472,14 @@ fn a_fill_is_cancelled_once_on_credit_failed() {
     ));
     let a = audit(&h.store).unwrap();
     assert!(a.ok, "{a:?}");
-    assert_eq!((a.cancelled, a.fill_entries, a.cancel_entries), (1, 1, 1));
+    assert_eq!(
+        (
+            a.figures.cancelled,
+            a.journal.count(Op::Fill),
+            a.journal.count(Op::Cancel)
+        ),
+        (1, 1, 1)
+    );
 }
 
 #[test]
@@ -481,7 +496,10 @@ fn a_cancelled_fill_is_sold_back_at_the_venue_and_the_difference_booked_as_pnl()
     let a = audit(&h.store).unwrap();
     assert!(a.ok, "{a:?}");
     assert_eq!(
-        (a.reversals_pending, a.position_usd.to_string()),
+        (
+            a.figures.reversals_pending,
+            a.figures.position_usd.to_string()
+        ),
         (1, "1071.42".into())
     );
 
@@ -519,7 +537,14 @@ fn a_cancelled_fill_is_sold_back_at_the_venue_and_the_difference_booked_as_pnl()
     let ops: Vec<(String, String, String, String)> = h
         .journal()
         .into_iter()
-        .map(|e| (e.op, e.debit, e.credit, e.amount.to_string()))
+        .map(|e| {
+            (
+                e.op.to_string(),
+                e.debit.to_string(),
+                e.credit.to_string(),
+                e.amount.to_string(),
+            )
+        })
         .collect();
     let row = |op: &str, d: &str, c: &str, amt: &str| {
         (
@@ -532,16 +557,21 @@ fn a_cancelled_fill_is_sold_back_at_the_venue_and_the_difference_booked_as_pnl()
     assert_eq!(
         ops,
         [
-            row("cancel", HOUSE_ACCOUNT, POSITION_ACCOUNT, "1071.42"),
-            row("fill", VENUE_ACCOUNT, HOUSE_ACCOUNT, "1071.42"),
-            row("fx_pnl", POSITION_ACCOUNT, PNL_ACCOUNT, "53559"),
-            row("reverse", POSITION_ACCOUNT, VENUE_ACCOUNT, "1071.42"),
+            row("cancel", "house", "position", "1071.42"),
+            row("fill", "venue", "house", "1071.42"),
+            row("fx_pnl", "position", "fx_pnl", "53559"),
+            row("reverse", "position", "venue", "1071.42"),
         ]
     );
     let a = audit(&h.store).unwrap();
     assert!(a.ok, "{a:?}");
     assert_eq!(
-        (a.reversed, a.reversals_pending, a.pnl_krw, a.position_usd),
+        (
+            a.figures.reversed,
+            a.figures.reversals_pending,
+            a.figures.pnl_krw,
+            a.figures.position_usd
+        ),
         (1, 0, Decimal::from(53_559), Decimal::ZERO)
     );
     // Redelivered: booked once, and the venue is not asked again.
@@ -647,14 +677,21 @@ fn a_release_after_a_lost_fill_books_the_execution_and_reverses_it() {
     };
     assert_eq!(f.rate, rate(1400));
     assert_eq!(c.reason, CancelReason::HoldReleased);
-    let ops: Vec<String> = h.journal().into_iter().map(|e| e.op).collect();
+    let ops: Vec<String> = h.journal().into_iter().map(|e| e.op.to_string()).collect();
     assert_eq!(ops, ["cancel", "fill"]);
     assert_eq!(h.deliver(&ev, T0 + HOLD_MS + 6_000), Handled::Ignored);
     assert!(h.emitted(&ev).is_empty());
     assert_eq!((h.venue.attempts(), h.venue.lookups()), (1, 1));
     let a = audit(&h.store).unwrap();
     assert!(a.ok, "{a:?}");
-    assert_eq!((a.cancelled, a.fill_entries, a.cancel_entries), (1, 1, 1));
+    assert_eq!(
+        (
+            a.figures.cancelled,
+            a.journal.count(Op::Fill),
+            a.journal.count(Op::Cancel)
+        ),
+        (1, 1, 1)
+    );
 }
 
 #[test]
@@ -742,12 +779,12 @@ fn the_audit_reconciles_every_execution_at_the_venue_with_the_books() {
 
     let r = block_on(report(&h.store, &*h.venue, all)).unwrap();
     assert!(r.ok, "{r:?}");
-    let v = r.venue.as_ref().unwrap();
+    let v = r.figures.venue.as_ref().unwrap();
     assert_eq!((v.executions, v.buys, v.sells, v.last_seq), (3, 2, 1, 3));
     assert_eq!(v.bought_usd.to_string(), "2142.84");
     assert_eq!(v.sold_usd.to_string(), "1071.42");
     assert_eq!(v.pnl_krw, Decimal::from(53_559));
-    assert_eq!(v.pnl_krw, r.books.pnl_krw);
+    assert_eq!(v.pnl_krw, r.figures.pnl_krw);
 
     // An execution nobody booked (an order placed at the venue behind fx-trade's back) and a
     // booked fill the venue never made (the books against another venue) both fail it.
@@ -760,7 +797,7 @@ fn the_audit_reconciles_every_execution_at_the_venue_with_the_books() {
     .unwrap();
     let r = block_on(report(&h.store, &*h.venue, all)).unwrap();
     assert!(!r.ok);
-    let v = r.venue.unwrap();
+    let v = r.figures.venue.unwrap();
     assert_eq!(v.failure_count, 1, "{:?}", v.failures);
     assert!(v.failures[0].contains("booked nowhere"), "{:?}", v.failures);
 
@@ -777,6 +814,6 @@ fn the_audit_reconciles_every_execution_at_the_venue_with_the_books() {
     // venue part is missing.
     h.venue.set_down(true);
     let r = block_on(report(&h.store, &*h.venue, all)).unwrap();
-    assert!(!r.ok && r.books.ok && r.venue.is_none());
-    assert!(r.venue_error.unwrap().contains("venue is down"));
+    assert!(!r.ok && r.failures.is_empty() && r.figures.venue.is_none());
+    assert!(r.figures.venue_error.unwrap().contains("venue is down"));
 }

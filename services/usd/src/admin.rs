@@ -5,12 +5,13 @@
 //! [`AdminOutcome::Refused`] with words for the operator, not as errors, and write nothing.
 
 use events::{Event, SagaId, Usd, UsdDeposited, UsdFrozen, UsdUnfrozen, UserId};
+use runtime::ledger::{Account, Currency, Op};
 use runtime::{JournalEntry, Records, Store, TxResult};
 use serde::Serialize;
 
 use crate::model::{
     account_key, deposit_key, house_float_deposit_id, user_account, DepositRecord, HouseAccount,
-    Totals, UsdAccount, EXTERNAL_ACCOUNT, HOUSE_ACCOUNT, HOUSE_KEY, TOTALS_KEY,
+    Totals, UsdAccount, HOUSE_KEY, TOTALS_KEY,
 };
 
 /// What an admin action did.
@@ -68,16 +69,17 @@ pub fn seed_house_float<R: Records>(r: &R, amount: Usd, now_ms: u64) -> TxResult
             at_ms: now_ms,
         },
     )?;
-    r.journal(&JournalEntry {
-        saga_id: id,
-        op: "deposit".into(),
-        currency: "USD".into(),
-        debit: EXTERNAL_ACCOUNT.into(),
-        credit: HOUSE_ACCOUNT.into(),
-        amount: amount.amount(),
-        at_ms: now_ms,
-        actor: Some("startup".into()),
-    })?;
+    r.journal(
+        &JournalEntry::new(
+            id,
+            Op::Deposit,
+            Currency::Usd,
+            (Account::External, Account::House),
+            amount.amount(),
+            now_ms,
+        )
+        .by("startup"),
+    )?;
     // No event: the house is not a user, and `fx.usd.deposited.<user>` would make a user named
     // "house" indistinguishable from it. The journal and totals carry the float.
     Ok(AdminOutcome::Done)
@@ -136,16 +138,17 @@ pub fn deposit<R: Records>(
             at_ms: now_ms,
         },
     )?;
-    r.journal(&JournalEntry {
-        saga_id: deposit_id,
-        op: "deposit".into(),
-        currency: "USD".into(),
-        debit: EXTERNAL_ACCOUNT.into(),
-        credit: user_account(user),
-        amount: amount.amount(),
-        at_ms: now_ms,
-        actor: Some(actor.to_owned()),
-    })?;
+    r.journal(
+        &JournalEntry::new(
+            deposit_id,
+            Op::Deposit,
+            Currency::Usd,
+            (Account::External, user_account(user)),
+            amount.amount(),
+            now_ms,
+        )
+        .by(actor),
+    )?;
     let event = Event::UsdDeposited(UsdDeposited {
         saga_id: deposit_id,
         user_id: user.clone(),

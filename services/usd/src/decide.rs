@@ -12,11 +12,12 @@ use events::{
     CreditFailReason, Event, SagaId, TradeCancelled, TradeFilled, UsdCreditFailed, UsdCredited,
     UsdDebited, UserId,
 };
+use runtime::ledger::{Account, Currency, Op};
 use runtime::{Decision, Handled, JournalEntry, Records, TxResult, Writes};
 
 use crate::model::{
     account_key, credit_key, user_account, CreditRecord, CreditState, HouseAccount, UsdAccount,
-    HOUSE_ACCOUNT, HOUSE_KEY,
+    HOUSE_KEY,
 };
 
 /// What `decide` reads: the saga's record, the account of the saga's user, the house float.
@@ -159,16 +160,14 @@ fn credit(state: &UsdState, f: &TradeFilled, now_ms: u64) -> UsdDecision {
             user_id: f.user_id.clone(),
             usd_amount: f.usd_amount,
         })],
-        journal: vec![JournalEntry {
-            saga_id: f.saga_id,
-            op: "credit".into(),
-            currency: "USD".into(),
-            debit: HOUSE_ACCOUNT.into(),
-            credit: user,
-            amount: f.usd_amount.amount(),
-            at_ms: now_ms,
-            actor: None,
-        }],
+        journal: vec![JournalEntry::new(
+            f.saga_id,
+            Op::Credit,
+            Currency::Usd,
+            (Account::House, user),
+            f.usd_amount.amount(),
+            now_ms,
+        )],
     }
 }
 
@@ -278,16 +277,14 @@ fn debit(
             user_id: user.clone(),
             usd_amount,
         })],
-        journal: vec![JournalEntry {
-            saga_id: c.saga_id,
-            op: "debit".into(),
-            currency: "USD".into(),
-            debit: user_account(user),
-            credit: HOUSE_ACCOUNT.into(),
-            amount: usd_amount.amount(),
-            at_ms: now_ms,
-            actor: None,
-        }],
+        journal: vec![JournalEntry::new(
+            c.saga_id,
+            Op::Debit,
+            Currency::Usd,
+            (user_account(user), Account::House),
+            usd_amount.amount(),
+            now_ms,
+        )],
     })
 }
 
@@ -361,8 +358,8 @@ mod tests {
         assert_eq!(d.writes.account.unwrap().1.usd, usd("1071.42"));
         assert_eq!(d.writes.house.unwrap().usd, usd("3928.58"));
         assert!(matches!(d.events.as_slice(), [Event::UsdCredited(_)]));
-        assert_eq!(d.journal[0].op, "credit");
-        assert_eq!(d.journal[0].credit, "user:alice");
+        assert_eq!(d.journal[0].op.to_string(), "credit");
+        assert_eq!(d.journal[0].credit.to_string(), "user:alice");
     }
 
     #[test]
@@ -393,7 +390,7 @@ mod tests {
         assert!(matches!(d.events.as_slice(), [Event::UsdDebited(_)]));
         assert_eq!(d.writes.account.unwrap().1.usd, Usd::ZERO);
         assert_eq!(d.writes.house.unwrap().usd, usd("5000.00"));
-        assert_eq!(d.journal[0].op, "debit");
+        assert_eq!(d.journal[0].op.to_string(), "debit");
     }
 
     #[test]

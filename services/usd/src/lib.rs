@@ -31,7 +31,7 @@ use runtime::{abort, Handled, Participant, ReadRecords, Records, RuntimeError, T
 pub use admin::{
     balance, deposit, freeze, house_balance, seed_house_float, unfreeze, AdminOutcome,
 };
-pub use audit::{audit, audit_with_progress, UsdAudit};
+pub use audit::{audit, audit_with_progress, UsdAudit, UsdFigures, USD_OPS};
 pub use config::UsdConfig;
 pub use decide::{decide, BrokenInvariant, UsdDecision, UsdState, UsdWrites};
 pub use model::{

@@ -11,6 +11,7 @@
 //! Journal accounts: `user:<user_id>`, `house`, `external` (where deposits come from).
 
 use events::{CreditFailReason, SagaId, Usd, UserId};
+use runtime::ledger::Account;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -24,11 +25,6 @@ pub const TOTALS_KEY: &str = "totals";
 pub const CREDIT_PREFIX: &str = "credit:";
 /// Prefix of admin deposit records.
 pub const DEPOSIT_PREFIX: &str = "deposit:";
-
-/// Journal account of the house float.
-pub const HOUSE_ACCOUNT: &str = "house";
-/// Journal account money is deposited from (outside the system).
-pub const EXTERNAL_ACCOUNT: &str = "external";
 
 /// The id of the one house float deposit: the nil UUID. Fixed, so seeding at every start is
 /// idempotent across restarts; user deposits may not use it.
@@ -51,9 +47,9 @@ pub fn deposit_key(id: SagaId) -> String {
     format!("{DEPOSIT_PREFIX}{id}")
 }
 
-/// The journal account of a user: `user:<user_id>`.
-pub fn user_account(user: &UserId) -> String {
-    format!("user:{user}")
+/// The journal account of a user's USD: `user:<user_id>`.
+pub fn user_account(user: &UserId) -> Account {
+    Account::User(user.clone())
 }
 
 /// A user's USD account.

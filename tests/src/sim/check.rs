@@ -29,6 +29,7 @@ use events::{
 };
 use krw::records::{ACCOUNT_PREFIX as KRW_ACCOUNT_PREFIX, HOUSE_KEY as KRW_HOUSE_KEY};
 use krw::{RequestFingerprint, SagaRecord, SagaStatus};
+use runtime::ledger::{self, Currency, Op};
 use runtime::JournalEntry;
 use rust_decimal::Decimal;
 
@@ -119,39 +120,28 @@ pub fn usd_conservation<'a>(
     }
 }
 
-/// Balances per journal account from replaying `log` in commit order; every account except
-/// the outside world (`external`, `venue`) must stay at or above zero after every entry.
+/// Balances per journal account in `currency` from the services' own replay
+/// (`runtime::ledger`) of `log` in commit order: every account that must never be negative
+/// (all but the outside world, `external` and `venue`, and fx-trade's KRW P&L accounts) stays
+/// at or above zero after every entry, and every entry is well-formed for its op and one of
+/// the node's `ops`.
 fn replay(
     log: &[JournalEntry],
-    currency: &str,
+    ops: &'static [Op],
+    currency: Currency,
     node: &str,
     out: &mut Vec<String>,
 ) -> BTreeMap<String, Decimal> {
-    let mut bal: BTreeMap<String, Decimal> = BTreeMap::new();
-    let mut negative: BTreeSet<String> = BTreeSet::new();
-    for e in log.iter().filter(|e| e.currency == currency) {
-        *bal.entry(e.debit.clone()).or_default() -= e.amount;
-        *bal.entry(e.credit.clone()).or_default() += e.amount;
-        let b = bal[&e.debit];
-        let outside = e.debit == "external" || e.debit == "venue";
-        if !outside && b < Decimal::ZERO && negative.insert(e.debit.clone()) {
-            out.push(format!(
-                "invariant 2: {node} journal account {} went to {b} {currency} at {} ({} of saga {})",
-                e.debit,
-                e.key(),
-                e.op,
-                e.saga_id
-            ));
-        }
-        if !e.amount.is_sign_positive() || e.amount.is_zero() {
-            out.push(format!(
-                "{node} journal entry {} has a non-positive amount {}",
-                e.key(),
-                e.amount
-            ));
-        }
-    }
-    bal
+    let mut r = ledger::replay(ops, log);
+    out.extend(
+        r.went_negative()
+            .iter()
+            .map(|w| format!("invariant 2: {node} {w}")),
+    );
+    out.extend(r.take_failures().into_iter().map(|w| format!("{node} {w}")));
+    r.balances(currency)
+        .map(|(a, b)| (a.to_string(), b))
+        .collect()
 }
 
 /// Compares balances from the records with balances from the journal replay.
@@ -360,7 +350,7 @@ fn ops_by_saga(data: &Data) -> BTreeMap<SagaId, BTreeMap<String, Decimal>> {
     for e in data.journal.values() {
         out.entry(e.saga_id)
             .or_default()
-            .insert(e.op.clone(), e.amount);
+            .insert(e.op.to_string(), e.amount);
     }
     out
 }
@@ -408,7 +398,13 @@ pub fn check(world: &World) -> Report {
     }
     krw_records.insert("house".into(), krw_house.krw.amount());
     krw_records.insert("external".into(), -krw_totals.deposits.amount());
-    let krw_journal = replay(&krw_data.journal_log, "KRW", "krw", &mut out);
+    let krw_journal = replay(
+        &krw_data.journal_log,
+        krw::KRW_OPS,
+        Currency::Krw,
+        "krw",
+        &mut out,
+    );
     agree("krw", &krw_records, &krw_journal, &mut out);
 
     let usd_accounts: Vec<(String, usd::UsdAccount)> = usd_data.scan(usd::model::ACCOUNT_PREFIX);
@@ -421,10 +417,23 @@ pub fn check(world: &World) -> Report {
     }
     usd_records.insert("house".into(), usd_house.usd.amount());
     usd_records.insert("external".into(), -usd_totals.deposits.amount());
-    let usd_journal = replay(&usd_data.journal_log, "USD", "usd", &mut out);
+    let usd_journal = replay(
+        &usd_data.journal_log,
+        usd::USD_OPS,
+        Currency::Usd,
+        "usd",
+        &mut out,
+    );
     agree("usd", &usd_records, &usd_journal, &mut out);
-    // fx-trade's own USD ledger (venue <-> house): replayed for negative balances of the house.
-    replay(&trade_data.journal_log, "USD", "trade", &mut out);
+    // fx-trade's own ledger (USD venue <-> house <-> position, KRW P&L): replayed for negative
+    // balances of the house and the position.
+    replay(
+        &trade_data.journal_log,
+        trade::TRADE_OPS,
+        Currency::Usd,
+        "trade",
+        &mut out,
+    );
 
     // ---- invariant 3 and 4, per saga ---------------------------------------------------------
     let mut sagas: Vec<SagaId> = Vec::new();

@@ -367,28 +367,28 @@ impl Records for MemTx<'_> {
 mod tests {
     use super::*;
     use events::SagaId;
+    use runtime::ledger::{Account, Currency, Op};
     use rust_decimal::Decimal;
 
-    fn entry(op: &str) -> JournalEntry {
-        JournalEntry {
-            saga_id: SagaId::from(uuid::Uuid::from_u128(1)),
-            op: op.into(),
-            currency: "KRW".into(),
-            debit: "a".into(),
-            credit: "b".into(),
-            amount: Decimal::ONE,
-            at_ms: 0,
-            actor: None,
-        }
+    fn entry(op: Op) -> JournalEntry {
+        let alice = events::UserId::parse("alice").unwrap();
+        JournalEntry::new(
+            SagaId::from(uuid::Uuid::from_u128(1)),
+            op,
+            Currency::Krw,
+            (Account::Available(alice.clone()), Account::Held(alice)),
+            Decimal::ONE,
+            0,
+        )
     }
 
     #[test]
     fn an_aborted_transaction_leaves_nothing_and_a_second_journal_entry_aborts() {
         let s = MemStore::default();
-        s.transact(|tx| tx.journal(&entry("hold"))).unwrap();
+        s.transact(|tx| tx.journal(&entry(Op::Hold))).unwrap();
         let err = s.transact(|tx| {
             tx.put_raw("touched", b"1".to_vec())?;
-            tx.journal(&entry("hold"))
+            tx.journal(&entry(Op::Hold))
         });
         assert!(err.is_err());
         assert!(s.live().state.is_empty(), "rolled back");

@@ -493,7 +493,7 @@ impl System {
             .unwrap()
             .into_iter()
             .filter(|e: &JournalEntry| e.saga_id == saga)
-            .map(|e| e.op)
+            .map(|e| e.op.to_string())
             .collect();
         ops.sort();
         ops

@@ -77,11 +77,19 @@ fn print_verdicts(out: &serde_json::Value) {
                      difference may be one of them; audit again when traffic is quiet to confirm)"
                 );
             }
+            print_journal(a);
             print_failures(a);
             if svc == "trade" {
                 print_venue_part(a);
             }
         }
+    }
+}
+
+/// What the audit's journal walk read: entries, and how many of each operation.
+fn print_journal(a: &serde_json::Value) {
+    if let Some(line) = crate::journal_line(a) {
+        println!("  journal: {line}");
     }
 }
 

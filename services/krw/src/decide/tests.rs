@@ -133,8 +133,8 @@ fn a_request_within_limits_holds_the_amount_until_ttl() {
     assert_eq!((acct.available, acct.held), (krw("700000"), krw("300000")));
     assert_eq!((acct.day, acct.day_total), (T0 / 86_400_000, krw("300000")));
     assert_eq!(ops_of(&d), ["hold"]);
-    assert_eq!(d.journal[0].debit, "user:alice:available");
-    assert_eq!(d.journal[0].credit, "user:alice:held");
+    assert_eq!(d.journal[0].debit.to_string(), "user:alice:available");
+    assert_eq!(d.journal[0].credit.to_string(), "user:alice:held");
     let Event::KrwHeld(held) = &d.events[0] else {
         panic!("expected krw.held, got {:?}", d.events)
     };
@@ -343,7 +343,7 @@ fn a_credit_commits_even_before_the_fill_is_seen() {
     // Then held goes to the house.
     assert_eq!(kinds(&d), [events::EventKind::KrwCommitted]);
     assert_eq!(ops_of(&d), ["commit"]);
-    assert_eq!(d.journal[0].credit, "house");
+    assert_eq!(d.journal[0].credit.to_string(), "house");
     assert_eq!(d.state.house.krw, krw("300000"));
     assert_eq!(d.state.account.as_ref().unwrap().held, Krw::ZERO);
     assert_eq!(status(&d.state), SagaStatus::Committed);
@@ -608,7 +608,7 @@ fn deposits_create_accounts_and_repeat_as_no_ops() {
     assert_eq!(after.account.as_ref().unwrap().available, krw("5000000"));
     assert_eq!(after.totals.deposits, krw("5000000"));
     assert_eq!(d.writes.deposit.as_ref().unwrap().1.user, bob);
-    assert_eq!(d.journal[0].debit, "external");
+    assert_eq!(d.journal[0].debit.to_string(), "external");
     assert_eq!(d.journal[0].actor.as_deref(), Some("admin"));
     // The same deposit again: Ignored, nothing changes.
     let again = decide_deposit(&after, saga_id(9), &bob, krw("5000000"), "admin", T0 + 1);

@@ -4,6 +4,7 @@ use events::{Event, Krw, KrwCommitted, SagaId, UserId};
 use rust_decimal::Decimal;
 
 use super::JournalEntry;
+use crate::ledger::{Account, Currency, Op};
 
 pub(super) fn committed(saga: SagaId) -> Event {
     Event::KrwCommitted(KrwCommitted {
@@ -13,15 +14,14 @@ pub(super) fn committed(saga: SagaId) -> Event {
     })
 }
 
-pub(super) fn entry(saga: SagaId, op: &str) -> JournalEntry {
-    JournalEntry {
-        saga_id: saga,
-        op: op.into(),
-        currency: "KRW".into(),
-        debit: "user:alice:held".into(),
-        credit: "house".into(),
-        amount: Decimal::from(100),
-        at_ms: 1,
-        actor: None,
-    }
+pub(super) fn entry(saga: SagaId, op: Op) -> JournalEntry {
+    let alice = UserId::parse("alice").unwrap();
+    JournalEntry::new(
+        saga,
+        op,
+        Currency::Krw,
+        (Account::Held(alice), Account::House),
+        Decimal::from(100),
+        1,
+    )
 }

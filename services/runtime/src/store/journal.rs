@@ -7,20 +7,23 @@ use events::SagaId;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::ledger::{Account, Currency, Op};
+
 /// One double-entry journal line: `amount` of `currency` leaves `debit` and enters `credit`.
 /// Keyed by `(saga_id, op)`, so a second entry for one operation is refused (invariant 4).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalEntry {
     /// The saga (or admin operation) this entry belongs to.
     pub saga_id: SagaId,
-    /// The operation, e.g. `hold`, `commit`, `release`, `deposit`, `credit`, `debit`.
-    pub op: String,
+    /// The operation, stored as its name: `hold`, `commit`, `credit`, ... (see [`Op`]).
+    pub op: Op,
     /// `KRW` or `USD`.
-    pub currency: String,
-    /// The account the amount leaves, e.g. `user:alice:available` or `external`.
-    pub debit: String,
+    pub currency: Currency,
+    /// The account the amount leaves, stored as its name: `user:alice:available`, `external`,
+    /// ... (see [`Account`]).
+    pub debit: Account,
     /// The account the amount enters.
-    pub credit: String,
+    pub credit: Account,
     /// Positive amount at the currency's scale.
     #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,

@@ -224,6 +224,7 @@ impl Records for Tx<'_> {
 mod tests {
     use super::*;
     use crate::core::MessageTx;
+    use crate::ledger::Op;
     use crate::store::fixtures::{committed, entry};
     use events::SagaId;
 
@@ -238,7 +239,7 @@ mod tests {
                 match i {
                     0 => {
                         tx.put("count", &1u32)?;
-                        tx.journal(&entry(a, "hold"))?;
+                        tx.journal(&entry(a, Op::Hold))?;
                         tx.emit(&committed(a), "c0", 1)?;
                         tx.mark_seen("e0", 1)?;
                     }
@@ -250,7 +251,7 @@ mod tests {
                     2 => {
                         tx.put("count", &100u32)?;
                         tx.emit(&committed(b), "c2", 1)?;
-                        tx.journal(&entry(a, "hold"))?;
+                        tx.journal(&entry(a, Op::Hold))?;
                     }
                     _ => tx.emit(&committed(b), "c3", 1)?,
                 }
@@ -283,12 +284,12 @@ mod tests {
         let store = Store::temporary().unwrap();
         let saga = SagaId::new_v7();
         store
-            .transact(|tx| tx.journal(&entry(saga, "commit")))
+            .transact(|tx| tx.journal(&entry(saga, Op::Commit)))
             .unwrap();
         let err = store
             .transact(|tx| {
                 tx.put("touched", &true)?;
-                tx.journal(&entry(saga, "commit"))
+                tx.journal(&entry(saga, Op::Commit))
             })
             .unwrap_err();
         assert!(matches!(err, RuntimeError::JournalConflict { .. }), "{err}");

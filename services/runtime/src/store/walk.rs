@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::records::decode;
 use super::{JournalEntry, Store};
+use crate::ledger::Line;
 use crate::{Result, RuntimeError};
 
 impl Store {
@@ -24,7 +25,8 @@ impl Store {
         })
     }
 
-    /// Every journal entry in the order of its own key `<saga_id>:<op>`, decoded one at a time.
+    /// Every journal entry in the order of its own key `<saga_id>:<op>`, decoded one at a time,
+    /// leniently: a [`Line`] says why an entry with a name the ledger does not know is no entry.
     /// Saga ids print at one fixed length, so one saga's entries are adjacent and sagas come in
     /// id order: an audit can walk the journal side by side with its per-saga records, holding
     /// one saga at a time.
@@ -34,7 +36,7 @@ impl Store {
     /// pass, which decodes only what does not start as its key says, and yielded where its own
     /// key sorts, so an audit still sees it next to the entries it may duplicate. Memory: the
     /// misfiled entries, none in a sound store.
-    pub fn journal_iter_by_saga(&self) -> Result<impl Iterator<Item = Result<JournalEntry>> + '_> {
+    pub fn journal_iter_by_saga(&self) -> Result<impl Iterator<Item = Result<Line>> + '_> {
         let mut misfiled_keys = std::collections::BTreeSet::new();
         let mut misfiled = Vec::new();
         for item in self.journal.iter() {
@@ -42,7 +44,7 @@ impl Store {
             if starts_as_keyed(&k, &v) {
                 continue;
             }
-            let e: JournalEntry = decode(&String::from_utf8_lossy(&k), &v)?;
+            let e: Line = decode(&String::from_utf8_lossy(&k), &v)?;
             if e.key().as_bytes() != &*k {
                 misfiled.push((e.key(), e));
                 misfiled_keys.insert(k);
@@ -53,10 +55,10 @@ impl Store {
         let mut misfiled = misfiled.into_iter().peekable();
         let mut stored = self.journal.iter().filter_map(move |item| match item {
             Ok((k, _)) if misfiled_keys.contains(&k) => None,
-            Ok((k, v)) => Some(decode::<JournalEntry>(&String::from_utf8_lossy(&k), &v)),
+            Ok((k, v)) => Some(decode::<Line>(&String::from_utf8_lossy(&k), &v)),
             Err(e) => Some(Err(e.into())),
         });
-        let mut next_stored: Option<Result<JournalEntry>> = None;
+        let mut next_stored: Option<Result<Line>> = None;
         Ok(std::iter::from_fn(move || {
             if next_stored.is_none() {
                 next_stored = stored.next();
@@ -161,8 +163,8 @@ impl Store {
 pub struct SagaGroup<K, V, const N: usize> {
     /// The saga; `None` for a record whose key names no saga (then it is the only record).
     pub saga: Option<K>,
-    /// The saga's journal entries, in the order of their keys.
-    pub entries: Vec<JournalEntry>,
+    /// The saga's journal entries, in the order of their keys, each read leniently.
+    pub entries: Vec<Line>,
     /// Per prefix, in the order given: the saga's record under it (key and value), if any.
     pub records: [Option<(String, V)>; N],
 }
@@ -170,7 +172,7 @@ pub struct SagaGroup<K, V, const N: usize> {
 /// How [`Store::by_saga`] compares sagas and reads a saga from a record's key.
 pub trait SagaKey: Ord + Clone {
     /// A journal entry's saga.
-    fn of_entry(entry: &JournalEntry) -> Self;
+    fn of_entry(entry: &Line) -> Self;
     /// The saga `key`, a key under `prefix`, names; `None` if it names none.
     fn of_record(prefix: &str, key: &str) -> Option<Self>;
 }
@@ -178,7 +180,7 @@ pub trait SagaKey: Ord + Clone {
 /// Sagas compared as text: an entry's printed id, a key with every leading `prefix` trimmed.
 /// Every key names a saga.
 impl SagaKey for String {
-    fn of_entry(entry: &JournalEntry) -> Self {
+    fn of_entry(entry: &Line) -> Self {
         entry.saga_id.to_string()
     }
 
@@ -189,7 +191,7 @@ impl SagaKey for String {
 
 /// Sagas compared as ids: a key names a saga if what follows its prefix parses as one.
 impl SagaKey for SagaId {
-    fn of_entry(entry: &JournalEntry) -> Self {
+    fn of_entry(entry: &Line) -> Self {
         entry.saga_id
     }
 
@@ -235,6 +237,7 @@ fn starts_as_keyed(key: &[u8], value: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::Op;
     use crate::store::fixtures::entry;
     use crate::Records;
 
@@ -248,13 +251,13 @@ mod tests {
         );
         store
             .transact(|tx| {
-                tx.journal(&entry(a, "commit"))?;
-                tx.journal(&entry(b, "commit"))?;
-                tx.journal(&entry(c, "commit"))
+                tx.journal(&entry(a, Op::Commit))?;
+                tx.journal(&entry(b, Op::Commit))?;
+                tx.journal(&entry(c, Op::Commit))
             })
             .unwrap();
         // Behind the store's back: a second `a:commit`, stored under c's key space.
-        let stray = entry(a, "commit");
+        let stray = entry(a, Op::Commit);
         let stray_key = format!("{c}:hold");
         store
             .journal
@@ -279,9 +282,41 @@ mod tests {
         let all: Vec<JournalEntry> = store
             .journal_iter_by_saga()
             .unwrap()
-            .map(Result::unwrap)
+            .map(|line| line.unwrap().entry.unwrap())
             .collect();
         assert_eq!(all, store.journal_entries().unwrap());
+    }
+
+    #[test]
+    fn an_entry_with_a_name_the_ledger_does_not_know_reaches_the_walk_as_a_line_that_says_so() {
+        let store = Store::temporary().unwrap();
+        let (a, b) = (
+            SagaId::from(uuid::Uuid::from_u128(1)),
+            SagaId::from(uuid::Uuid::from_u128(2)),
+        );
+        store
+            .transact(|tx| tx.journal(&entry(b, Op::Hold)))
+            .unwrap();
+        // Behind the store's back: an op no version ever wrote.
+        let mut odd = serde_json::to_value(entry(a, Op::Hold)).unwrap();
+        odd["op"] = "bogus".into();
+        let key = format!("{a}:bogus");
+        store
+            .journal
+            .insert(key.as_bytes(), serde_json::to_vec(&odd).unwrap())
+            .unwrap();
+        let groups: Vec<SagaGroup<SagaId, u32, 1>> =
+            store.by_saga(["r:"]).unwrap().map(Result::unwrap).collect();
+        assert_eq!(groups.len(), 2);
+        let line = &groups[0].entries[0];
+        assert_eq!((line.key(), line.saga_id), (key.clone(), a));
+        assert_eq!(
+            line.entry,
+            Err(format!(
+                "journal {key} does not read: op \"bogus\" is not one the ledger knows"
+            ))
+        );
+        assert_eq!(groups[1].entries[0].entry, Ok(entry(b, Op::Hold)));
     }
 
     #[test]
@@ -291,9 +326,9 @@ mod tests {
         let (a, b, c, d) = (id(1), id(2), id(3), id(5));
         store
             .transact(|tx| {
-                tx.journal(&entry(c, "commit"))?;
-                tx.journal(&entry(a, "hold"))?;
-                tx.journal(&entry(a, "commit"))?;
+                tx.journal(&entry(c, Op::Commit))?;
+                tx.journal(&entry(a, Op::Hold))?;
+                tx.journal(&entry(a, Op::Commit))?;
                 tx.put(&format!("r:{a}"), &1u32)?;
                 tx.put(&format!("r:{d}"), &4u32)?;
                 tx.put("r:4", &9u32)?; // names no saga id; sorts between a and d

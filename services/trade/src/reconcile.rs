@@ -47,6 +47,11 @@ pub struct VenueReconciliation {
     pub failures: Vec<String>,
     /// How many disagreements there are.
     pub failure_count: usize,
+    /// Fills and reversals booked before the venue's memory begins, which it cannot confirm
+    /// (fx-trade's embedded venue forgets its executions when fx-trade restarts; see
+    /// `Venue::history_from_ms`). While there are any, the books' P&L is not compared with
+    /// the venue's.
+    pub before_history: usize,
 }
 
 impl VenueReconciliation {
@@ -97,7 +102,9 @@ pub async fn reconcile(
         }
     }
     r.last_seq = after;
-    // The other way round: every fill and reversal booked has its execution.
+    // The other way round: every fill and reversal booked has its execution, as far back as
+    // the venue remembers.
+    let remembered = |at_ms: u64| venue.history_from_ms().is_none_or(|from| at_ms >= from);
     for item in store.scan_iter::<OrderRecord>(ORDER_PREFIX) {
         let (key, record) = item?;
         let Some(saga) = key
@@ -108,21 +115,21 @@ pub async fn reconcile(
         };
         let (fill, reversal) = booked(&record.state);
         let at_venue = seen.get(&saga);
-        if let Some(f) = fill {
-            if at_venue.and_then(|s| s.buy).is_none() {
-                r.fail(format!(
-                    "saga {saga}: fx-trade booked a fill of {} USD at {} that the venue never executed",
-                    f.usd_amount, f.rate
-                ));
-            }
+        match fill {
+            Some(f) if !remembered(f.filled_at_ms) => r.before_history += 1,
+            Some(f) if at_venue.and_then(|s| s.buy).is_none() => r.fail(format!(
+                "saga {saga}: fx-trade booked a fill of {} USD at {} that the venue never executed",
+                f.usd_amount, f.rate
+            )),
+            _ => {}
         }
-        if let Some(rv) = reversal {
-            if at_venue.and_then(|s| s.sell).is_none() {
-                r.fail(format!(
-                    "saga {saga}: fx-trade booked a reversal of {} USD at {} that the venue never executed",
-                    rv.usd_amount, rv.rate
-                ));
-            }
+        match reversal {
+            Some(rv) if !remembered(rv.reversed_at_ms) => r.before_history += 1,
+            Some(rv) if at_venue.and_then(|s| s.sell).is_none() => r.fail(format!(
+                "saga {saga}: fx-trade booked a reversal of {} USD at {} that the venue never executed",
+                rv.usd_amount, rv.rate
+            )),
+            _ => {}
         }
     }
     r.ok = r.failure_count == 0;
@@ -245,7 +252,8 @@ pub fn combine(
     let f = &mut books.figures;
     match venue {
         Ok(mut v) => {
-            if v.pnl_krw != f.pnl_krw {
+            // Reversals the venue has forgotten are in the books' P&L but not in the venue's.
+            if v.before_history == 0 && v.pnl_krw != f.pnl_krw {
                 v.fail(format!(
                     "the venue's executions make an FX P&L of {} KRW but fx-trade's books say {} KRW",
                     v.pnl_krw, f.pnl_krw

@@ -54,7 +54,11 @@ fn venue(config: &TradeConfig) -> runtime::Result<Arc<dyn Venue>> {
                 volatility_bps = config.venue.volatility_bps,
                 "venue: simulated in process (FX_VENUE_URL unset)"
             );
-            Ok(Arc::new(SimulatedVenue::new(&config.venue)))
+            // It forgets its executions when this process ends: what it remembers begins now.
+            let now_ms = runtime::system_clock()();
+            Ok(Arc::new(
+                SimulatedVenue::new(&config.venue).remembering_from(now_ms),
+            ))
         }
     }
 }

@@ -810,6 +810,22 @@ fn the_audit_reconciles_every_execution_at_the_venue_with_the_books() {
     );
     assert!(v.failures.iter().all(|f| f.contains("never executed")));
 
+    // fx-trade's embedded venue after a restart: it remembers only executions from T0 + 15,
+    // so the two fills before that cannot be confirmed (counted apart, not failures), while
+    // the reversal booked at T0 + 20 still must have its sale.
+    let restarted = SimulatedVenue::new(&VenueConfig::default()).remembering_from(T0 + 15);
+    let v = block_on(reconcile(&h.store, &restarted, all)).unwrap();
+    assert_eq!(v.before_history, 2, "{v:?}");
+    assert_eq!(v.failure_count, 1, "{:?}", v.failures);
+    assert!(v.failures[0].contains("reversal"), "{:?}", v.failures);
+    let after_all = SimulatedVenue::new(&VenueConfig::default()).remembering_from(T0 + 30);
+    let r = block_on(report(&h.store, &after_all, all)).unwrap();
+    assert!(
+        r.ok,
+        "nothing left to confirm, and the P&L is not compared: {r:?}"
+    );
+    assert_eq!(r.figures.venue.unwrap().before_history, 3);
+
     // A venue that does not answer: the books are still audited, and the report says why the
     // venue part is missing.
     h.venue.set_down(true);

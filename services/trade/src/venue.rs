@@ -300,6 +300,15 @@ pub trait Venue: Send + Sync {
         after_seq: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<Execution>, VenueError>>;
+
+    /// When this venue's memory of executions begins (ms since the Unix epoch, fx-trade's
+    /// clock), if it does not keep them all. A real venue, and fx-venue with its own store,
+    /// keep every execution: `None`. fx-trade's embedded venue lives in fx-trade's memory and
+    /// forgets its executions when fx-trade restarts, so reconciliation cannot confirm a fill
+    /// or reversal booked before this and counts it apart instead of calling it unexecuted.
+    fn history_from_ms(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Settings of the simulated market (`FX_VENUE_*`), in fx-trade's embedded venue and fx-venue.
@@ -625,6 +634,8 @@ impl Book for MemoryBook {
 /// and failures. Tests and the simulation steer it at run time.
 pub struct SimulatedVenue {
     state: Mutex<SimState>,
+    /// See [`Venue::history_from_ms`]; `None` unless [`SimulatedVenue::remembering_from`].
+    history_from_ms: Option<u64>,
 }
 
 struct SimState {
@@ -676,7 +687,16 @@ impl SimulatedVenue {
                 hung: 0,
                 hung_ever: 0,
             }),
+            history_from_ms: None,
         }
+    }
+
+    /// This venue as fx-trade embeds it: its executions begin at `now_ms`, when the process
+    /// started (earlier ones were forgotten with the process that made them; see
+    /// [`Venue::history_from_ms`]).
+    pub fn remembering_from(mut self, now_ms: u64) -> SimulatedVenue {
+        self.history_from_ms = Some(now_ms);
+        self
     }
 
     /// A flat venue at `rate` with no latency, failures or randomness.
@@ -825,6 +845,10 @@ impl SimulatedVenue {
 }
 
 impl Venue for SimulatedVenue {
+    fn history_from_ms(&self) -> Option<u64> {
+        self.history_from_ms
+    }
+
     fn order<'a>(
         &'a self,
         order: &'a VenueOrder,

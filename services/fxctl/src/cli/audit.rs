@@ -131,5 +131,10 @@ fn print_venue_part(a: &serde_json::Value) {
         a["reversals_pending"],
         text(&a["position_usd"]),
     );
+    if let Some(n) = v["before_history"].as_u64().filter(|n| *n > 0) {
+        println!(
+            "  venue: {n} fills or reversals booked before the venue's memory begins (the embedded venue forgets its executions when fx-trade restarts): not confirmed, and the FX P&L not compared"
+        );
+    }
     print_failures(v);
 }

@@ -23,20 +23,12 @@ use std::time::Instant;
 use events::{Event, ExchangeRequested, Krw, SagaId, TradeFilled, Usd, UsdCredited, UserId};
 use krw::{deposit, KrwConfig, KrwService};
 use runtime::{Footprint, Handled, Store};
+use testkit::cpu_seconds;
 
 const T0: u64 = 1_800_000_000_000;
 /// Sagas per pipeline stage in one batch: every stage at once, as at saturation (60 events).
 const SAGAS_PER_STAGE: usize = 20;
 const USERS: usize = 1_000;
-
-fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage only writes into the struct we own; RUSAGE_SELF counts every thread
-    // (sled's IO threads included).
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) }, 0);
-    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    s(u.ru_utime) + s(u.ru_stime)
-}
 
 fn user(i: usize) -> UserId {
     UserId::parse(&format!("bench-{}", i % USERS)).unwrap()

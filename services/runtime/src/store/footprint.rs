@@ -116,7 +116,7 @@ impl Store {
             Ok(f)
         };
         let (disk_bytes, disk_allocated_bytes) = match &self.dir {
-            Some(dir) => dir_bytes(dir)?,
+            Some(dir) => Footprint::disk(dir)?,
             None => (0, 0),
         };
         Ok(Footprint {
@@ -130,27 +130,31 @@ impl Store {
     }
 }
 
-/// The lengths and the allocated bytes of every file under `dir`.
-fn dir_bytes(dir: &Path) -> Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let failed = |e: std::io::Error| {
-        RuntimeError::StoreFailed(format!("cannot measure {}: {e}", dir.display()))
-    };
-    let (mut len, mut allocated) = (0, 0);
-    for entry in std::fs::read_dir(dir).map_err(failed)? {
-        let entry = entry.map_err(failed)?;
-        let meta = entry.metadata().map_err(failed)?;
-        if meta.is_dir() {
-            let (l, a) = dir_bytes(&entry.path())?;
-            len += l;
-            allocated += a;
-        } else {
-            len += meta.len();
-            // st_blocks counts 512-byte units whatever the file system's block size.
-            allocated += meta.blocks() * 512;
+impl Footprint {
+    /// The lengths and the allocated bytes of every file under `dir` (what
+    /// [`Footprint::disk_bytes`] and [`Footprint::disk_allocated_bytes`] hold for a store's
+    /// directory; also for a sled database opened without a [`Store`], as a benchmark does).
+    pub fn disk(dir: &Path) -> Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let failed = |e: std::io::Error| {
+            RuntimeError::StoreFailed(format!("cannot measure {}: {e}", dir.display()))
+        };
+        let (mut len, mut allocated) = (0, 0);
+        for entry in std::fs::read_dir(dir).map_err(failed)? {
+            let entry = entry.map_err(failed)?;
+            let meta = entry.metadata().map_err(failed)?;
+            if meta.is_dir() {
+                let (l, a) = Footprint::disk(&entry.path())?;
+                len += l;
+                allocated += a;
+            } else {
+                len += meta.len();
+                // st_blocks counts 512-byte units whatever the file system's block size.
+                allocated += meta.blocks() * 512;
+            }
         }
+        Ok((len, allocated))
     }
-    Ok((len, allocated))
 }
 
 #[cfg(test)]

@@ -91,6 +91,12 @@ fn journal(saga: SagaId, i: usize, op: Op) -> JournalEntry {
     )
 }
 
+/// The outbox entry of an event decided on a saga's `cause` event.
+fn emitted(event: Event, cause: &str) -> Option<OutboxEntry> {
+    let cause = format!("{}:{cause}", event.saga_id());
+    Some(outbox_entry(&event, &cause, T0))
+}
+
 /// Stage 0: the request (hold: saga record, account, expiry index, journal, krw.held);
 /// 1: the fill (pins the hold: saga record); 2: the credit (commit: saga record, account,
 /// journal, krw.committed).
@@ -106,17 +112,16 @@ fn effects(stage: usize, saga: SagaId, i: usize) -> Effects {
                 (format!("exp:{:020}:{saga}", T0 + 30_000), raw(true.into())),
             ],
             journal: vec![journal(saga, i, Op::Hold)],
-            event: Some(outbox_entry(
-                &Event::KrwHeld(KrwHeld {
+            event: emitted(
+                Event::KrwHeld(KrwHeld {
                     saga_id: saga,
                     user_id: user(i),
                     krw_amount: krw,
                     min_usd_amount: None,
                     hold_expires_at_ms: T0 + 30_000,
                 }),
-                &format!("{saga}:exchange.requested"),
-                T0,
-            )),
+                "exchange.requested",
+            ),
         },
         1 => Effects {
             inbox: Some(format!("{saga}:trade.filled")),
@@ -131,15 +136,14 @@ fn effects(stage: usize, saga: SagaId, i: usize) -> Effects {
                 (format!("acct:{}", user(i)), account_record()),
             ],
             journal: vec![journal(saga, i, Op::Commit)],
-            event: Some(outbox_entry(
-                &Event::KrwCommitted(KrwCommitted {
+            event: emitted(
+                Event::KrwCommitted(KrwCommitted {
                     saga_id: saga,
                     user_id: user(i),
                     krw_amount: krw,
                 }),
-                &format!("{saga}:usd.credited"),
-                T0,
-            )),
+                "usd.credited",
+            ),
         },
     }
 }

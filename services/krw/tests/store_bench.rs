@@ -12,26 +12,23 @@
 //! ```
 //!
 //! `FX_BENCH_SAGAS` changes the saga count (default 20,000; 3 events each at fx-krw).
+//!
+//! After the run it prints where the bytes go ([`Store::footprint`], after a flush, less what
+//! the users' deposits left before it): per saga, what each tree holds (entries, key + value
+//! bytes) and what was written into it (per event: the bytes one group commit hands to sled
+//! per event), and the store's directory on disk.
 
 use std::time::Instant;
 
 use events::{Event, ExchangeRequested, Krw, SagaId, TradeFilled, Usd, UsdCredited, UserId};
 use krw::{deposit, KrwConfig, KrwService};
-use runtime::{Handled, Store};
+use runtime::{Footprint, Handled, Store};
+use testkit::cpu_seconds;
 
 const T0: u64 = 1_800_000_000_000;
 /// Sagas per pipeline stage in one batch: every stage at once, as at saturation (60 events).
 const SAGAS_PER_STAGE: usize = 20;
 const USERS: usize = 1_000;
-
-fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage only writes into the struct we own; RUSAGE_SELF counts every thread
-    // (sled's IO threads included).
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) }, 0);
-    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    s(u.ru_utime) + s(u.ru_stime)
-}
 
 fn user(i: usize) -> UserId {
     UserId::parse(&format!("bench-{}", i % USERS)).unwrap()
@@ -93,6 +90,7 @@ async fn run(batched: bool) {
             .unwrap();
     }
     store.flush().await.unwrap();
+    let before = store.footprint().unwrap();
     let ids: Vec<SagaId> = (0..sagas).map(|_| SagaId::new_v7()).collect();
 
     let (cpu0, wall0) = (cpu_seconds(), Instant::now());
@@ -147,6 +145,41 @@ async fn run(batched: bool) {
         events as f64 / wall,
         wall,
         cpu,
+    );
+    store.flush().await.unwrap();
+    print_footprint(&before, &store.footprint().unwrap(), sagas, events);
+}
+
+/// What the run added to each tree and to the disk, per saga (held) and per event (written).
+fn print_footprint(before: &Footprint, after: &Footprint, sagas: usize, events: usize) {
+    let per = |a: u64, b: u64, n: usize| a.saturating_sub(b) as f64 / n as f64;
+    let (mut held, mut written) = (0.0, 0.0);
+    for ((name, a), (_, b)) in after.trees().into_iter().zip(before.trees()) {
+        let bytes = per(
+            a.key_bytes + a.value_bytes,
+            b.key_bytes + b.value_bytes,
+            sagas,
+        );
+        let w = per(a.written_bytes, b.written_bytes, events);
+        (held, written) = (held + bytes, written + w);
+        println!(
+            "  {name:<8} held per saga: {:5.2} entries, {bytes:6.0} B (keys {:4.0} B); \
+             written per event: {:4.2} inserts, {w:5.0} B",
+            per(a.entries, b.entries, sagas),
+            per(a.key_bytes, b.key_bytes, sagas),
+            per(a.written_entries, b.written_entries, events),
+        );
+    }
+    println!(
+        "  all trees held per saga: {held:.0} B; written per event: {written:.0} B; \
+         on disk per saga: {:.0} B ({:.0} B allocated; {:.1} MiB in all)",
+        per(after.disk_bytes, before.disk_bytes, sagas),
+        per(
+            after.disk_allocated_bytes,
+            before.disk_allocated_bytes,
+            sagas
+        ),
+        after.disk_allocated_bytes as f64 / (1 << 20) as f64,
     );
 }
 

@@ -42,7 +42,7 @@ pub use fault::{no_faults, FaultAction, FaultHook, FaultPoint};
 pub use participant::{Handled, Participant};
 pub use runtime::{consumer_config, durable_name, publish_message, system_clock, Clock, Runtime};
 pub use store::{
-    abort, aborted, outbox_entry, JournalEntry, OutboxEntry, ReadRecords, Records, SagaGroup,
-    SagaKey, Store, Tx, TxResult,
+    abort, aborted, outbox_entry, Footprint, JournalEntry, OutboxEntry, ReadRecords, Records,
+    SagaGroup, SagaKey, Store, TreeFootprint, Tx, TxResult,
 };
 pub use trace::traceparent;

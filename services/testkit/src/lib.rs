@@ -7,6 +7,8 @@
 //! The binary is `$NATS_SERVER_BIN`, else the one `scripts/ensure-nats.sh` installs into
 //! `.tools/`, else `nats-server` on PATH.
 //!
+//! [`cpu_seconds`] is the process's CPU time, which the benchmarks report per event.
+//!
 //! [`NatsCluster`] runs several such servers as a routed JetStream cluster (see [`cluster`]).
 //!
 //! [`NatsServer::builder`] adds arguments and environment variables, e.g. the project's broker
@@ -33,6 +35,16 @@ pub const READY_TIMEOUT_MS: u64 = 20_000;
 
 /// Most log lines [`NatsServer::log`] keeps (later lines are still drained, not kept).
 pub const MAX_LOG_LINES: usize = 100_000;
+
+/// User + system CPU seconds this process has used so far, every thread included (sled's IO
+/// threads and the store's flush thread too): what the benchmarks divide by their events.
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes into the struct we own.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) }, 0);
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(u.ru_utime) + s(u.ru_stime)
+}
 
 /// The workspace root (two levels above this crate).
 pub fn workspace_root() -> PathBuf {

@@ -11,10 +11,12 @@
 //! One file per concern: [`journal`] (the journal line), [`records`] (what service code sees),
 //! [`tx`] (the sled transaction), [`outbox`] (the outbox records the relay reads), [`flush`]
 //! (the group-commit flush and its thread), [`walk`] (journal reads and the by-saga merge the
-//! audits use), [`malloc`] (glibc tuning); this file holds the [`Store`] itself: opening it,
+//! audits use), [`footprint`] (where the bytes go, for measurements), [`malloc`] (glibc
+//! tuning); this file holds the [`Store`] itself: opening it,
 //! plain reads, inbox pruning.
 
 mod flush;
+mod footprint;
 mod journal;
 mod malloc;
 mod outbox;
@@ -25,7 +27,7 @@ mod walk;
 #[cfg(test)]
 mod fixtures;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::de::DeserializeOwned;
@@ -35,6 +37,8 @@ use crate::durable::{self, DataFiles};
 use crate::{Result, RuntimeError};
 
 use flush::{flush_durably, Flusher};
+use footprint::Written;
+pub use footprint::{Footprint, TreeFootprint};
 pub use journal::JournalEntry;
 use malloc::fixed_mmap_threshold;
 pub use outbox::{outbox_entry, OutboxEntry};
@@ -58,6 +62,10 @@ pub struct Store {
     /// Write transactions committed since the store opened: an audit compares it before and
     /// after its walk to tell whether the store changed under it.
     commits: std::sync::atomic::AtomicU64,
+    /// Inserts committed per tree since the store opened (see [`Store::footprint`]).
+    written: Written,
+    /// The store's directory on disk (`None` for a temporary store).
+    dir: Option<PathBuf>,
 }
 
 impl Store {
@@ -96,15 +104,15 @@ impl Store {
             durable::OpenError::Store(e) => RuntimeError::Store(e),
             durable::OpenError::Sync(e) => RuntimeError::Sync(e),
         })?;
-        Store::from_db(db, Some(DataFiles::open(&path)?))
+        Store::from_db(db, Some(DataFiles::open(&path)?), Some(path))
     }
 
     /// A store in a temporary directory that sled deletes on drop (tests).
     pub fn temporary() -> Result<Store> {
-        Store::from_db(sled::Config::new().temporary(true).open()?, None)
+        Store::from_db(sled::Config::new().temporary(true).open()?, None, None)
     }
 
-    fn from_db(db: sled::Db, mut files: Option<DataFiles>) -> Result<Store> {
+    fn from_db(db: sled::Db, mut files: Option<DataFiles>, dir: Option<PathBuf>) -> Result<Store> {
         // Whatever survived a crash becomes durable before the relay may publish any of it.
         flush_durably(&db, files.as_mut()).map_err(RuntimeError::from)?;
         let store = Store {
@@ -116,6 +124,8 @@ impl Store {
             write_lock: Mutex::new(()),
             watermark: watch::Sender::new(0),
             commits: std::sync::atomic::AtomicU64::new(0),
+            written: Written::default(),
+            dir,
         };
         let tail = store.outbox_tail()?;
         store.watermark.send_replace(tail);

@@ -10,6 +10,7 @@ use events::Event;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 
+use super::footprint::{Tally, TreeIndex};
 use super::outbox::{outbox_entry, outbox_key, OUTBOX_RECORD_MAX_ENTRIES};
 use super::{abort, JournalEntry, OutboxEntry, Records, Store, TxResult};
 use crate::{Result, RuntimeError};
@@ -54,6 +55,7 @@ impl Store {
                 };
                 let mut results = Vec::with_capacity(items.len());
                 let mut appended = Vec::new();
+                let mut tally = Tally::default();
                 for item in items {
                     let mut tx = Tx {
                         trees: &trees,
@@ -61,7 +63,7 @@ impl Store {
                     };
                     match f(&mut tx, item) {
                         Ok(v) => {
-                            tx.apply(&mut appended)?;
+                            tx.apply(&mut appended, &mut tally)?;
                             results.push(Ok(v));
                         }
                         Err(ConflictableTransactionError::Abort(e)) => results.push(Err(e)),
@@ -73,15 +75,18 @@ impl Store {
                     // flushed".
                     let id = outbox.generate_id()? + 1;
                     let bytes = serde_json::to_vec(record).expect("outbox entries serialize");
-                    outbox.insert(&outbox_key(id, record.len())[..], bytes)?;
+                    let key = outbox_key(id, record.len());
+                    tally.insert(TreeIndex::Outbox, key.len(), bytes.len());
+                    outbox.insert(&key[..], bytes)?;
                 }
-                Ok(results)
+                Ok((results, tally))
             },
         );
         match result {
-            Ok(v) => {
+            Ok((v, tally)) => {
                 self.commits
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.written.add(&tally);
                 Ok(v)
             }
             Err(TransactionError::Abort(e)) => Err(e),
@@ -122,6 +127,16 @@ enum Space {
     Inbox,
 }
 
+impl Space {
+    fn index(self) -> TreeIndex {
+        match self {
+            Space::State => TreeIndex::State,
+            Space::Journal => TreeIndex::Journal,
+            Space::Inbox => TreeIndex::Inbox,
+        }
+    }
+}
+
 /// One item's writes, held back until it succeeds (so that a failing item rolls back alone).
 #[derive(Default)]
 struct Pending {
@@ -152,13 +167,16 @@ impl Tx<'_> {
     }
 
     /// Writes the item's pending writes into the transaction, and its outbox entries to
-    /// `appended`.
-    fn apply(self, appended: &mut Vec<OutboxEntry>) -> TxResult<()> {
+    /// `appended`; counts the inserts in `tally`.
+    fn apply(self, appended: &mut Vec<OutboxEntry>, tally: &mut Tally) -> TxResult<()> {
         let pending = self.pending.into_inner();
         for ((space, key), value) in pending.writes {
             let tree = self.trees.tree(space);
             match value {
-                Some(v) => tree.insert(key, v)?,
+                Some(v) => {
+                    tally.insert(space.index(), key.len(), v.len());
+                    tree.insert(key, v)?
+                }
                 None => tree.remove(key)?,
             };
         }

@@ -2,8 +2,9 @@
 //! disk, no broker, with the runtime's group-commit shape (a batch, one flush, the relay's
 //! outbox read and removal). It measures CPU per event two ways:
 //!
-//! - `per_event`: one sled transaction per event (what the runtime did before),
-//! - `batched`: one transaction per batch, each event rolling back alone (what it does now).
+//! - `per_event`: one group commit per event,
+//! - `batched`: one group commit per batch, each event rolling back alone (what the runtime
+//!   does).
 //!
 //! Ignored by default; run it with a release build:
 //!

@@ -5,6 +5,9 @@
 
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
+use super::overlay::{Shared, CHECKPOINT_ENTRIES};
 use super::Store;
 use crate::durable::{DataFiles, SyncError};
 use crate::{Result, RuntimeError};
@@ -115,18 +118,69 @@ impl Drop for Flusher {
     }
 }
 
+/// The background checkpoint: a thread that writes memory into the trees when asked, so that
+/// neither the consumer nor the flusher waits for it. Requests made while one runs are one.
+pub(super) struct Checkpoints {
+    requests: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpoints {
+    pub(super) fn start(shared: Arc<Shared>) -> Result<Checkpoints> {
+        let (requests, queue) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("fx-store-checkpoint".into())
+            .spawn(move || {
+                while queue.recv().is_ok() {
+                    if let Err(e) = shared.checkpoint() {
+                        // The log still holds everything; the next flush asks again.
+                        tracing::error!(error = %e, "checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| RuntimeError::FlushThread(format!("cannot start the checkpoint: {e}")))?;
+        Ok(Checkpoints {
+            requests: Some(requests),
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for a checkpoint unless one is already asked for.
+    fn start_one(&self) {
+        if let Some(r) = &self.requests {
+            let _ = r.try_send(());
+        }
+    }
+}
+
+impl Drop for Checkpoints {
+    fn drop(&mut self) {
+        self.requests.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 impl Store {
     /// The group-commit point: makes every committed transaction durable, then lets the relay
     /// publish the outbox entries they appended. Returns the new watermark.
+    ///
+    /// Also where the log is kept short: what a checkpoint had written before this flush began
+    /// is durable once it ends, so the log records it covers and whose events are published
+    /// are trimmed; and when memory holds [`CHECKPOINT_ENTRIES`] writes, the background
+    /// checkpoint is started.
     pub async fn flush(&self) -> Result<u64> {
         let tail = {
-            let _guard = self
-                .write_lock
-                .lock()
-                .expect("write lock is never poisoned");
-            self.outbox_tail()?
+            let _guard = self.shared.lock_writes();
+            self.outbox_tail()
         };
+        let checkpointed = self.shared.checkpointed();
         self.flusher.flush().await?;
+        self.shared.flushed(checkpointed)?;
+        if self.shared.active_len() >= CHECKPOINT_ENTRIES {
+            self.checkpoints.start_one();
+        }
         self.watermark.send_if_modified(|w| {
             if tail > *w {
                 *w = tail;

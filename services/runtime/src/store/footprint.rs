@@ -25,15 +25,16 @@ pub struct TreeFootprint {
     pub written_bytes: u64,
 }
 
-/// A store's bytes: its four trees, and its directory on disk.
+/// A store's bytes: its four trees, and its directory on disk. The state, journal and inbox
+/// trees hold what checkpoints wrote: call [`Store::checkpoint`] first to count everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Footprint {
     /// Per-saga and per-account records.
     pub state: TreeFootprint,
     /// Journal lines.
     pub journal: TreeFootprint,
-    /// Outbox records not yet removed by the relay.
-    pub outbox: TreeFootprint,
+    /// Log records not yet trimmed (one per group commit: its writes and its events).
+    pub log: TreeFootprint,
     /// Remembered event ids.
     pub inbox: TreeFootprint,
     /// Sum of the lengths of the files under the store's directory (0 for a temporary store).
@@ -49,14 +50,14 @@ impl Footprint {
         [
             ("state", &self.state),
             ("journal", &self.journal),
-            ("outbox", &self.outbox),
+            ("log", &self.log),
             ("inbox", &self.inbox),
         ]
     }
 }
 
-/// Inserts committed per tree since the store opened, counted after each committed
-/// transaction (a retried transaction counts once).
+/// Inserts per tree since the store opened: log records as groups commit, the other trees'
+/// entries as checkpoints write them.
 #[derive(Default)]
 pub(super) struct Written {
     trees: [(AtomicU64, AtomicU64); 4],
@@ -67,7 +68,7 @@ pub(super) struct Written {
 pub(super) enum TreeIndex {
     State = 0,
     Journal = 1,
-    Outbox = 2,
+    Log = 2,
     Inbox = 3,
 }
 
@@ -112,7 +113,7 @@ impl Store {
                 f.key_bytes += k.len() as u64;
                 f.value_bytes += v.len() as u64;
             }
-            (f.written_entries, f.written_bytes) = self.written.read(i);
+            (f.written_entries, f.written_bytes) = self.shared.written.read(i);
             Ok(f)
         };
         let (disk_bytes, disk_allocated_bytes) = match &self.dir {
@@ -120,10 +121,10 @@ impl Store {
             None => (0, 0),
         };
         Ok(Footprint {
-            state: tree(&self.state, TreeIndex::State)?,
-            journal: tree(&self.journal, TreeIndex::Journal)?,
-            outbox: tree(&self.outbox, TreeIndex::Outbox)?,
-            inbox: tree(&self.inbox, TreeIndex::Inbox)?,
+            state: tree(&self.shared.state, TreeIndex::State)?,
+            journal: tree(&self.shared.journal, TreeIndex::Journal)?,
+            log: tree(&self.shared.log, TreeIndex::Log)?,
+            inbox: tree(&self.shared.inbox, TreeIndex::Inbox)?,
             disk_bytes,
             disk_allocated_bytes,
         })
@@ -196,16 +197,17 @@ mod tests {
                 Ok(())
             })
             .unwrap();
+        store.checkpoint().unwrap();
         let wm = store.flush().await.unwrap();
         let f = store.footprint().unwrap();
 
-        // Held: item 1's "a" over item 0's, and "bb". Written: each item's writes go into the
-        // transaction when it succeeds, so "a" counts twice (1 + 5, 1 + 3) and "bb" once.
+        // Held: item 1's "a" over item 0's, and "bb". Written: the group's writes reach the
+        // tree once, at the checkpoint, so "a" counts once (1 + 3), and "bb" once (2 + 1).
         assert_eq!(
             (f.state.entries, f.state.key_bytes, f.state.value_bytes),
             (2, 3, 4)
         );
-        assert_eq!((f.state.written_entries, f.state.written_bytes), (3, 13));
+        assert_eq!((f.state.written_entries, f.state.written_bytes), (2, 7));
         let key_len = journal.key().len() as u64;
         assert_eq!(
             (
@@ -220,9 +222,9 @@ mod tests {
             (f.inbox.entries, f.inbox.key_bytes, f.inbox.value_bytes),
             (1, 7, 8)
         );
-        // One outbox record (12-byte key) holding the one event, until the relay removes it.
-        assert_eq!((f.outbox.entries, f.outbox.key_bytes), (1, 12));
-        assert_eq!(f.outbox.written_bytes, 12 + f.outbox.value_bytes);
+        // One log record (8-byte key) holding the group, until its event is published.
+        assert_eq!((f.log.entries, f.log.key_bytes), (1, 8));
+        assert_eq!(f.log.written_bytes, 8 + f.log.value_bytes);
         assert!(f.disk_bytes > 0 && f.disk_allocated_bytes > 0, "{f:?}");
 
         let published: Vec<u64> = store
@@ -232,11 +234,13 @@ mod tests {
             .map(|(k, _)| *k)
             .collect();
         store.outbox_remove(&published).unwrap();
+        // Checkpointed, flushed and published: the next flush trims it.
+        store.flush().await.unwrap();
         let after = store.footprint().unwrap();
-        assert_eq!(after.outbox.entries, 0);
+        assert_eq!(after.log.entries, 0);
         assert_eq!(
-            after.outbox.written_bytes, f.outbox.written_bytes,
-            "removals are not writes"
+            after.log.written_bytes, f.log.written_bytes,
+            "trims are not writes"
         );
         assert_eq!(after.trees()[0], ("state", &f.state));
 

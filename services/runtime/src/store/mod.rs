@@ -1,25 +1,29 @@
 //! The service's sled store: per-saga and per-account state, the journal, the outbox and the
-//! inbox, written together: one sled transaction per run of a batch, in which each handled
-//! event commits or rolls back as a whole.
+//! inbox. A group commit writes all of a run's effects as one log record (one sled write;
+//! see [`log`]), and keeps its writes in memory, read before the trees, until a background
+//! checkpoint writes them into the `state`, `journal` and `inbox` trees (see [`overlay`]).
 //!
 //! Durability rule ("publish only what is durable"): nothing leaves the process until the sled
 //! write that produced it is flushed and fsynced (sled's flush alone does not survive a power
-//! cut: see [`crate::durable`]). `Store::flush` is the group-commit point: it reads the outbox
-//! tail under the write lock, flushes, and only then raises the watermark up to which the relay
-//! may publish. The caller acks consumed messages after the same flush.
+//! cut: see [`crate::durable`]). `Store::flush` is the group-commit point: it reads the last
+//! log id under the write lock, flushes, and only then raises the watermark up to which the
+//! relay may publish. The caller acks consumed messages after the same flush. Recovery replays
+//! the log records not yet trimmed over the trees (see [`Store::open`]).
 //!
 //! One file per concern: [`journal`] (the journal line), [`records`] (what service code sees),
-//! [`tx`] (the sled transaction), [`outbox`] (the outbox records the relay reads), [`flush`]
-//! (the group-commit flush and its thread), [`walk`] (journal reads and the by-saga merge the
-//! audits use), [`footprint`] (where the bytes go, for measurements), [`malloc`] (glibc
-//! tuning); this file holds the [`Store`] itself: opening it,
-//! plain reads, inbox pruning.
+//! [`tx`] (the group commit), [`log`] (the log record), [`overlay`] (state in memory, the
+//! checkpoint and the trim), [`outbox`] (the events the relay reads), [`flush`] (the
+//! group-commit flush and its thread), [`walk`] (journal reads and the by-saga merge the audits
+//! use), [`footprint`] (where the bytes go, for measurements), [`malloc`] (glibc tuning); this
+//! file holds the [`Store`] itself: opening and recovering it, plain reads, inbox pruning.
 
 mod flush;
 mod footprint;
 mod journal;
+mod log;
 mod malloc;
 mod outbox;
+mod overlay;
 mod records;
 mod tx;
 mod walk;
@@ -28,7 +32,8 @@ mod walk;
 mod fixtures;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -36,12 +41,13 @@ use tokio::sync::watch;
 use crate::durable::{self, DataFiles};
 use crate::{Result, RuntimeError};
 
-use flush::{flush_durably, Flusher};
-use footprint::Written;
+use flush::{flush_durably, Checkpoints, Flusher};
 pub use footprint::{Footprint, TreeFootprint};
 pub use journal::JournalEntry;
+use log::Space;
 use malloc::fixed_mmap_threshold;
 pub use outbox::{outbox_entry, OutboxEntry};
+use overlay::Shared;
 use records::decode;
 pub use records::{abort, aborted, ReadRecords, Records, TxResult};
 pub use tx::Tx;
@@ -49,21 +55,13 @@ pub use walk::{SagaGroup, SagaKey};
 
 /// The store of one service.
 pub struct Store {
-    state: sled::Tree,
-    journal: sled::Tree,
-    outbox: sled::Tree,
-    inbox: sled::Tree,
-    /// Serializes write transactions against the outbox-tail read in `flush`, so that every
-    /// outbox key at or below a published watermark belongs to a committed transaction.
-    write_lock: Mutex<()>,
-    /// Highest outbox key known to be flushed; the relay publishes up to it and no further.
+    /// The trees, the state in memory, the outbox and the counters, shared with the background
+    /// checkpoint.
+    shared: Arc<Shared>,
+    /// Highest log id known to be flushed; the relay publishes up to it and no further.
     watermark: watch::Sender<u64>,
     flusher: Flusher,
-    /// Write transactions committed since the store opened: an audit compares it before and
-    /// after its walk to tell whether the store changed under it.
-    commits: std::sync::atomic::AtomicU64,
-    /// Inserts committed per tree since the store opened (see [`Store::footprint`]).
-    written: Written,
+    checkpoints: Checkpoints,
     /// The store's directory on disk (`None` for a temporary store).
     dir: Option<PathBuf>,
 }
@@ -112,44 +110,44 @@ impl Store {
         Store::from_db(sled::Config::new().temporary(true).open()?, None, None)
     }
 
+    /// Recovery: makes whatever survived a crash durable, replays the log records not yet
+    /// trimmed over the trees into memory (the state as the last durable group left it), and
+    /// queues their events not yet published.
     fn from_db(db: sled::Db, mut files: Option<DataFiles>, dir: Option<PathBuf>) -> Result<Store> {
         // Whatever survived a crash becomes durable before the relay may publish any of it.
         flush_durably(&db, files.as_mut()).map_err(RuntimeError::from)?;
+        let shared = Arc::new(Shared::new(&db)?);
+        shared.recover()?;
+        outbox::migrate_outbox(&shared, || {
+            flush_durably(&db, files.as_mut()).map_err(RuntimeError::from)
+        })?;
         let store = Store {
-            state: db.open_tree("state")?,
-            journal: db.open_tree("journal")?,
-            outbox: db.open_tree("outbox")?,
-            inbox: db.open_tree("inbox")?,
+            checkpoints: Checkpoints::start(shared.clone())?,
             flusher: Flusher::start(db, files)?,
-            write_lock: Mutex::new(()),
-            watermark: watch::Sender::new(0),
-            commits: std::sync::atomic::AtomicU64::new(0),
-            written: Written::default(),
+            watermark: watch::Sender::new(shared.committed.load(Ordering::SeqCst)),
+            shared,
             dir,
         };
-        let tail = store.outbox_tail()?;
-        store.watermark.send_replace(tail);
         Ok(store)
+    }
+
+    /// Writes the state held in memory into the trees now (it happens in the background as
+    /// memory fills; audits and measurements call it to read the trees whole).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.shared.checkpoint()
     }
 
     /// Reads one state record outside a transaction (admin reads, audits).
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        self.state
-            .get(key.as_bytes())?
+        self.shared
+            .read(Space::State, key.as_bytes())?
             .map(|v| decode(key, &v))
             .transpose()
     }
 
     /// Every state record whose key starts with `prefix`, in key order.
     pub fn scan<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>> {
-        let mut out = Vec::new();
-        for item in self.state.scan_prefix(prefix.as_bytes()) {
-            let (k, v) = item?;
-            let key = String::from_utf8_lossy(&k).into_owned();
-            let value = decode(&key, &v)?;
-            out.push((key, value));
-        }
-        Ok(out)
+        self.scan_iter(prefix).collect()
     }
 
     /// Every state record whose key starts with `prefix`, in key order, decoded one at a time
@@ -158,7 +156,7 @@ impl Store {
         &self,
         prefix: &str,
     ) -> impl Iterator<Item = Result<(String, T)>> + '_ {
-        self.state.scan_prefix(prefix.as_bytes()).map(|item| {
+        self.merged(Space::State, prefix.as_bytes()).map(|item| {
             let (k, v) = item?;
             let key = String::from_utf8_lossy(&k).into_owned();
             let value = decode(&key, &v)?;
@@ -166,25 +164,71 @@ impl Store {
         })
     }
 
+    /// The committed entries of `space` under `prefix`, in key order: the tree's, with what
+    /// memory holds over them (a newer value, or a removal).
+    fn merged<'a>(
+        &'a self,
+        space: Space,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a {
+        let mut memory = self
+            .shared
+            .overlay()
+            .prefixed(space, prefix)
+            .into_iter()
+            .peekable();
+        let mut tree = self.shared.tree(space).scan_prefix(prefix).peekable();
+        std::iter::from_fn(move || loop {
+            let tree_key = match tree.peek() {
+                Some(Ok((k, _))) => Some(k.clone()),
+                Some(Err(_)) => return tree.next().and_then(|r| r.err()).map(|e| Err(e.into())),
+                None => None,
+            };
+            let memory_first = match (memory.peek(), &tree_key) {
+                (None, None) => return None,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((mk, _)), Some(tk)) => {
+                    if mk[..] == tk[..] {
+                        // Memory is newer than the tree for this key.
+                        tree.next();
+                    }
+                    mk[..] <= tk[..]
+                }
+            };
+            if memory_first {
+                match memory.next() {
+                    Some((k, Some(v))) => return Some(Ok((k, v))),
+                    _ => continue,
+                }
+            }
+            return tree
+                .next()
+                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into));
+        })
+    }
+
     /// Forgets consumed event ids seen before `before_ms`. Safe because each service's per-saga
     /// state turns a replayed event into a no-op; the inbox is only the fast first line.
     pub fn prune_inbox(&self, before_ms: u64) -> Result<usize> {
+        self.checkpoint()?;
         let mut batch = sled::Batch::default();
         let mut n = 0;
-        for item in self.inbox.iter() {
+        for item in self.shared.inbox.iter() {
             let (k, v) = item?;
             if read_u64(&v) < before_ms {
                 batch.remove(k);
                 n += 1;
             }
         }
-        self.inbox.apply_batch(batch)?;
+        self.shared.inbox.apply_batch(batch)?;
         Ok(n)
     }
 
-    /// Number of remembered event ids.
-    pub fn inbox_len(&self) -> usize {
-        self.inbox.len()
+    /// Number of remembered event ids (checkpoints first).
+    pub fn inbox_len(&self) -> Result<usize> {
+        self.checkpoint()?;
+        Ok(self.shared.inbox.len())
     }
 }
 
@@ -209,23 +253,21 @@ impl crate::core::Storage for Store {
     }
 
     fn outbox_committed(&self) -> Result<u64> {
-        self.outbox_tail()
+        Ok(self.outbox_tail())
     }
 }
 
 impl ReadRecords for Store {
     fn read_raw(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.state.get(key.as_bytes())?.map(|v| v.to_vec()))
+        self.shared.read(Space::State, key.as_bytes())
     }
 
     fn keys_with_prefix<'a>(
         &'a self,
         prefix: &'a str,
     ) -> impl Iterator<Item = Result<String>> + 'a {
-        self.state
-            .scan_prefix(prefix.as_bytes())
-            .keys()
-            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+        self.merged(Space::State, prefix.as_bytes())
+            .map(|item| Ok(String::from_utf8_lossy(&item?.0).into_owned()))
     }
 }
 
@@ -240,6 +282,89 @@ fn read_u64(b: &[u8]) -> u64 {
 mod tests {
     use super::*;
     use crate::core::MessageTx;
+
+    /// A store reopened after groups whose writes were never checkpointed (what a crash
+    /// leaves: the log, no checkpoint) reads what they wrote, and publishes what was not yet
+    /// published, once; after a checkpoint, a flush and the relay's removal, the log is empty
+    /// and a second reopen reads the same from the trees.
+    #[tokio::test]
+    async fn a_reopened_store_replays_its_log_over_the_trees() {
+        use crate::ledger::Op;
+        use crate::Records;
+        use events::SagaId;
+        use fixtures::{committed, entry};
+
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (SagaId::new_v7(), SagaId::new_v7());
+        {
+            let store = Store::open(dir.path()).unwrap();
+            // Checkpointed, then overwritten and removed in memory only.
+            store.transact(|tx| tx.put("kept", &1u32)).unwrap();
+            store.transact(|tx| tx.put("gone", &1u32)).unwrap();
+            store.checkpoint().unwrap();
+            store
+                .transact(|tx| {
+                    tx.put("kept", &2u32)?;
+                    tx.remove("gone")?;
+                    tx.journal(&entry(a, Op::Hold))?;
+                    tx.mark_seen("e1", 5)?;
+                    tx.emit(&committed(a), "published", 1)
+                })
+                .unwrap();
+            store
+                .transact(|tx| tx.emit(&committed(b), "waiting", 2))
+                .unwrap();
+            let wm = store.flush().await.unwrap();
+            let first = store.outbox_batch(wm, 1).unwrap();
+            assert_eq!(first[0].1.causation_id, "published");
+            store.outbox_remove(&[first[0].0]).unwrap();
+        }
+        let reopened = |store: &Store| {
+            assert_eq!(store.get::<u32>("kept").unwrap(), Some(2));
+            assert_eq!(store.get::<u32>("gone").unwrap(), None);
+            let keys: Vec<String> = store
+                .scan::<u32>("")
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            assert_eq!(keys, ["kept"]);
+            assert!(store.transact(|tx| tx.seen("e1")).unwrap());
+            // A second line for the same operation is still refused.
+            assert!(matches!(
+                store.transact(|tx| tx.journal(&entry(a, Op::Hold))),
+                Err(RuntimeError::JournalConflict { .. })
+            ));
+        };
+        let store = Store::open(dir.path()).unwrap();
+        reopened(&store);
+        let wm = store.flush().await.unwrap();
+        let waiting = store.outbox_batch(wm, 10).unwrap();
+        let causes: Vec<&str> = waiting
+            .iter()
+            .map(|(_, e)| e.causation_id.as_str())
+            .collect();
+        assert_eq!(
+            causes,
+            ["waiting"],
+            "the published event is not published again"
+        );
+        store.outbox_remove(&[waiting[0].0]).unwrap();
+        store.checkpoint().unwrap();
+        store.flush().await.unwrap();
+        store.flush().await.unwrap();
+        assert_eq!(
+            store.footprint().unwrap().log.entries,
+            0,
+            "the log is trimmed"
+        );
+        assert_eq!(store.journal_entries().unwrap().len(), 1);
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        reopened(&store);
+        assert_eq!(store.outbox_stats(0).unwrap().0, 0);
+    }
 
     #[test]
     fn pruning_forgets_only_old_event_ids() {

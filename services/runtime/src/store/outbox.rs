@@ -1,12 +1,21 @@
-//! The outbox: events a committed transaction emitted, waiting for the relay to publish them.
-//! Here are the entry, the record format (key: id and entry count; value: a JSON array of
-//! entries, or one entry as earlier versions wrote it, which still reads), and the reads and
-//! removals the relay makes. Appending happens at the end of [`Store::transact_each`]; what the
-//! relay may read is bounded by the watermark [`Store::flush`] raises.
+//! The outbox: events a committed group emitted, waiting for the relay to publish them. They
+//! live in the group's log records (see [`super::log`]) and, until published, in memory by
+//! log id; the relay reads them in log order, bounded by the watermark [`Store::flush`]
+//! raises, and removes a record's events once all are acknowledged. What is published is
+//! marked (`meta/published`), so that a restart replays the log without publishing again what
+//! already went (a mark lost in a crash only means a duplicate, which the broker drops by its
+//! `Nats-Msg-Id`).
+//!
+//! Stores written by earlier versions kept an `outbox` tree (key: id and entry count; value: a
+//! JSON array of entries, or one entry); [`Store::open`] moves what it still holds into the log.
+
+use std::sync::atomic::Ordering;
 
 use events::{Event, SagaId};
 use serde::{Deserialize, Serialize};
 
+use super::log::{LogRecord, Writes};
+use super::overlay::{Shared, PUBLISHED};
 use super::records::decode;
 use super::{read_u64, Store};
 use crate::Result;
@@ -28,11 +37,6 @@ pub struct OutboxEntry {
     pub created_at_ms: u64,
 }
 
-/// Most events in one outbox record (about 12 KiB). sled writes a log message over a quarter
-/// of its 512 KiB segment as a file of its own, and a full 256-message batch would make a
-/// record of about 190 KiB; at 16 the outbox still costs one write per 16 events.
-pub(super) const OUTBOX_RECORD_MAX_ENTRIES: usize = 16;
-
 /// Builds the outbox entry for an event (shared by the store and the simulation).
 pub fn outbox_entry(event: &Event, causation_id: &str, now_ms: u64) -> OutboxEntry {
     OutboxEntry {
@@ -46,22 +50,18 @@ pub fn outbox_entry(event: &Event, causation_id: &str, now_ms: u64) -> OutboxEnt
 }
 
 impl Store {
-    pub(super) fn outbox_tail(&self) -> Result<u64> {
-        Ok(self
-            .outbox
-            .last()?
-            .map(|(k, _)| outbox_key_id(&k))
-            .unwrap_or(0))
+    /// The last log id committed: how far the relay could publish once it is flushed.
+    pub(super) fn outbox_tail(&self) -> u64 {
+        self.shared.committed.load(Ordering::SeqCst)
     }
 
-    /// Outbox entries of the records with keys at or below `up_to`, oldest first, each with its
-    /// record's key: whole records, until at least `max` entries (at least one record).
+    /// Entries of the records with id at most `up_to`, in order, whole records, stopping once
+    /// at least `max` are gathered.
     pub fn outbox_batch(&self, up_to: u64, max: usize) -> Result<Vec<(u64, OutboxEntry)>> {
+        let outbox = self.shared.lock_outbox();
         let mut out = Vec::new();
-        for item in self.outbox.range(..=outbox_key(up_to, u32::MAX as usize)) {
-            let (k, v) = item?;
-            let key = outbox_key_id(&k);
-            out.extend(decode_outbox(key, &v)?.into_iter().map(|e| (key, e)));
+        for (id, events) in outbox.records.range(..=up_to) {
+            out.extend(events.iter().map(|e| (*id, e.clone())));
             if out.len() >= max {
                 break;
             }
@@ -69,66 +69,59 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes published records. Not flushed: if the removal is lost in a crash, the entries
-    /// are published again with the same ids and deduplicated downstream.
+    /// Forgets the events of these records (the relay published them all), and marks how far
+    /// everything is published.
     pub fn outbox_remove(&self, keys: &[u64]) -> Result<()> {
-        let mut wanted: Vec<u64> = keys.to_vec();
-        wanted.sort_unstable();
-        wanted.dedup();
-        let mut batch = sled::Batch::default();
-        for k in wanted {
-            // A record's key carries its entry count; find it by its id.
-            if let Some((key, _)) = self
-                .outbox
-                .range(k.to_be_bytes().to_vec()..=outbox_key(k, u32::MAX as usize).to_vec())
-                .next()
-                .transpose()?
-            {
-                batch.remove(key);
+        let published = {
+            let mut outbox = self.shared.lock_outbox();
+            for k in keys {
+                outbox.records.remove(k);
+                outbox.max_removed = outbox.max_removed.max(*k);
             }
-        }
-        self.outbox.apply_batch(batch)?;
+            outbox.published_through()
+        };
+        self.shared
+            .meta
+            .insert(PUBLISHED, &published.to_be_bytes()[..])?;
         Ok(())
     }
 
-    /// Entries waiting in the outbox, and the age in ms of the oldest (0 when empty). Counts
-    /// from the keys alone, which carry each record's entry count.
+    /// Entries waiting, and the age in ms of the oldest (0 when none).
     pub fn outbox_stats(&self, now_ms: u64) -> Result<(usize, u64)> {
-        let mut depth = 0;
-        for k in self.outbox.iter().keys() {
-            depth += outbox_key_count(&k?);
-        }
-        let oldest = match self.outbox.first()? {
-            Some((k, v)) => decode_outbox(outbox_key_id(&k), &v)?
-                .first()
-                .map_or(0, |e| now_ms.saturating_sub(e.created_at_ms)),
-            None => 0,
-        };
+        let outbox = self.shared.lock_outbox();
+        let depth = outbox.records.values().map(Vec::len).sum();
+        let oldest = outbox
+            .records
+            .values()
+            .next()
+            .and_then(|events| events.first())
+            .map_or(0, |e| now_ms.saturating_sub(e.created_at_ms));
         Ok((depth, oldest))
     }
 }
 
-/// An outbox record's key: its id (big-endian, so keys sort by id) and how many entries it
-/// holds. Records written before records held several entries have an 8-byte key (one entry).
-pub(super) fn outbox_key(id: u64, entries: usize) -> [u8; 12] {
-    let mut k = [0u8; 12];
-    k[..8].copy_from_slice(&id.to_be_bytes());
-    k[8..].copy_from_slice(&u32::try_from(entries).unwrap_or(u32::MAX).to_be_bytes());
-    k
-}
-
-fn outbox_key_id(k: &[u8]) -> u64 {
-    read_u64(&k[..k.len().min(8)])
-}
-
-fn outbox_key_count(k: &[u8]) -> usize {
-    match k.get(8..12) {
-        Some(n) => read_u64(n) as usize,
-        None => 1,
+/// Moves what an earlier version's `outbox` tree still holds into the log, in order, as
+/// records without writes, and makes that durable before emptying the tree (a crash between
+/// the two publishes those events twice, and the broker drops the duplicates by
+/// `Nats-Msg-Id`). Runs at open, before anything else writes.
+pub(super) fn migrate_outbox(shared: &Shared, mut flush: impl FnMut() -> Result<()>) -> Result<()> {
+    let old = shared.db.open_tree("outbox")?;
+    if old.is_empty() {
+        return Ok(());
     }
+    let mut records = Vec::new();
+    for item in old.iter() {
+        let (k, v) = item?;
+        let events = decode_outbox(read_u64(&k[..k.len().min(8)]), &v)?;
+        records.push(LogRecord::new(&Writes::default(), events));
+    }
+    shared.append(records)?;
+    flush()?;
+    old.clear()?;
+    flush()
 }
 
-/// An outbox record: a JSON array of entries, or (written by earlier versions) one entry.
+/// An earlier version's outbox record: a JSON array of entries, or one entry.
 fn decode_outbox(key: u64, v: &[u8]) -> Result<Vec<OutboxEntry>> {
     let name = format!("outbox/{key}");
     if v.first() == Some(&b'[') {
@@ -143,13 +136,12 @@ mod tests {
     use super::*;
     use crate::store::fixtures::committed;
     use crate::Records;
-    use sled::transaction::ConflictableTransactionError;
 
     #[tokio::test]
-    async fn a_large_batch_is_split_into_outbox_records_in_order() {
+    async fn a_large_group_is_cut_into_log_records_in_order() {
         let store = Store::temporary().unwrap();
-        let n = OUTBOX_RECORD_MAX_ENTRIES + 4;
-        let items: Vec<usize> = (0..n).collect();
+        // Each event's payload is ~300 bytes: 200 of them make several 32 KiB records.
+        let items: Vec<usize> = (0..200).collect();
         store
             .transact_each(&items, |tx, i| {
                 tx.emit(&committed(SagaId::new_v7()), &i.to_string(), 1)
@@ -162,44 +154,45 @@ mod tests {
         assert_eq!(causes, want);
         let mut keys: Vec<u64> = all.iter().map(|(k, _)| *k).collect();
         keys.dedup();
-        assert_eq!(
-            keys.len(),
-            2,
-            "{OUTBOX_RECORD_MAX_ENTRIES} entries, then the rest"
-        );
-        // A window stops after the record that reaches `max`.
-        assert_eq!(
-            store.outbox_batch(wm, 1).unwrap().len(),
-            OUTBOX_RECORD_MAX_ENTRIES
-        );
-        assert_eq!(store.outbox_stats(1).unwrap().0, n);
+        assert!(keys.len() > 1, "one record of {} events", all.len());
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "in log order");
+        // A window stops after the record that reaches `max`: the first record, whole.
+        let first = all.iter().filter(|(k, _)| *k == keys[0]).count();
+        assert_eq!(store.outbox_batch(wm, 1).unwrap().len(), first);
+        assert_eq!(store.outbox_stats(1).unwrap().0, items.len());
     }
 
-    #[test]
-    fn an_outbox_record_of_an_earlier_version_still_reads_and_goes() {
-        let store = Store::temporary().unwrap();
+    #[tokio::test]
+    async fn an_earlier_versions_outbox_moves_into_the_log_in_order_and_goes() {
+        let dir = tempfile::tempdir().unwrap();
         let saga = SagaId::new_v7();
-        let old = outbox_entry(&committed(saga), "old", 7);
-        // Before records held several entries: an 8-byte key and one JSON object.
-        let id = store
-            .outbox
-            .transaction(|t| Ok::<_, ConflictableTransactionError<()>>(t.generate_id()?))
-            .unwrap()
-            + 1;
-        store
-            .outbox
-            .insert(id.to_be_bytes(), serde_json::to_vec(&old).unwrap())
-            .unwrap();
+        let one = outbox_entry(&committed(saga), "one", 7);
+        let two = outbox_entry(&committed(saga), "two", 9);
+        {
+            // As earlier versions wrote them: one entry under an 8-byte key, then an array
+            // under a 12-byte key (id and entry count).
+            let db = sled::open(dir.path().join("sled")).unwrap();
+            let old = db.open_tree("outbox").unwrap();
+            old.insert(1u64.to_be_bytes(), serde_json::to_vec(&one).unwrap())
+                .unwrap();
+            let mut key = 2u64.to_be_bytes().to_vec();
+            key.extend(1u32.to_be_bytes());
+            old.insert(key, serde_json::to_vec(&[&two]).unwrap())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
         store
             .transact(|tx| tx.emit(&committed(saga), "new", 8))
             .unwrap();
-        let all = store.outbox_batch(u64::MAX, 10).unwrap();
-        assert_eq!(all.len(), 2);
-        assert_eq!((all[0].0, &all[0].1), (id, &old));
-        assert_eq!(all[1].1.causation_id, "new");
-        assert_eq!(store.outbox_stats(10).unwrap(), (2, 3));
-        assert_eq!(store.outbox_tail().unwrap(), all[1].0);
-        store.outbox_remove(&[id]).unwrap();
-        assert_eq!(store.outbox_stats(10).unwrap().0, 1);
+        let wm = store.flush().await.unwrap();
+        let all = store.outbox_batch(wm, 10).unwrap();
+        let causes: Vec<&str> = all.iter().map(|(_, e)| e.causation_id.as_str()).collect();
+        assert_eq!(causes, ["one", "two", "new"]);
+        assert_eq!(all[0].1, one);
+        assert_eq!(store.outbox_stats(10).unwrap(), (3, 3));
+        store.outbox_remove(&[all[0].0]).unwrap();
+        assert_eq!(store.outbox_stats(10).unwrap().0, 2);
+        assert!(store.shared.db.open_tree("outbox").unwrap().is_empty());
     }
 }

@@ -1,187 +1,162 @@
-//! The sled transaction: [`Store::transact_each`] runs a run of handled events in one sled
-//! transaction over state, journal, outbox and inbox, each event in its own [`Tx`] whose writes
-//! wait in memory ([`Pending`]) until it succeeds, so that a failing event rolls back alone;
-//! the events' outbox entries are appended at the end as outbox records.
+//! The group commit: [`Store::transact_each`] runs a run of handled events, each in its own
+//! [`Tx`] whose writes wait in memory until it succeeds (so that a failing event rolls back
+//! alone), then writes the group's effects and events as one log record, with one sled insert
+//! (see [`super::log`]), and takes the writes into memory (see [`super::overlay`]).
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 use events::Event;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
 
-use super::footprint::{Tally, TreeIndex};
-use super::outbox::{outbox_entry, outbox_key, OUTBOX_RECORD_MAX_ENTRIES};
+use super::log::{LogRecord, Space, Writes};
+use super::outbox::outbox_entry;
 use super::{abort, JournalEntry, OutboxEntry, Records, Store, TxResult};
 use crate::{Result, RuntimeError};
 
 impl Store {
-    /// Runs `f` as one atomic transaction over state, journal, outbox and inbox. `f` may run
-    /// more than once (on a conflict), so it must not have side effects outside `Tx`.
+    /// Runs `f` as one atomic unit over state, journal, outbox and inbox.
     pub fn transact<T>(&self, f: impl Fn(&mut Tx<'_>) -> TxResult<T>) -> Result<T> {
         self.transact_each(&[()], |tx, ()| f(tx))?
             .pop()
             .expect("one result per item")
     }
 
-    /// Runs `f` once per item, in order, all inside one sled transaction: the group commit's
-    /// unit of work. Each item sees what the items before it wrote, and rolls back alone: an
-    /// item whose `f` aborts leaves no trace and gets its error in its slot of the result,
-    /// while the others commit. The outbox entries of the items that succeeded become one
-    /// outbox record.
+    /// Runs `f` once per item, in order: the group commit's unit of work. Each item sees what
+    /// the items before it wrote, and rolls back alone: an item whose `f` aborts leaves no
+    /// trace and gets its error in its slot of the result, while the others commit. What the
+    /// items that succeeded wrote and emitted becomes one log record.
     ///
-    /// Why one transaction for many events: a sled transaction has a fixed cost (locks, a
-    /// manifest in the log, a wake-up of sled's IO threads) that per-event transactions paid
-    /// ~60 times per flush; measured with a store-only benchmark shaped like fx-krw's writes,
-    /// 146 µs of CPU per event per-event against 32 µs batched with one outbox record.
+    /// Why one record for many events: each sled write has a fixed cost, and a sled
+    /// transaction over four trees a larger one; measured with `store_bench` (fx-krw's
+    /// writes): 146 µs of CPU per event with a transaction per event, 38–43 µs with one
+    /// transaction per group over four trees, and less again with the group as one insert
+    /// (docs/benchmarks.md).
     ///
-    /// `Err` only for a storage failure, which fails every item. `f` may run more than once
-    /// (on a conflict), so it must not have side effects outside `Tx`.
+    /// `Err` only for a storage failure, which fails every item and writes nothing.
     pub fn transact_each<I, T>(
         &self,
         items: &[I],
         f: impl Fn(&mut Tx<'_>, &I) -> TxResult<T>,
     ) -> Result<Vec<Result<T>>> {
-        let _guard = self
-            .write_lock
-            .lock()
-            .expect("write lock is never poisoned");
-        let result = (&self.state, &self.journal, &self.outbox, &self.inbox).transaction(
-            |(state, journal, outbox, inbox)| {
-                let trees = TxTrees {
-                    state,
-                    journal,
-                    inbox,
-                };
-                let mut results = Vec::with_capacity(items.len());
-                let mut appended = Vec::new();
-                let mut tally = Tally::default();
-                for item in items {
-                    let mut tx = Tx {
-                        trees: &trees,
-                        pending: RefCell::default(),
-                    };
-                    match f(&mut tx, item) {
-                        Ok(v) => {
-                            tx.apply(&mut appended, &mut tally)?;
-                            results.push(Ok(v));
-                        }
-                        Err(ConflictableTransactionError::Abort(e)) => results.push(Err(e)),
-                        Err(other) => return Err(other),
-                    }
+        let shared = &*self.shared;
+        let _guard = shared.lock_writes();
+        let group = RefCell::new(Writes::default());
+        let mut chunks = Chunks::default();
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            let mut tx = Tx {
+                store: self,
+                group: &group,
+                pending: RefCell::default(),
+            };
+            match f(&mut tx, item) {
+                Ok(v) => {
+                    let pending = tx.pending.into_inner();
+                    group.borrow_mut().extend(pending.writes.clone());
+                    chunks.push(pending);
+                    results.push(Ok(v));
                 }
-                for record in appended.chunks(OUTBOX_RECORD_MAX_ENTRIES) {
-                    // generate_id starts at 0; shift by one so that watermark 0 means "nothing
-                    // flushed".
-                    let id = outbox.generate_id()? + 1;
-                    let bytes = serde_json::to_vec(record).expect("outbox entries serialize");
-                    let key = outbox_key(id, record.len());
-                    tally.insert(TreeIndex::Outbox, key.len(), bytes.len());
-                    outbox.insert(&key[..], bytes)?;
-                }
-                Ok((results, tally))
-            },
-        );
-        match result {
-            Ok((v, tally)) => {
-                self.commits
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.written.add(&tally);
-                Ok(v)
+                Err(ConflictableTransactionError::Abort(e)) => results.push(Err(e)),
+                Err(ConflictableTransactionError::Storage(e)) => return Err(e.into()),
+                Err(other) => return Err(RuntimeError::StoreFailed(format!("{other:?}"))),
             }
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(RuntimeError::Store(e)),
         }
+        shared.append(chunks.done())?;
+        shared.remember(group.into_inner());
+        Ok(results)
     }
 
-    /// Write transactions committed since the store opened. An audit walks trees one after
-    /// another, not a snapshot: when this moved during its walk, a difference it reports may be
-    /// a saga that was in flight.
+    /// Group commits since the store opened. An audit walks trees one after another, not a
+    /// snapshot: when this moved during its walk, a difference it reports may be a saga that
+    /// was in flight.
     pub fn commits(&self) -> u64 {
-        self.commits.load(std::sync::atomic::Ordering::Relaxed)
+        self.shared.commits.load(Ordering::Relaxed)
     }
 }
 
-/// The trees of one sled transaction (the outbox is written once, at its end).
-struct TxTrees<'a> {
-    state: &'a TransactionalTree,
-    journal: &'a TransactionalTree,
-    inbox: &'a TransactionalTree,
+/// Most bytes of effects in one log record. sled writes a value over a quarter of its 512 KiB
+/// segment as a file of its own (a blob, fsynced apart), so a large group is cut into records
+/// well below that, written together by one atomic batch.
+const LOG_RECORD_MAX_BYTES: usize = 32 * 1024;
+
+/// A group's log records, cut at item boundaries once one reaches [`LOG_RECORD_MAX_BYTES`].
+#[derive(Default)]
+struct Chunks {
+    done: Vec<LogRecord>,
+    writes: Writes,
+    events: Vec<OutboxEntry>,
+    bytes: usize,
 }
 
-impl<'a> TxTrees<'a> {
-    fn tree(&self, space: Space) -> &'a TransactionalTree {
-        match space {
-            Space::State => self.state,
-            Space::Journal => self.journal,
-            Space::Inbox => self.inbox,
+impl Chunks {
+    fn push(&mut self, item: Pending) {
+        self.bytes += item.bytes();
+        self.writes.extend(item.writes);
+        self.events.extend(item.outbox);
+        if self.bytes >= LOG_RECORD_MAX_BYTES {
+            self.cut();
         }
     }
-}
 
-/// Which tree a pending write goes to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Space {
-    State,
-    Journal,
-    Inbox,
-}
-
-impl Space {
-    fn index(self) -> TreeIndex {
-        match self {
-            Space::State => TreeIndex::State,
-            Space::Journal => TreeIndex::Journal,
-            Space::Inbox => TreeIndex::Inbox,
+    fn cut(&mut self) {
+        if !self.writes.is_empty() || !self.events.is_empty() {
+            let events = std::mem::take(&mut self.events);
+            self.done
+                .push(LogRecord::new(&std::mem::take(&mut self.writes), events));
         }
+        self.bytes = 0;
+    }
+
+    fn done(mut self) -> Vec<LogRecord> {
+        self.cut();
+        self.done
     }
 }
 
 /// One item's writes, held back until it succeeds (so that a failing item rolls back alone).
 #[derive(Default)]
 struct Pending {
-    writes: BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>,
+    writes: Writes,
     outbox: Vec<OutboxEntry>,
 }
 
-/// The view of the store of one handled event (one item of [`Store::transact_each`]): it reads
-/// what the transaction holds, its own writes first.
+impl Pending {
+    /// About what the item adds to a log record.
+    fn bytes(&self) -> usize {
+        let events: usize = self
+            .outbox
+            .iter()
+            .map(|e| e.payload.len() + e.subject.len() + e.event_id.len() + 80)
+            .sum();
+        self.writes.bytes() + events
+    }
+}
+
+/// The view of the store of one handled event (one item of [`Store::transact_each`]): its own
+/// writes first, then the group's so far, then what is committed.
 pub struct Tx<'a> {
-    trees: &'a TxTrees<'a>,
+    store: &'a Store,
+    group: &'a RefCell<Writes>,
     pending: RefCell<Pending>,
 }
 
 impl Tx<'_> {
     fn read(&self, space: Space, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
-        if let Some(v) = self.pending.borrow().writes.get(&(space, key.to_vec())) {
-            return Ok(v.clone());
+        if let Some(v) = self.pending.borrow().writes.get(space, key) {
+            return Ok(v.cloned());
         }
-        Ok(self.trees.tree(space).get(key)?.map(|v| v.to_vec()))
+        if let Some(v) = self.group.borrow().get(space, key) {
+            return Ok(v.cloned());
+        }
+        Ok(self.store.shared.read(space, key)?)
     }
 
     fn write(&self, space: Space, key: &[u8], value: Option<Vec<u8>>) {
         self.pending
             .borrow_mut()
             .writes
-            .insert((space, key.to_vec()), value);
-    }
-
-    /// Writes the item's pending writes into the transaction, and its outbox entries to
-    /// `appended`; counts the inserts in `tally`.
-    fn apply(self, appended: &mut Vec<OutboxEntry>, tally: &mut Tally) -> TxResult<()> {
-        let pending = self.pending.into_inner();
-        for ((space, key), value) in pending.writes {
-            let tree = self.trees.tree(space);
-            match value {
-                Some(v) => {
-                    tally.insert(space.index(), key.len(), v.len());
-                    tree.insert(key, v)?
-                }
-                None => tree.remove(key)?,
-            };
-        }
-        appended.extend(pending.outbox);
-        Ok(())
+            .insert(space, key.to_vec(), value);
     }
 }
 

@@ -19,10 +19,15 @@ impl Store {
 
     /// Every journal entry, in key order, decoded one at a time.
     pub fn journal_iter(&self) -> impl Iterator<Item = Result<JournalEntry>> + '_ {
-        self.journal.iter().map(|item| {
-            let (k, v) = item?;
-            decode(&String::from_utf8_lossy(&k), &v)
-        })
+        // The journal tree holds what checkpoints wrote: checkpoint first, and end the walk
+        // with its error if it fails.
+        let checkpoint = self.checkpoint().err().map(Err);
+        checkpoint
+            .into_iter()
+            .chain(self.shared.journal.iter().map(|item| {
+                let (k, v) = item?;
+                decode(&String::from_utf8_lossy(&k), &v)
+            }))
     }
 
     /// Every journal entry in the order of its own key `<saga_id>:<op>`, decoded one at a time,
@@ -37,9 +42,10 @@ impl Store {
     /// key sorts, so an audit still sees it next to the entries it may duplicate. Memory: the
     /// misfiled entries, none in a sound store.
     pub fn journal_iter_by_saga(&self) -> Result<impl Iterator<Item = Result<Line>> + '_> {
+        self.checkpoint()?;
         let mut misfiled_keys = std::collections::BTreeSet::new();
         let mut misfiled = Vec::new();
-        for item in self.journal.iter() {
+        for item in self.shared.journal.iter() {
             let (k, v) = item?;
             if starts_as_keyed(&k, &v) {
                 continue;
@@ -53,11 +59,15 @@ impl Store {
         // Stable: entries claiming one key keep their stored order.
         misfiled.sort_by(|a, b| a.0.cmp(&b.0));
         let mut misfiled = misfiled.into_iter().peekable();
-        let mut stored = self.journal.iter().filter_map(move |item| match item {
-            Ok((k, _)) if misfiled_keys.contains(&k) => None,
-            Ok((k, v)) => Some(decode::<Line>(&String::from_utf8_lossy(&k), &v)),
-            Err(e) => Some(Err(e.into())),
-        });
+        let mut stored = self
+            .shared
+            .journal
+            .iter()
+            .filter_map(move |item| match item {
+                Ok((k, _)) if misfiled_keys.contains(&k) => None,
+                Ok((k, v)) => Some(decode::<Line>(&String::from_utf8_lossy(&k), &v)),
+                Err(e) => Some(Err(e.into())),
+            });
         let mut next_stored: Option<Result<Line>> = None;
         Ok(std::iter::from_fn(move || {
             if next_stored.is_none() {
@@ -260,6 +270,7 @@ mod tests {
         let stray = entry(a, Op::Commit);
         let stray_key = format!("{c}:hold");
         store
+            .shared
             .journal
             .insert(stray_key.as_bytes(), serde_json::to_vec(&stray).unwrap())
             .unwrap();
@@ -278,7 +289,7 @@ mod tests {
             ]
         );
         // A sound journal reads as stored.
-        store.journal.remove(stray_key.as_bytes()).unwrap();
+        store.shared.journal.remove(stray_key.as_bytes()).unwrap();
         let all: Vec<JournalEntry> = store
             .journal_iter_by_saga()
             .unwrap()
@@ -302,6 +313,7 @@ mod tests {
         odd["op"] = "bogus".into();
         let key = format!("{a}:bogus");
         store
+            .shared
             .journal
             .insert(key.as_bytes(), serde_json::to_vec(&odd).unwrap())
             .unwrap();

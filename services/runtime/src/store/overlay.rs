@@ -1,0 +1,321 @@
+//! State served from memory: the writes of the log records not yet checkpointed, read before
+//! the trees, and the checkpoint that moves them into the trees so that the log can be trimmed.
+//!
+//! Two generations: `active` takes every group commit; a checkpoint swaps it into `frozen`
+//! (under the write lock, so between two groups), writes `frozen` into the trees without
+//! holding any lock the consumer needs, and then drops it. A read looks in `active`, then in
+//! `frozen`, then in the trees: a key only ever moves in that direction (active → frozen →
+//! tree, and `frozen` is dropped only after the trees hold it), so a read never misses a
+//! committed write.
+//!
+//! Trimming: a log record goes once both are true: its writes are in the trees and durable
+//! (a checkpoint that covered it, then a flush), and its events are published. Both advance
+//! in log order, so the log is always a contiguous tail, and replaying that tail in order over
+//! the trees rebuilds exactly what memory held (see [`super::Store::open`]).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use super::footprint::{Tally, TreeIndex, Written};
+use super::log::{log_id, log_key, LogRecord, Space, Writes};
+use super::OutboxEntry;
+use crate::Result;
+
+/// Entries held in `active` at which a flush starts a checkpoint in the background. Larger
+/// means fewer tree writes (a saga's record rewritten at each stage is checkpointed once when
+/// all its stages fall into one window) and more memory and replay at restart; measured with
+/// `store_bench` (docs/benchmarks.md).
+pub(super) const CHECKPOINT_ENTRIES: usize = 16_384;
+
+/// The writes not yet in the trees.
+#[derive(Default)]
+pub(super) struct Overlay {
+    pub(super) active: Writes,
+    pub(super) frozen: Arc<Writes>,
+}
+
+impl Overlay {
+    /// What memory says of `key`: `Some(None)` when it is removed, `None` when memory does not
+    /// know (read the tree).
+    pub(super) fn get(&self, space: Space, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.active
+            .get(space, key)
+            .or_else(|| self.frozen.get(space, key))
+            .map(|v| v.cloned())
+    }
+
+    /// Every write memory holds to `space` under `prefix`, the newest per key, in key order.
+    pub(super) fn prefixed(&self, space: Space, prefix: &[u8]) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let mut out: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        for writes in [&*self.frozen, &self.active] {
+            let range = writes.space(space).range(prefix.to_vec()..);
+            for (k, v) in range.take_while(|(k, _)| k.starts_with(prefix)) {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+        out.into_iter().collect()
+    }
+}
+
+/// What the store's parts share with the background checkpoint.
+pub(super) struct Shared {
+    pub(super) db: sled::Db,
+    pub(super) state: sled::Tree,
+    pub(super) journal: sled::Tree,
+    pub(super) inbox: sled::Tree,
+    pub(super) log: sled::Tree,
+    /// `published`: the log id up to which every event is published (what a restart need not
+    /// publish again).
+    pub(super) meta: sled::Tree,
+    pub(super) overlay: RwLock<Overlay>,
+    /// Serializes group commits, and the checkpoint's swap between them.
+    pub(super) write_lock: Mutex<()>,
+    /// One checkpoint at a time.
+    checkpoint_lock: Mutex<()>,
+    /// The last log id committed.
+    pub(super) committed: AtomicU64,
+    /// The last log id whose writes a checkpoint has put in the trees (not yet flushed).
+    checkpointed: AtomicU64,
+    /// The last log id whose writes are durable in the trees.
+    durable: AtomicU64,
+    /// The log ids trimmed up to.
+    trimmed: AtomicU64,
+    /// Events not yet published, by the log id of their record.
+    pub(super) outbox: Mutex<Outbox>,
+    /// Group commits since the store opened (see [`super::Store::commits`]).
+    pub(super) commits: AtomicU64,
+    pub(super) written: Written,
+}
+
+/// The events waiting for the relay.
+#[derive(Default)]
+pub(super) struct Outbox {
+    pub(super) records: BTreeMap<u64, Vec<OutboxEntry>>,
+    /// The highest log id the relay has removed.
+    pub(super) max_removed: u64,
+}
+
+impl Outbox {
+    /// Every event of every record up to this id is published.
+    pub(super) fn published_through(&self) -> u64 {
+        match self.records.keys().next() {
+            Some(first) => first - 1,
+            None => self.max_removed,
+        }
+    }
+}
+
+pub(super) const PUBLISHED: &[u8] = b"published";
+
+impl Shared {
+    pub(super) fn new(db: &sled::Db) -> Result<Shared> {
+        Ok(Shared {
+            db: db.clone(),
+            state: db.open_tree("state")?,
+            journal: db.open_tree("journal")?,
+            inbox: db.open_tree("inbox")?,
+            log: db.open_tree("log")?,
+            meta: db.open_tree("meta")?,
+            overlay: RwLock::default(),
+            write_lock: Mutex::new(()),
+            checkpoint_lock: Mutex::new(()),
+            committed: AtomicU64::new(0),
+            checkpointed: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
+            trimmed: AtomicU64::new(0),
+            outbox: Mutex::default(),
+            commits: AtomicU64::new(0),
+            written: Written::default(),
+        })
+    }
+
+    pub(super) fn tree(&self, space: Space) -> &sled::Tree {
+        match space {
+            Space::State => &self.state,
+            Space::Journal => &self.journal,
+            Space::Inbox => &self.inbox,
+        }
+    }
+
+    /// A committed read: memory first, then the tree.
+    pub(super) fn read(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.overlay().get(space, key) {
+            return Ok(v);
+        }
+        Ok(self.tree(space).get(key)?.map(|v| v.to_vec()))
+    }
+
+    pub(super) fn overlay(&self) -> std::sync::RwLockReadGuard<'_, Overlay> {
+        self.overlay.read().expect("overlay lock is never poisoned")
+    }
+
+    fn overlay_mut(&self) -> std::sync::RwLockWriteGuard<'_, Overlay> {
+        self.overlay
+            .write()
+            .expect("overlay lock is never poisoned")
+    }
+
+    pub(super) fn lock_writes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write_lock
+            .lock()
+            .expect("write lock is never poisoned")
+    }
+
+    pub(super) fn lock_outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.outbox.lock().expect("outbox lock is never poisoned")
+    }
+
+    /// Entries in `active`: when a checkpoint is due.
+    pub(super) fn active_len(&self) -> usize {
+        self.overlay().active.len()
+    }
+
+    /// Writes a group's log records with one atomic sled batch, then queues their events.
+    pub(super) fn append(&self, records: Vec<LogRecord>) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let shared = self;
+        let mut batch = sled::Batch::default();
+        let mut tally = Tally::default();
+        let mut ids = Vec::with_capacity(records.len());
+        for record in &records {
+            // generate_id is monotonic across restarts (sled persists it); shifted by one so
+            // that watermark 0 means "nothing flushed".
+            let id = self.db.generate_id()? + 1;
+            let bytes = record.encode();
+            tally.insert(TreeIndex::Log, 8, bytes.len());
+            batch.insert(&log_key(id)[..], bytes);
+            ids.push(id);
+        }
+        shared.log.apply_batch(batch)?;
+        {
+            let mut outbox = shared.lock_outbox();
+            for (id, record) in ids.iter().zip(records) {
+                if !record.events.is_empty() {
+                    outbox.records.insert(*id, record.events);
+                }
+            }
+        }
+        let last = *ids.last().expect("at least one record");
+        shared.committed.store(last, Ordering::SeqCst);
+        shared.commits.fetch_add(1, Ordering::Relaxed);
+        shared.written.add(&tally);
+        Ok(())
+    }
+
+    /// Takes a group's writes into memory, after its log record is written.
+    pub(super) fn remember(&self, writes: Writes) {
+        self.overlay_mut().active.extend(writes);
+    }
+
+    /// Writes what memory holds into the trees: swaps `active` out between two group commits,
+    /// writes it with one batch per tree, then forgets it. Durable only after the next flush,
+    /// which is when the log records it covers may be trimmed.
+    pub(super) fn checkpoint(&self) -> Result<()> {
+        let _one = self
+            .checkpoint_lock
+            .lock()
+            .expect("checkpoint lock is never poisoned");
+        // A checkpoint that failed half way left its generation frozen: write it first.
+        self.write_frozen()?;
+        let through = {
+            let _writes = self.lock_writes();
+            let mut overlay = self.overlay_mut();
+            overlay.frozen = Arc::new(std::mem::take(&mut overlay.active));
+            self.committed.load(Ordering::SeqCst)
+        };
+        self.write_frozen()?;
+        self.checkpointed.fetch_max(through, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn write_frozen(&self) -> Result<()> {
+        let frozen = self.overlay().frozen.clone();
+        if frozen.is_empty() {
+            return Ok(());
+        }
+        let mut tally = Tally::default();
+        for space in Space::ALL {
+            let mut batch = sled::Batch::default();
+            for (k, v) in frozen.space(space) {
+                match v {
+                    Some(v) => {
+                        tally.insert(tree_index(space), k.len(), v.len());
+                        batch.insert(&k[..], &v[..]);
+                    }
+                    None => batch.remove(&k[..]),
+                }
+            }
+            self.tree(space).apply_batch(batch)?;
+        }
+        self.written.add(&tally);
+        self.overlay_mut().frozen = Arc::default();
+        Ok(())
+    }
+
+    /// The checkpoint read before a flush began; once that flush is done, what it covered is
+    /// durable.
+    pub(super) fn checkpointed(&self) -> u64 {
+        self.checkpointed.load(Ordering::SeqCst)
+    }
+
+    /// After a flush that began when `checkpointed` was the checkpoint: the trees hold the
+    /// writes up to it durably; trims the log records that are also published.
+    pub(super) fn flushed(&self, checkpointed: u64) -> Result<()> {
+        self.durable.fetch_max(checkpointed, Ordering::SeqCst);
+        self.trim()
+    }
+
+    /// Removes the log records that are checkpointed durably and published.
+    fn trim(&self) -> Result<()> {
+        let limit = self
+            .durable
+            .load(Ordering::SeqCst)
+            .min(self.lock_outbox().published_through());
+        if limit <= self.trimmed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for key in self.log.range(..=log_key(limit)).keys() {
+            batch.remove(key?);
+        }
+        self.log.apply_batch(batch)?;
+        self.trimmed.fetch_max(limit, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Recovery: replays the log over the trees into memory, in order, and queues the events
+    /// not yet published. Returns the last log id.
+    pub(super) fn recover(&self) -> Result<u64> {
+        let published = self.meta.get(PUBLISHED)?.map_or(0, |v| super::read_u64(&v));
+        let mut last = 0;
+        let mut overlay = self.overlay_mut();
+        let mut outbox = self.lock_outbox();
+        outbox.max_removed = published;
+        for item in self.log.iter() {
+            let (k, v) = item?;
+            let id = log_id(&k);
+            let (writes, events) = LogRecord::decode(id, &v)?.into_writes();
+            overlay.active.extend(writes);
+            if id > published && !events.is_empty() {
+                outbox.records.insert(id, events);
+            }
+            if last == 0 {
+                self.trimmed.store(id - 1, Ordering::SeqCst);
+            }
+            last = id;
+        }
+        self.committed.store(last, Ordering::SeqCst);
+        Ok(last)
+    }
+}
+
+fn tree_index(space: Space) -> TreeIndex {
+    match space {
+        Space::State => TreeIndex::State,
+        Space::Journal => TreeIndex::Journal,
+        Space::Inbox => TreeIndex::Inbox,
+    }
+}

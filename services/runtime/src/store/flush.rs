@@ -131,6 +131,7 @@ impl Checkpoints {
         let thread = std::thread::Builder::new()
             .name("fx-store-checkpoint".into())
             .spawn(move || {
+                lower_priority();
                 while queue.recv().is_ok() {
                     if let Err(e) = shared.checkpoint() {
                         // The log still holds everything; the next flush asks again.
@@ -150,6 +151,20 @@ impl Checkpoints {
         if let Some(r) = &self.requests {
             let _ = r.try_send(());
         }
+    }
+}
+
+/// Gives the calling thread the lowest scheduling priority (nice 19): a checkpoint is never
+/// urgent, and on a saturated machine it should take the cores the consumer leaves idle.
+fn lower_priority() {
+    // SAFETY: gettid and setpriority take no pointers; setpriority on one thread id changes
+    // that thread only (Linux).
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
+    };
+    if rc != 0 {
+        tracing::debug!("checkpoint thread priority unchanged");
     }
 }
 

@@ -81,46 +81,58 @@ impl Writes {
     }
 }
 
-/// One group commit as the log holds it.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// One group commit's effects (or a part of a large one): its writes and its events.
+#[derive(Debug, Default)]
 pub(super) struct LogRecord {
-    /// (tree, key, value) in the order they apply; `None` removes.
-    pub(super) writes: Vec<(Space, Vec<u8>, Option<Vec<u8>>)>,
-    /// The events the group emitted, in order.
+    pub(super) writes: Writes,
+    /// The events it emitted, in order.
     pub(super) events: Vec<OutboxEntry>,
 }
 
+/// A log record as encoded, borrowing what it encodes: (tree, key, value) per write, `None`
+/// removing; then the events. [`Decoded`] is the same layout, owned.
+/// One write as encoded: tree, key, value (`None` removes).
+type EncodedWrite<'a> = (Space, &'a [u8], Option<&'a [u8]>);
+
+#[derive(Serialize)]
+struct Encoded<'a> {
+    writes: Vec<EncodedWrite<'a>>,
+    events: &'a [OutboxEntry],
+}
+
+#[derive(Deserialize)]
+struct Decoded {
+    writes: Vec<(Space, Vec<u8>, Option<Vec<u8>>)>,
+    events: Vec<OutboxEntry>,
+}
+
 impl LogRecord {
-    pub(super) fn new(writes: &Writes, events: Vec<OutboxEntry>) -> LogRecord {
-        let mut all = Vec::with_capacity(writes.len());
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut writes = Vec::with_capacity(self.writes.len());
         for space in Space::ALL {
-            for (k, v) in writes.space(space) {
-                all.push((space, k.clone(), v.clone()));
+            for (k, v) in self.writes.space(space) {
+                writes.push((space, &k[..], v.as_deref()));
             }
         }
-        LogRecord {
-            writes: all,
-            events,
-        }
-    }
-
-    /// The record's writes, to apply over what came before.
-    pub(super) fn into_writes(self) -> (Writes, Vec<OutboxEntry>) {
-        let mut writes = Writes::default();
-        for (space, k, v) in self.writes {
-            writes.insert(space, k, v);
-        }
-        (writes, self.events)
-    }
-
-    pub(super) fn encode(&self) -> Vec<u8> {
-        bincode::serialize(self).expect("log records encode")
+        let encoded = Encoded {
+            writes,
+            events: &self.events,
+        };
+        bincode::serialize(&encoded).expect("log records encode")
     }
 
     pub(super) fn decode(id: u64, bytes: &[u8]) -> Result<LogRecord> {
-        bincode::deserialize(bytes).map_err(|e| RuntimeError::Corrupt {
+        let decoded: Decoded = bincode::deserialize(bytes).map_err(|e| RuntimeError::Corrupt {
             key: format!("log/{id}"),
             message: e.to_string(),
+        })?;
+        let mut writes = Writes::default();
+        for (space, k, v) in decoded.writes {
+            writes.insert(space, k, v);
+        }
+        Ok(LogRecord {
+            writes,
+            events: decoded.events,
         })
     }
 }
@@ -144,9 +156,11 @@ mod tests {
         w.insert(Space::State, b"a".to_vec(), Some(b"1".to_vec()));
         w.insert(Space::State, b"a".to_vec(), Some(b"2".to_vec()));
         w.insert(Space::Inbox, b"e".to_vec(), None);
-        let rec = LogRecord::new(&w, vec![]);
-        let back = LogRecord::decode(1, &rec.encode()).unwrap();
-        let (w, events) = back.into_writes();
+        let rec = LogRecord {
+            writes: w,
+            events: vec![],
+        };
+        let LogRecord { writes: w, events } = LogRecord::decode(1, &rec.encode()).unwrap();
         assert_eq!(w.get(Space::State, b"a"), Some(Some(&b"2".to_vec())));
         assert_eq!(w.get(Space::Inbox, b"e"), Some(None));
         assert_eq!(w.get(Space::Journal, b"a"), None);

@@ -113,7 +113,10 @@ pub(super) fn migrate_outbox(shared: &Shared, mut flush: impl FnMut() -> Result<
     for item in old.iter() {
         let (k, v) = item?;
         let events = decode_outbox(read_u64(&k[..k.len().min(8)]), &v)?;
-        records.push(LogRecord::new(&Writes::default(), events));
+        records.push(LogRecord {
+            writes: Writes::default(),
+            events,
+        });
     }
     shared.append(records)?;
     flush()?;

@@ -177,12 +177,12 @@ impl Shared {
         self.overlay().active.len()
     }
 
-    /// Writes a group's log records with one atomic sled batch, then queues their events.
+    /// Writes a group's log records with one atomic sled batch, then takes their writes into
+    /// memory and queues their events: memory is never ahead of the log.
     pub(super) fn append(&self, records: Vec<LogRecord>) -> Result<()> {
         if records.is_empty() {
             return Ok(());
         }
-        let shared = self;
         let mut batch = sled::Batch::default();
         let mut tally = Tally::default();
         let mut ids = Vec::with_capacity(records.len());
@@ -195,25 +195,22 @@ impl Shared {
             batch.insert(&log_key(id)[..], bytes);
             ids.push(id);
         }
-        shared.log.apply_batch(batch)?;
+        self.log.apply_batch(batch)?;
         {
-            let mut outbox = shared.lock_outbox();
+            let mut overlay = self.overlay_mut();
+            let mut outbox = self.lock_outbox();
             for (id, record) in ids.iter().zip(records) {
+                overlay.active.extend(record.writes);
                 if !record.events.is_empty() {
                     outbox.records.insert(*id, record.events);
                 }
             }
         }
         let last = *ids.last().expect("at least one record");
-        shared.committed.store(last, Ordering::SeqCst);
-        shared.commits.fetch_add(1, Ordering::Relaxed);
-        shared.written.add(&tally);
+        self.committed.store(last, Ordering::SeqCst);
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.written.add(&tally);
         Ok(())
-    }
-
-    /// Takes a group's writes into memory, after its log record is written.
-    pub(super) fn remember(&self, writes: Writes) {
-        self.overlay_mut().active.extend(writes);
     }
 
     /// Writes what memory holds into the trees: swaps `active` out between two group commits,
@@ -303,8 +300,8 @@ impl Shared {
     }
 
     /// Recovery: replays the log over the trees into memory, in order, and queues the events
-    /// not yet published. Returns the last log id.
-    pub(super) fn recover(&self) -> Result<u64> {
+    /// not yet published.
+    pub(super) fn recover(&self) -> Result<()> {
         let published = self.meta.get(PUBLISHED)?.map_or(0, |v| super::read_u64(&v));
         let mut last = 0;
         let mut overlay = self.overlay_mut();
@@ -313,10 +310,10 @@ impl Shared {
         for item in self.log.iter() {
             let (k, v) = item?;
             let id = log_id(&k);
-            let (writes, events) = LogRecord::decode(id, &v)?.into_writes();
-            overlay.active.extend(writes);
-            if id > published && !events.is_empty() {
-                outbox.records.insert(id, events);
+            let record = LogRecord::decode(id, &v)?;
+            overlay.active.extend(record.writes);
+            if id > published && !record.events.is_empty() {
+                outbox.records.insert(id, record.events);
             }
             if last == 0 {
                 self.trimmed.store(id - 1, Ordering::SeqCst);
@@ -324,7 +321,7 @@ impl Shared {
             last = id;
         }
         self.committed.store(last, Ordering::SeqCst);
-        Ok(last)
+        Ok(())
     }
 }
 

@@ -41,8 +41,7 @@ impl Store {
     ) -> Result<Vec<Result<T>>> {
         let shared = &*self.shared;
         let _guard = shared.lock_writes();
-        let group = RefCell::new(Writes::default());
-        let mut chunks = Chunks::default();
+        let group = RefCell::new(Chunks::default());
         let mut results = Vec::with_capacity(items.len());
         for item in items {
             let mut tx = Tx {
@@ -52,9 +51,7 @@ impl Store {
             };
             match f(&mut tx, item) {
                 Ok(v) => {
-                    let pending = tx.pending.into_inner();
-                    group.borrow_mut().extend(pending.writes.clone());
-                    chunks.push(pending);
+                    group.borrow_mut().push(tx.pending.into_inner());
                     results.push(Ok(v));
                 }
                 Err(ConflictableTransactionError::Abort(e)) => results.push(Err(e)),
@@ -62,8 +59,7 @@ impl Store {
                 Err(other) => return Err(RuntimeError::StoreFailed(format!("{other:?}"))),
             }
         }
-        shared.append(chunks.done())?;
-        shared.remember(group.into_inner());
+        shared.append(group.into_inner().done())?;
         Ok(results)
     }
 
@@ -80,30 +76,35 @@ impl Store {
 /// well below that, written together by one atomic batch.
 const LOG_RECORD_MAX_BYTES: usize = 32 * 1024;
 
-/// A group's log records, cut at item boundaries once one reaches [`LOG_RECORD_MAX_BYTES`].
+/// A group's log records, cut at item boundaries once one reaches [`LOG_RECORD_MAX_BYTES`];
+/// also what the group has written so far, as the next item reads it.
 #[derive(Default)]
 struct Chunks {
     done: Vec<LogRecord>,
-    writes: Writes,
-    events: Vec<OutboxEntry>,
+    current: LogRecord,
     bytes: usize,
 }
 
 impl Chunks {
     fn push(&mut self, item: Pending) {
         self.bytes += item.bytes();
-        self.writes.extend(item.writes);
-        self.events.extend(item.outbox);
+        self.current.writes.extend(item.writes);
+        self.current.events.extend(item.outbox);
         if self.bytes >= LOG_RECORD_MAX_BYTES {
             self.cut();
         }
     }
 
+    /// What the group's items so far say of `key`, the latest first.
+    fn get(&self, space: Space, key: &[u8]) -> Option<Option<&Vec<u8>>> {
+        std::iter::once(&self.current)
+            .chain(self.done.iter().rev())
+            .find_map(|record| record.writes.get(space, key))
+    }
+
     fn cut(&mut self) {
-        if !self.writes.is_empty() || !self.events.is_empty() {
-            let events = std::mem::take(&mut self.events);
-            self.done
-                .push(LogRecord::new(&std::mem::take(&mut self.writes), events));
+        if !self.current.writes.is_empty() || !self.current.events.is_empty() {
+            self.done.push(std::mem::take(&mut self.current));
         }
         self.bytes = 0;
     }
@@ -137,7 +138,7 @@ impl Pending {
 /// writes first, then the group's so far, then what is committed.
 pub struct Tx<'a> {
     store: &'a Store,
-    group: &'a RefCell<Writes>,
+    group: &'a RefCell<Chunks>,
     pending: RefCell<Pending>,
 }
 

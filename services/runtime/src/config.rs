@@ -138,6 +138,10 @@ pub struct RuntimeConfig {
     /// `FX_STORE_CACHE_MIB`: sled's cache. Most of a service's resident memory: sled settles
     /// near twice this (its accounting counts on-disk sizes).
     pub store_cache_mib: u64,
+    /// `FX_CHECKPOINT_ENTRIES`: writes the store holds in memory before a background
+    /// checkpoint puts them into its trees. More means fewer tree writes, more memory and a
+    /// longer log to replay at restart.
+    pub checkpoint_entries: usize,
 }
 
 impl RuntimeConfig {
@@ -163,6 +167,7 @@ impl RuntimeConfig {
             shutdown_deadline_ms: env_parse("FX_SHUTDOWN_DEADLINE_MS", 10_000)?,
             partitioning: partitioning_from_env()?,
             store_cache_mib: env_parse("FX_STORE_CACHE_MIB", crate::Store::DEFAULT_CACHE_MIB)?,
+            checkpoint_entries: env_parse("FX_CHECKPOINT_ENTRIES", crate::CHECKPOINT_ENTRIES)?,
         })
     }
 
@@ -181,6 +186,7 @@ impl RuntimeConfig {
             shutdown_deadline_ms: 5_000,
             partitioning: Partitioning::SINGLE,
             store_cache_mib: crate::Store::DEFAULT_CACHE_MIB,
+            checkpoint_entries: crate::CHECKPOINT_ENTRIES,
         }
     }
 

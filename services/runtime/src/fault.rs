@@ -12,6 +12,20 @@ pub enum FaultPoint {
     /// Outbox entries are published and PubAcked; they are not removed from the outbox yet.
     /// Recovery: the relay publishes them again with the same `Nats-Msg-Id`.
     AfterPublishBeforeRemove,
+    /// A group's transactions ran; their log record is not written yet. Recovery: nothing of
+    /// the group reached the disk, and the broker redelivers its messages.
+    BeforeLogWrite,
+    /// The group's log record is handed to sled; the flush has not begun, so the record may
+    /// or may not be on disk. Recovery: if it survived, its writes are replayed and its events
+    /// published, and the redelivered messages are duplicates; if not, as [`Self::BeforeLogWrite`].
+    AfterLogWriteBeforeFlush,
+    /// A checkpoint wrote the `state` tree but not the `journal` and `inbox` trees. Recovery:
+    /// the log, not trimmed yet, is replayed over whatever part reached the trees.
+    DuringCheckpoint,
+    /// A checkpoint is durable; the log records it covers are not trimmed yet (sled applies the
+    /// trim's removals as one batch, so this is the only point inside it). Recovery replays
+    /// those records over trees that already hold their writes.
+    BeforeTrim,
 }
 
 /// What the hook tells the runtime to do at a fault point.

@@ -43,6 +43,6 @@ pub use participant::{Handled, Participant};
 pub use runtime::{consumer_config, durable_name, publish_message, system_clock, Clock, Runtime};
 pub use store::{
     abort, aborted, outbox_entry, Footprint, JournalEntry, OutboxEntry, ReadRecords, Records,
-    SagaGroup, SagaKey, Store, TreeFootprint, Tx, TxResult,
+    SagaGroup, SagaKey, Store, StoreOptions, TreeFootprint, Tx, TxResult, CHECKPOINT_ENTRIES,
 };
 pub use trace::traceparent;

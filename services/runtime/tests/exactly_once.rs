@@ -1,7 +1,7 @@
 //! Exactly-once effects from at-least-once delivery, against a real nats-server.
 //!
-//! A probe participant counts how often its handler's effect is applied per saga and answers
-//! every krw.held with a trade.failed. Each test delivers or crashes in one way and asserts the
+//! A probe participant counts how often its handler's effect is applied per saga, writes a
+//! journal line for each application, and answers every krw.held with a trade.failed. Each test delivers or crashes in one way and asserts the
 //! count, the events on the stream, and the dead letters.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,10 +9,12 @@ use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream;
 use events::{Event, EventKind, Krw, KrwHeld, SagaId, TradeFailReason, TradeFailed, UserId};
+use runtime::ledger::{Account, Currency, Op};
 use runtime::{
-    FaultAction, FaultHook, FaultPoint, Handled, Participant, ReadRecords, Records, RuntimeConfig,
-    RuntimeError, Store, TxResult,
+    FaultAction, FaultHook, FaultPoint, Handled, JournalEntry, Participant, ReadRecords, Records,
+    RuntimeConfig, RuntimeError, Store, TxResult,
 };
+use rust_decimal::Decimal;
 use testkit::{messages_on, wait_for, NatsServer};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -53,6 +55,18 @@ impl Participant for Probe {
         let key = format!("count:{}", event.saga_id());
         let n: u64 = r.get(&key)?.unwrap_or(0);
         r.put(&key, &(n + 1))?;
+        // A journal line per application, its operation saying which one (hold, then commit,
+        // then release): a store that loses or doubles an application shows in the journal.
+        let op = [Op::Hold, Op::Commit, Op::Release][n.min(2) as usize];
+        let user = event.user_id().clone();
+        r.journal(&JournalEntry::new(
+            event.saga_id(),
+            op,
+            Currency::Krw,
+            (Account::Available(user.clone()), Account::Held(user)),
+            Decimal::ONE,
+            now_ms,
+        ))?;
         let answer = Event::TradeFailed(TradeFailed {
             saga_id: event.saga_id(),
             user_id: event.user_id().clone(),
@@ -94,9 +108,13 @@ struct Running {
 }
 
 async fn start(url: &str, dir: &std::path::Path, faults: FaultHook) -> Running {
+    start_with(RuntimeConfig::for_test(url, dir), faults).await
+}
+
+async fn start_with(config: RuntimeConfig, faults: FaultHook) -> Running {
     let probe = Probe::default();
     let prepared = probe.prepared.clone();
-    let rt = runtime::Runtime::start(probe, RuntimeConfig::for_test(url, dir))
+    let rt = runtime::Runtime::start(probe, config)
         .await
         .expect("runtime starts")
         .with_faults(faults);
@@ -151,6 +169,18 @@ async fn publish(js: &jetstream::Context, e: &Event, msg_id: Option<&str>) {
         .unwrap()
         .await
         .unwrap();
+}
+
+/// The probe's durable consumer, as the broker reports it.
+async fn probe_consumer(js: &jetstream::Context) -> jetstream::consumer::Info {
+    let mut c = js
+        .get_stream("FX")
+        .await
+        .unwrap()
+        .get_consumer::<jetstream::consumer::pull::Config>("fx-probe")
+        .await
+        .unwrap();
+    c.info().await.unwrap().clone()
 }
 
 async fn trade_failed_count(js: &jetstream::Context, saga: SagaId) -> usize {
@@ -250,14 +280,7 @@ async fn dying_after_the_commit_before_the_ack_applies_once() {
     // The process is gone without acking; a new one on the same store gets the redelivery.
     let run = start(&server.url(), dir.path(), runtime::no_faults()).await;
     let info = wait_for("the redelivery to be acked", 20_000, || async {
-        let mut c = js
-            .get_stream("FX")
-            .await
-            .unwrap()
-            .get_consumer::<jetstream::consumer::pull::Config>("fx-probe")
-            .await
-            .unwrap();
-        let info = c.info().await.unwrap().clone();
+        let info = probe_consumer(&js).await;
         (info.num_ack_pending == 0 && info.num_pending == 0 && info.delivered.stream_sequence >= 1)
             .then_some(info)
     })
@@ -306,6 +329,102 @@ async fn dying_after_the_publish_before_the_outbox_removal_publishes_once() {
     assert_eq!(trade_failed_count(&js, saga).await, 1);
     assert_eq!(run.count(saga), 1);
     run.stop().await;
+}
+
+/// The process dies inside the store the third time it reaches `point`, with sagas settled
+/// before it (some of them checkpointed into the trees, the latest only in the log); a new
+/// process on the same store has applied every saga exactly once, with one journal line each,
+/// and published each answer once.
+async fn dying_in_the_store_applies_once(point: FaultPoint) {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    // A probe saga writes three entries (its count, its inbox mark, its journal line): a
+    // checkpoint every two sagas or so, so that checkpoints and trims come early.
+    let mut config = RuntimeConfig::for_test(&server.url(), dir.path());
+    config.checkpoint_entries = 6;
+    let reached = Arc::new(AtomicUsize::new(0));
+    let hook: FaultHook = {
+        let reached = reached.clone();
+        Arc::new(move |p| {
+            if p == point && reached.fetch_add(1, Ordering::SeqCst) == 2 {
+                FaultAction::Crash
+            } else {
+                FaultAction::Continue
+            }
+        })
+    };
+    let run = start_with(config.clone(), hook).await;
+    let js = client(&server).await;
+    // One saga at a time until the store reaches the point (a checkpoint runs in the
+    // background, a trim needs a checkpoint and a published answer before it).
+    let mut sagas = Vec::new();
+    wait_for(&format!("the store to reach {point:?}"), 30_000, || {
+        let saga = SagaId::new_v7();
+        sagas.push(saga);
+        let (js, reached) = (js.clone(), reached.clone());
+        async move {
+            publish(&js, &held(saga), Some(&saga.event_id(EventKind::KrwHeld))).await;
+            (reached.load(Ordering::SeqCst) > 2).then_some(())
+        }
+    })
+    .await;
+    // One more message makes the consumer flush, which a dead store refuses.
+    let last = SagaId::new_v7();
+    sagas.push(last);
+    publish(&js, &held(last), Some(&last.event_id(EventKind::KrwHeld))).await;
+    let ended = run.task.await.unwrap();
+    assert!(
+        matches!(ended, Err(RuntimeError::Crashed(p)) if p == point),
+        "{ended:?}"
+    );
+    drop(run.store);
+
+    let run = start_with(config, runtime::no_faults()).await;
+    for saga in &sagas {
+        run.wait_count(*saga, 1).await;
+        wait_trade_failed(&js, *saga).await;
+    }
+    wait_for("every message acked", 20_000, || async {
+        let info = probe_consumer(&js).await;
+        (info.num_ack_pending == 0 && info.num_pending == 0).then_some(())
+    })
+    .await;
+    for saga in &sagas {
+        assert_eq!(run.count(*saga), 1, "{point:?}: {saga} applied once");
+        assert_eq!(trade_failed_count(&js, *saga).await, 1, "{point:?}: {saga}");
+    }
+    let mut journal: Vec<(SagaId, Op)> = run
+        .store
+        .journal_entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.saga_id, e.op))
+        .collect();
+    journal.sort();
+    let mut expected: Vec<(SagaId, Op)> = sagas.iter().map(|s| (*s, Op::Hold)).collect();
+    expected.sort();
+    assert_eq!(journal, expected, "{point:?}: one journal line per saga");
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn dying_before_the_log_write_applies_once() {
+    dying_in_the_store_applies_once(FaultPoint::BeforeLogWrite).await;
+}
+
+#[tokio::test]
+async fn dying_after_the_log_write_before_the_flush_applies_once() {
+    dying_in_the_store_applies_once(FaultPoint::AfterLogWriteBeforeFlush).await;
+}
+
+#[tokio::test]
+async fn dying_during_a_checkpoint_applies_once() {
+    dying_in_the_store_applies_once(FaultPoint::DuringCheckpoint).await;
+}
+
+#[tokio::test]
+async fn dying_before_the_trim_applies_once() {
+    dying_in_the_store_applies_once(FaultPoint::BeforeTrim).await;
 }
 
 #[tokio::test]

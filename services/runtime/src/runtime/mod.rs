@@ -84,9 +84,12 @@ impl<P: Participant> Runtime<P> {
             broker::check_partitions(&js, config.partitioning.count())
         })
         .await?;
-        let store = Arc::new(Store::open_with_cache(
+        let store = Arc::new(Store::open_with(
             &config.data_dir,
-            config.store_cache_mib,
+            crate::StoreOptions {
+                cache_mib: config.store_cache_mib,
+                checkpoint_entries: config.checkpoint_entries,
+            },
         )?);
         Ok(Runtime {
             participant: Arc::new(participant),
@@ -123,6 +126,7 @@ impl<P: Participant> Runtime<P> {
 
     /// Installs a fault hook (crash tests).
     pub fn with_faults(mut self, faults: FaultHook) -> Self {
+        self.store.set_faults(faults.clone());
         self.faults = faults;
         self
     }

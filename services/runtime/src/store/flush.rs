@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use std::sync::Arc;
 
-use super::overlay::{Shared, CHECKPOINT_ENTRIES};
+use super::overlay::Shared;
 use super::Store;
 use crate::durable::{DataFiles, SyncError};
 use crate::{Result, RuntimeError};
@@ -183,17 +183,21 @@ impl Store {
     ///
     /// Also where the log is kept short: what a checkpoint had written before this flush began
     /// is durable once it ends, so the log records it covers and whose events are published
-    /// are trimmed; and when memory holds [`CHECKPOINT_ENTRIES`] writes, the background
-    /// checkpoint is started.
+    /// are trimmed; and when memory holds [`super::StoreOptions::checkpoint_entries`] writes,
+    /// the background checkpoint is started.
     pub async fn flush(&self) -> Result<u64> {
+        self.shared.alive()?;
         let tail = {
             let _guard = self.shared.lock_writes();
             self.outbox_tail()
         };
         let checkpointed = self.shared.checkpointed();
         self.flusher.flush().await?;
+        // A crash injected while the flush ran (in the background checkpoint) kills the
+        // process before anything rests on this flush.
+        self.shared.alive()?;
         self.shared.flushed(checkpointed)?;
-        if self.shared.active_len() >= CHECKPOINT_ENTRIES {
+        if self.shared.active_len() >= self.shared.checkpoint_entries {
             self.checkpoints.start_one();
         }
         self.watermark.send_if_modified(|w| {

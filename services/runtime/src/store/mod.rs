@@ -48,10 +48,29 @@ use log::Space;
 use malloc::fixed_mmap_threshold;
 pub use outbox::{outbox_entry, OutboxEntry};
 use overlay::Shared;
+pub use overlay::CHECKPOINT_ENTRIES;
 use records::decode;
 pub use records::{abort, aborted, ReadRecords, Records, TxResult};
 pub use tx::Tx;
 pub use walk::{SagaGroup, SagaKey};
+
+/// How a store is opened (the runtime's `FX_STORE_CACHE_MIB` and `FX_CHECKPOINT_ENTRIES`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// sled's cache, in MiB.
+    pub cache_mib: u64,
+    /// Writes held in memory at which a flush starts the background checkpoint.
+    pub checkpoint_entries: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            cache_mib: Store::DEFAULT_CACHE_MIB,
+            checkpoint_entries: CHECKPOINT_ENTRIES,
+        }
+    }
+}
 
 /// The store of one service.
 pub struct Store {
@@ -73,14 +92,14 @@ impl Store {
     /// is the recent sagas, and the OS page cache holds the rest.
     pub const DEFAULT_CACHE_MIB: u64 = 8;
 
-    /// Opens (or creates) the store in `dir` with the default cache.
+    /// Opens (or creates) the store in `dir` with the default options.
     pub fn open(dir: &Path) -> Result<Store> {
-        Store::open_with_cache(dir, Store::DEFAULT_CACHE_MIB)
+        Store::open_with(dir, StoreOptions::default())
     }
 
-    /// Opens (or creates) the store in `dir` with `cache_mib` MiB of sled cache, fsyncs what sled
-    /// created, and flushes once so that whatever survived a crash is publishable.
-    pub fn open_with_cache(dir: &Path, cache_mib: u64) -> Result<Store> {
+    /// Opens (or creates) the store in `dir`, fsyncs what sled created, and flushes once so
+    /// that whatever survived a crash is publishable.
+    pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Store> {
         fixed_mmap_threshold();
         durable::create_dir_all(dir).map_err(|e| RuntimeError::Config {
             var: "FX_DATA_DIR",
@@ -95,28 +114,38 @@ impl Store {
             // sled's resident memory settles near twice this (its accounting counts on-disk
             // sizes); the working set is the recent sagas, so a small cache costs no throughput
             // (see DEFAULT_CACHE_MIB).
-            .cache_capacity(cache_mib.saturating_mul(1024 * 1024));
+            .cache_capacity(options.cache_mib.saturating_mul(1024 * 1024));
         // No `mode`: sled 0.34.7 reads it nowhere.
         let path = dir.join("sled");
         let db = durable::open(config, &path).map_err(|e| match e {
             durable::OpenError::Store(e) => RuntimeError::Store(e),
             durable::OpenError::Sync(e) => RuntimeError::Sync(e),
         })?;
-        Store::from_db(db, Some(DataFiles::open(&path)?), Some(path))
+        Store::from_db(db, Some(DataFiles::open(&path)?), Some(path), options)
     }
 
     /// A store in a temporary directory that sled deletes on drop (tests).
     pub fn temporary() -> Result<Store> {
-        Store::from_db(sled::Config::new().temporary(true).open()?, None, None)
+        Store::from_db(
+            sled::Config::new().temporary(true).open()?,
+            None,
+            None,
+            StoreOptions::default(),
+        )
     }
 
     /// Recovery: makes whatever survived a crash durable, replays the log records not yet
     /// trimmed over the trees into memory (the state as the last durable group left it), and
     /// queues their events not yet published.
-    fn from_db(db: sled::Db, mut files: Option<DataFiles>, dir: Option<PathBuf>) -> Result<Store> {
+    fn from_db(
+        db: sled::Db,
+        mut files: Option<DataFiles>,
+        dir: Option<PathBuf>,
+        options: StoreOptions,
+    ) -> Result<Store> {
         // Whatever survived a crash becomes durable before the relay may publish any of it.
         flush_durably(&db, files.as_mut()).map_err(RuntimeError::from)?;
-        let shared = Arc::new(Shared::new(&db)?);
+        let shared = Arc::new(Shared::new(&db, options.checkpoint_entries)?);
         shared.recover()?;
         outbox::migrate_outbox(&shared, || {
             flush_durably(&db, files.as_mut()).map_err(RuntimeError::from)
@@ -129,6 +158,12 @@ impl Store {
             dir,
         };
         Ok(store)
+    }
+
+    /// Installs a fault hook (crash tests): at each [`crate::FaultPoint`] of the store the hook
+    /// may stop it, after which nothing more reaches sled.
+    pub fn set_faults(&self, faults: crate::FaultHook) {
+        self.shared.set_faults(faults);
     }
 
     /// Writes the state held in memory into the trees now (it happens in the background as

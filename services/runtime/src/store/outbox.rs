@@ -72,6 +72,7 @@ impl Store {
     /// Forgets the events of these records (the relay published them all), and marks how far
     /// everything is published.
     pub fn outbox_remove(&self, keys: &[u64]) -> Result<()> {
+        self.shared.alive()?;
         let published = {
             let mut outbox = self.shared.lock_outbox();
             for k in keys {

@@ -15,18 +15,18 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use super::footprint::{Tally, TreeIndex, Written};
 use super::log::{log_id, log_key, LogRecord, Space, Writes};
 use super::OutboxEntry;
-use crate::Result;
+use crate::{FaultAction, FaultHook, FaultPoint, Result, RuntimeError};
 
-/// Entries held in `active` at which a flush starts a checkpoint in the background. Larger
-/// means fewer tree writes (a saga's record rewritten at each stage is checkpointed once when
-/// all its stages fall into one window) and more memory and replay at restart; measured with
-/// `store_bench` (docs/benchmarks.md).
-pub(super) const CHECKPOINT_ENTRIES: usize = 16_384;
+/// Entries held in `active` at which a flush starts a checkpoint in the background, by
+/// default (`FX_CHECKPOINT_ENTRIES`). Larger means fewer tree writes (a saga's record
+/// rewritten at each stage is checkpointed once when all its stages fall into one window) and
+/// more memory and replay at restart; measured with `store_bench` (docs/benchmarks.md).
+pub const CHECKPOINT_ENTRIES: usize = 16_384;
 
 /// Most writes in one sled batch of a checkpoint. sled's `apply_batch` holds a lock that every
 /// other write waits for (the group commit's log insert too) for the whole batch; a checkpoint
@@ -92,6 +92,13 @@ pub(super) struct Shared {
     /// Group commits since the store opened (see [`super::Store::commits`]).
     pub(super) commits: AtomicU64,
     pub(super) written: Written,
+    /// Entries in `active` at which a flush starts a checkpoint.
+    pub(super) checkpoint_entries: usize,
+    /// A test's fault hook (crash tests); [`crate::no_faults`] otherwise.
+    faults: RwLock<FaultHook>,
+    /// Where an injected crash stopped the store: from then on nothing reaches sled, as
+    /// nothing would from a dead process.
+    crashed: OnceLock<FaultPoint>,
 }
 
 /// The events waiting for the relay.
@@ -115,7 +122,7 @@ impl Outbox {
 pub(super) const PUBLISHED: &[u8] = b"published";
 
 impl Shared {
-    pub(super) fn new(db: &sled::Db) -> Result<Shared> {
+    pub(super) fn new(db: &sled::Db, checkpoint_entries: usize) -> Result<Shared> {
         Ok(Shared {
             db: db.clone(),
             state: db.open_tree("state")?,
@@ -133,7 +140,40 @@ impl Shared {
             outbox: Mutex::default(),
             commits: AtomicU64::new(0),
             written: Written::default(),
+            checkpoint_entries,
+            faults: RwLock::new(crate::no_faults()),
+            crashed: OnceLock::new(),
         })
+    }
+
+    pub(super) fn set_faults(&self, faults: FaultHook) {
+        *self
+            .faults
+            .write()
+            .expect("fault hook lock is never poisoned") = faults;
+    }
+
+    /// Asks the fault hook about `point`: a crash there stops the store (see [`Self::alive`]).
+    pub(super) fn fault(&self, point: FaultPoint) -> Result<()> {
+        self.alive()?;
+        let hook = self
+            .faults
+            .read()
+            .expect("fault hook lock is never poisoned")
+            .clone();
+        if hook(point) == FaultAction::Crash {
+            let _ = self.crashed.set(point);
+            return Err(RuntimeError::Crashed(point));
+        }
+        Ok(())
+    }
+
+    /// `Err` once an injected crash stopped the store: every write path asks first.
+    pub(super) fn alive(&self) -> Result<()> {
+        match self.crashed.get() {
+            Some(point) => Err(RuntimeError::Crashed(*point)),
+            None => Ok(()),
+        }
     }
 
     pub(super) fn tree(&self, space: Space) -> &sled::Tree {
@@ -195,7 +235,9 @@ impl Shared {
             batch.insert(&log_key(id)[..], bytes);
             ids.push(id);
         }
+        self.fault(FaultPoint::BeforeLogWrite)?;
         self.log.apply_batch(batch)?;
+        self.fault(FaultPoint::AfterLogWriteBeforeFlush)?;
         {
             let mut overlay = self.overlay_mut();
             let mut outbox = self.lock_outbox();
@@ -221,6 +263,7 @@ impl Shared {
             .checkpoint_lock
             .lock()
             .expect("checkpoint lock is never poisoned");
+        self.alive()?;
         // A checkpoint that failed half way left its generation frozen: write it first.
         self.write_frozen()?;
         let through = {
@@ -234,21 +277,18 @@ impl Shared {
         Ok(())
     }
 
+    /// Writes the frozen generation into the trees, then forgets it.
     fn write_frozen(&self) -> Result<()> {
-        self.write_frozen_into(&Space::ALL)?;
-        self.overlay_mut().frozen = Arc::default();
-        Ok(())
-    }
-
-    /// Writes the frozen generation into the trees of `spaces` (all of them but in a test that
-    /// stops a checkpoint half way).
-    fn write_frozen_into(&self, spaces: &[Space]) -> Result<()> {
         let frozen = self.overlay().frozen.clone();
         if frozen.is_empty() {
             return Ok(());
         }
         let mut tally = Tally::default();
-        for &space in spaces {
+        for space in Space::ALL {
+            if space == Space::Journal {
+                // The state tree is written, the journal and inbox trees are not.
+                self.fault(FaultPoint::DuringCheckpoint)?;
+            }
             let writes: Vec<_> = frozen.space(space).iter().collect();
             for chunk in writes.chunks(CHECKPOINT_BATCH_ENTRIES) {
                 let mut batch = sled::Batch::default();
@@ -265,6 +305,7 @@ impl Shared {
             }
         }
         self.written.add(&tally);
+        self.overlay_mut().frozen = Arc::default();
         Ok(())
     }
 
@@ -290,6 +331,7 @@ impl Shared {
         if limit <= self.trimmed.load(Ordering::SeqCst) {
             return Ok(());
         }
+        self.fault(FaultPoint::BeforeTrim)?;
         let mut batch = sled::Batch::default();
         for key in self.log.range(..=log_key(limit)).keys() {
             batch.remove(key?);
@@ -343,18 +385,15 @@ mod tests {
     use crate::{Records, RuntimeError};
     use events::SagaId;
 
-    impl Shared {
-        /// A checkpoint that dies after writing the state tree only: memory swapped, the
-        /// journal and inbox trees not written, nothing trimmed.
-        fn checkpoint_dying_half_way(&self) {
-            let _one = self.checkpoint_lock.lock().unwrap();
-            {
-                let _writes = self.lock_writes();
-                let mut overlay = self.overlay_mut();
-                overlay.frozen = Arc::new(std::mem::take(&mut overlay.active));
+    /// Makes `store` die at `point` (and stay dead).
+    fn crash_at(store: &Store, point: FaultPoint) {
+        store.set_faults(Arc::new(move |p| {
+            if p == point {
+                FaultAction::Crash
+            } else {
+                FaultAction::Continue
             }
-            self.write_frozen_into(&[Space::State]).unwrap();
-        }
+        }));
     }
 
     /// What every crash point leaves must read the same after a reopen: the log is replayed
@@ -403,15 +442,31 @@ mod tests {
         let saga = SagaId::new_v7();
         // (name, what happens before the process dies)
         type Step = fn(&Store) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>;
-        let steps: [(&str, Step); 4] = [
+        let steps: [(&str, Step); 5] = [
             // After the log write, before the flush (the process dies; sled's own state on
             // close is what a crash after the write leaves).
             ("after the log write", |_| Box::pin(async {})),
             ("during a checkpoint", |s| {
                 Box::pin(async move {
                     s.flush().await.unwrap();
-                    s.shared.checkpoint_dying_half_way();
-                    s.flush().await.unwrap();
+                    crash_at(s, FaultPoint::DuringCheckpoint);
+                    assert!(matches!(
+                        s.checkpoint(),
+                        Err(RuntimeError::Crashed(FaultPoint::DuringCheckpoint))
+                    ));
+                    assert!(s.flush().await.is_err(), "a crashed store flushes nothing");
+                })
+            }),
+            ("before the trim", |s| {
+                Box::pin(async move {
+                    // The first two records have no events, so they are published already.
+                    s.checkpoint().unwrap();
+                    crash_at(s, FaultPoint::BeforeTrim);
+                    assert!(matches!(
+                        s.flush().await,
+                        Err(RuntimeError::Crashed(FaultPoint::BeforeTrim))
+                    ));
+                    assert_eq!(s.footprint().unwrap().log.entries, 3, "nothing trimmed");
                 })
             }),
             ("after a checkpoint, before the trim", |s| {

@@ -27,6 +27,11 @@
 # --duration seconds without and then with an audit running beside it, writing
 # docs/bench/audit.jsonl.
 #
+# --store-scale runs sagas into one system until it holds --sagas (default 100,000), then for
+# each service: its resident memory, its store's bytes on disk, and how long a restart after a
+# SIGKILL takes until /readyz answers (recovery replays the log not yet trimmed), writing
+# docs/bench/store-scale.jsonl.
+#
 # --traces measures what exporting spans costs (README, "Traces"): systems with the export off
 # and on, in turn (off, on, off, on), each on fresh stores: saturation (--sagas, default 4000)
 # and --rate 500 for --duration seconds, each followed by the CPU seconds the three services
@@ -36,6 +41,7 @@
 #   scripts/bench.sh [--sagas 25000] [--concurrency 256] [--duration 10] [--sync always|2m]
 #   scripts/bench.sh --compare-sync [--sagas 4000] [--concurrency 256] [--duration 10]
 #   scripts/bench.sh --audit-scale [--sagas 1000000] [--sync always|2m]
+#   scripts/bench.sh --store-scale [--sagas 100000] [--sync always|2m]
 #   scripts/bench.sh --traces [--sagas 4000] [--concurrency 256] [--duration 10] [--sync always|2m]
 #   scripts/bench.sh --venue-sweep [--in-process-venue] [--sagas 4000] [--concurrency 512]
 #                    [--duration 10] [--sync always|2m]
@@ -43,7 +49,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 sagas=""; concurrency=""; duration=10; sync=always; compare=0; sweep=0; in_process=0; audit_scale=0
-traces=0
+traces=0; store_scale=0
 # Venue latency of the system start_system starts; empty: fx-trade's embedded venue.
 venue_latency=""
 while (($#)); do
@@ -57,7 +63,8 @@ while (($#)); do
     --in-process-venue) in_process=1; shift ;;
     --audit-scale) audit_scale=1; shift ;;
     --traces) traces=1; shift ;;
-    -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
+    --store-scale) store_scale=1; shift ;;
+    -h|--help) sed -n '2,47p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -75,6 +82,7 @@ nats_bin="$(scripts/ensure-nats.sh)"
 # Starts a fresh broker (fsync setting $sync) and fx-krw, fx-trade, fx-usd on new stores under
 # $work/$1 (with fx-venue at $venue_latency ms when that is set), and waits until they answer.
 start_system() {
+  system="$1"
   local dir="$work/$1" port
   mkdir -p "$dir"
   printf 'jetstream {\n  sync_interval: %s\n}\n' "$sync" >"$dir/nats.conf"
@@ -93,11 +101,18 @@ start_system() {
     export FX_VENUE_URL="http://127.0.0.1:$venue_port"
     for _ in $(seq 100); do curl -fs "$FX_VENUE_URL/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
   fi
-  for s in krw trade usd; do
-    FX_DATA_DIR="$dir/$s" FX_HTTP_ADDR=off RUST_LOG=warn "$bin/fx-$s" >"$dir/$s.log" 2>&1 &
-    pids+=($!)
-  done
+  for s in krw trade usd; do start_service "$s"; done
   for _ in $(seq 100); do "$bin/fxctl" audit >/dev/null 2>&1 && break; sleep 0.2; done
+}
+
+# The HTTP port of each service when set (the restart measurement polls /readyz); else off.
+declare -A http_port=()
+# Starts fx-$1 on its store under the current system's directory.
+start_service() {
+  local s="$1" http=off
+  [[ -n "${http_port[$s]:-}" ]] && http="127.0.0.1:${http_port[$s]}"
+  FX_DATA_DIR="$work/$system/$s" FX_HTTP_ADDR="$http" RUST_LOG=warn "$bin/fx-$s" >>"$work/$system/$s.log" 2>&1 &
+  pids+=($!)
 }
 
 stop_system() {
@@ -160,6 +175,35 @@ if ((audit_scale)); then
     time_audit
     serving_while_auditing
   done
+  exit 0
+fi
+
+if ((store_scale)); then
+  out="docs/bench/store-scale.jsonl"
+  : >"$out"
+  target="${sagas:-100000}"
+  base=$((30000 + RANDOM % 10000))
+  http_port=([krw]=$base [trade]=$((base + 1)) [usd]=$((base + 2)))
+  start_system "scale"
+  echo "== filling: $target sagas, concurrency ${concurrency:-512}"
+  run --sagas "$target" --concurrency "${concurrency:-512}"
+  for s in krw trade usd; do
+    pid=$(pgrep -f "$bin/fx-$s" | head -1)
+    kill -KILL "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.01; done
+    bytes=$(du -sb "$work/scale/$s" | cut -f1)
+    t0=$(date +%s%N)
+    start_service "$s"
+    ready=false
+    for _ in $(seq 6000); do
+      if curl -fs "http://127.0.0.1:${http_port[$s]}/readyz" >/dev/null 2>&1; then ready=true; break; fi
+      sleep 0.01
+    done
+    t1=$(date +%s%N)
+    echo "{\"store_scale\":{\"service\":\"$s\",\"after_sagas\":$total,\"disk_bytes\":$bytes,\"disk_bytes_per_saga\":$((bytes / total)),\"restart_to_ready_ms\":$(( (t1 - t0) / 1000000 )),\"ready\":$ready}}" | tee -a "$out"
+  done
+  echo "== after the restarts"
+  rss
   exit 0
 fi
 

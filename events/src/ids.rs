@@ -106,7 +106,21 @@ impl SagaId {
 
     /// The deterministic id of this saga's event of `kind`: `<saga_id>:<domain>.<event>`.
     pub fn event_id(self, kind: EventKind) -> String {
-        format!("{}:{}.{}", self, kind.domain(), kind.name())
+        self.between("", &[":", kind.domain(), ".", kind.name()])
+    }
+
+    /// `<prefix><saga_id><suffix...>`, the shape of every key and id built from a saga id. Built
+    /// by concatenation: these are built several times per handled event, and `format!` over
+    /// a UUID cost about 1,300 instructions each (callgrind, fx-krw's `store_bench`).
+    pub fn between(self, prefix: &str, suffix: &[&str]) -> String {
+        let suffix_len: usize = suffix.iter().map(|s| s.len()).sum();
+        let mut out = String::with_capacity(prefix.len() + HYPHENATED_LEN + suffix_len);
+        out.push_str(prefix);
+        out.push_str(self.0.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
+        for s in suffix {
+            out.push_str(s);
+        }
+        out
     }
 
     /// The id of an operator's intervention record (`kind` is a `<domain>.intervened`):
@@ -122,9 +136,12 @@ impl From<Uuid> for SagaId {
     }
 }
 
+/// The length of a hyphenated UUID.
+const HYPHENATED_LEN: usize = 36;
+
 impl fmt::Display for SagaId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0.hyphenated())
+        f.write_str(self.0.hyphenated().encode_lower(&mut Uuid::encode_buffer()))
     }
 }
 
@@ -160,6 +177,11 @@ mod tests {
         assert_eq!(
             id.event_id(EventKind::KrwHeld),
             "0193f0e2-5c1a-7cc3-9b1e-6a4f2d0c8e11:krw.held"
+        );
+        assert_eq!(id.to_string(), "0193f0e2-5c1a-7cc3-9b1e-6a4f2d0c8e11");
+        assert_eq!(
+            id.between("saga:", &[":", "x"]),
+            "saga:0193f0e2-5c1a-7cc3-9b1e-6a4f2d0c8e11:x"
         );
         assert_eq!(id.trace_id(), "0193f0e25c1a7cc39b1e6a4f2d0c8e11");
         assert!(SagaId::parse("0193f0e25c1a7cc39b1e6a4f2d0c8e11").is_err());

@@ -132,7 +132,17 @@ impl EventKind {
 
     /// The subject of this kind for one user: `fx.<domain>.<event>.<user_id>`.
     pub fn subject(self, user: &UserId) -> String {
-        format!("{SUBJECT_PREFIX}.{}.{}.{user}", self.domain(), self.name())
+        // Concatenated, not formatted: one per emitted event (see `SagaId::between`).
+        [
+            SUBJECT_PREFIX,
+            ".",
+            self.domain(),
+            ".",
+            self.name(),
+            ".",
+            user.as_str(),
+        ]
+        .concat()
     }
 
     /// The filter matching this kind for every user: `fx.<domain>.<event>.*`.

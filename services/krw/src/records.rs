@@ -34,17 +34,17 @@ pub const DAY_MS: u64 = 86_400_000;
 
 /// `acct:<user_id>`.
 pub fn account_key(user: &UserId) -> String {
-    format!("{ACCOUNT_PREFIX}{user}")
+    [ACCOUNT_PREFIX, user.as_str()].concat()
 }
 
 /// `saga:<saga_id>`.
 pub fn saga_key(saga_id: SagaId) -> String {
-    format!("{SAGA_PREFIX}{saga_id}")
+    saga_id.between(SAGA_PREFIX, &[])
 }
 
 /// `dep:<deposit_id>`.
 pub fn deposit_key(deposit_id: SagaId) -> String {
-    format!("{DEPOSIT_PREFIX}{deposit_id}")
+    deposit_id.between(DEPOSIT_PREFIX, &[])
 }
 
 /// `exp:<expires_at_ms zero-padded to 20 digits>:<saga_id>`. Twenty digits hold any `u64`, so

@@ -56,7 +56,7 @@ use rust_decimal::Decimal;
 
 /// The state key of a saga's order: `order:<saga_id>`.
 pub fn order_key(saga_id: SagaId) -> String {
-    format!("order:{saga_id}")
+    saga_id.between("order:", &[])
 }
 
 /// Prefix of every order record, for scans.

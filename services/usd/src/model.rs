@@ -34,17 +34,17 @@ pub fn house_float_deposit_id() -> SagaId {
 
 /// `acct:<user_id>`.
 pub fn account_key(user: &UserId) -> String {
-    format!("{ACCOUNT_PREFIX}{user}")
+    [ACCOUNT_PREFIX, user.as_str()].concat()
 }
 
 /// `credit:<saga_id>`.
 pub fn credit_key(saga_id: SagaId) -> String {
-    format!("{CREDIT_PREFIX}{saga_id}")
+    saga_id.between(CREDIT_PREFIX, &[])
 }
 
 /// `deposit:<id>`.
 pub fn deposit_key(id: SagaId) -> String {
-    format!("{DEPOSIT_PREFIX}{id}")
+    id.between(DEPOSIT_PREFIX, &[])
 }
 
 /// The journal account of a user's USD: `user:<user_id>`.

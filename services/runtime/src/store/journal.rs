@@ -37,6 +37,6 @@ pub struct JournalEntry {
 impl JournalEntry {
     /// The journal key: `<saga_id>:<op>`.
     pub fn key(&self) -> String {
-        format!("{}:{}", self.saga_id, self.op)
+        self.saga_id.between("", &[":", self.op.as_str()])
     }
 }

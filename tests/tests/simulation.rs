@@ -742,7 +742,7 @@ fn a_release_waits_for_the_venue_before_its_tombstone() {
     ));
     assert_eq!(published(&w, |e| e.kind() == EventKind::TradeFailed), 0);
     assert!(
-        w.node(NodeId::Trade).store.live().state.is_empty(),
+        w.node(NodeId::Trade).store.durable().state.is_empty(),
         "no tombstone yet"
     );
     w.set_venue_down(false);

@@ -37,7 +37,8 @@ pub trait MessageTx: Records {
 }
 
 /// The store interface the core commits through and the relay reads: implemented by
-/// [`crate::Store`] (sled) and by the simulation's in-memory store.
+/// [`crate::Store`] (sled), which the simulation drives too (through a wrapper that notes the
+/// journal in commit order).
 pub trait Storage {
     /// The view of one message's unit of a transaction.
     type Tx<'t>: MessageTx

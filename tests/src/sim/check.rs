@@ -878,24 +878,17 @@ pub fn check(world: &World) -> Report {
     }
 }
 
-/// Runs each service's own audit (`krw::audit`, `trade::audit`, `usd::audit`) over a copy of
-/// its durable records in a temporary sled store, so the services' self-checks are held to the
-/// same end state as [`check`]. Returns their failures, prefixed with the service.
+/// Runs each service's own audit (`krw::audit`, `trade::audit`, `usd::audit`) over its store,
+/// so the services' self-checks are held to the same end state as [`check`]. Returns their
+/// failures, prefixed with the service.
 pub fn service_audits(world: &World) -> Vec<String> {
     let mut out = Vec::new();
     for node in NodeId::ALL {
-        let data = world.node(node).store.durable();
-        let store = match copy_to_sled(&data) {
-            Ok(s) => s,
-            Err(e) => {
-                out.push(format!("{}: cannot copy records to sled: {e}", node.name()));
-                continue;
-            }
-        };
+        let store = world.node(node).store.store();
         let failures = match node {
-            NodeId::Krw => krw::audit(&store).map(|a| (a.ok, a.failures)),
-            NodeId::Trade => trade::audit(&store).map(|a| (a.ok, a.failures)),
-            NodeId::Usd => usd::audit(&store).map(|a| (a.ok, a.failures)),
+            NodeId::Krw => krw::audit(store).map(|a| (a.ok, a.failures)),
+            NodeId::Trade => trade::audit(store).map(|a| (a.ok, a.failures)),
+            NodeId::Usd => usd::audit(store).map(|a| (a.ok, a.failures)),
         };
         match failures {
             Ok((true, _)) => {}
@@ -909,19 +902,4 @@ pub fn service_audits(world: &World) -> Vec<String> {
         }
     }
     out
-}
-
-fn copy_to_sled(data: &Data) -> runtime::Result<runtime::Store> {
-    use runtime::Records;
-    let store = runtime::Store::temporary()?;
-    store.transact(|tx| {
-        for (k, v) in &data.state {
-            tx.put_raw(k, v.clone())?;
-        }
-        for e in &data.journal_log {
-            tx.journal(e)?;
-        }
-        Ok(())
-    })?;
-    Ok(store)
 }

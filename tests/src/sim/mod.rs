@@ -3,8 +3,8 @@
 //! One `u64` seed decides everything: the workload (users, deposits, requests with duplicates
 //! and conflicts, the house float, the venue's walk, the clocks), how the scheduler leans
 //! (swarm testing), and every choice it makes. The three services run their real handler code
-//! ([`runtime::Participant`], and fx-krw's expiry) against in-memory stores with sled's
-//! transaction and flush semantics ([`store`]), wired by a simulated broker that reorders,
+//! ([`runtime::Participant`], and fx-krw's expiry) against the runtime's own store (sled in a
+//! temporary directory, its group commit, log, checkpoint, trim and recovery: [`store`]), wired by a simulated broker that reorders,
 //! duplicates and redelivers, with crashes that lose unflushed work (also between flush and
 //! ack), relays that republish, inbox pruning, per-node clock skew, a clock that jumps past
 //! hold expiries, faults at the venue and in USD accounts, and operator interventions on
@@ -18,7 +18,8 @@
 //!
 //! Not modelled: the broker losing a good message (ARCHITECTURE.md: forbidden by configuration),
 //! undecodable messages, admin requests racing a consumer batch inside one transaction,
-//! venue latency (a real timer), sled itself (its on-disk recovery), and the tracker
+//! venue latency (a real timer), sled's own recovery of its files (a crash is taken in place:
+//! what was flushed survives, the rest is lost), and the tracker
 //! (invariants 5 and the read-model half of 6).
 
 pub mod check;
@@ -83,6 +84,7 @@ enum Action {
     Fault,
     Prune,
     Intervene,
+    Checkpoint,
 }
 
 /// Runs one seed to the end and checks it; with `trace`, records every step.
@@ -277,6 +279,7 @@ fn step(
         (Action::Flush, ws.flush),
         (Action::Request, ws.request),
         (Action::Sweep, ws.sweep),
+        (Action::Checkpoint, ws.checkpoint),
     ];
     if phase != Phase::Calm {
         table.push((Action::Duplicate, ws.duplicate));
@@ -492,6 +495,12 @@ fn try_action(
                     .entry(format!("operator {} {answer}", action.as_str()))
                     .or_default() += 1;
             }
+            true
+        }
+        Action::Checkpoint => {
+            let node = NodeId::ALL[rng.gen_range(0..3)];
+            world.checkpoint(node);
+            *coverage.entry("step checkpoint".into()).or_default() += 1;
             true
         }
         Action::Prune => {

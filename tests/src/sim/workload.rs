@@ -41,6 +41,8 @@ pub struct Weights {
     pub fault: u32,
     /// Inbox pruning at a node.
     pub prune: u32,
+    /// A node's store checkpoints (memory into its trees; the next flush trims the log).
+    pub checkpoint: u32,
 }
 
 impl Weights {
@@ -58,6 +60,7 @@ impl Weights {
             crash: rng.gen_range(0..=10),
             fault: rng.gen_range(0..=4),
             prune: rng.gen_range(0..=2),
+            checkpoint: rng.gen_range(0..=4),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The simulated world: three nodes (fx-krw, fx-trade, fx-usd) running the services' real
-//! handler code against [`MemStore`]s, a broker with one stream and one consumer per node, the
+//! handler code against the runtime's own store ([`SimStore`]), a broker with one stream and one consumer per node, the
 //! relays between them, a dead-letter stream, and one clock.
 //!
 //! Every method is one thing that can happen in the real system (a delivery, a flush, a crash,
@@ -22,12 +22,12 @@ use futures::executor::block_on;
 use krw::{KrwConfig, KrwService};
 pub use runtime::core::Mutation;
 use runtime::core::{self, Answer, Group, Input, Relay, Storage};
-use runtime::{Handled, Participant, TxResult};
+use runtime::{Handled, OutboxEntry, Participant, ReadRecords, TxResult};
 use trade::{SimulatedVenue, TradeConfig, TradeService, VenueConfig};
 use usd::{AdminOutcome, UsdService};
 
 use super::check;
-use super::store::{MemStore, MemTx};
+use super::store::{SimStore, SimTx};
 
 /// Where simulated time starts by default: 2027-01-15T08:00:00Z, far from a UTC day boundary
 /// (a seed may move the start close to midnight to cross one).
@@ -93,7 +93,7 @@ pub struct Node {
     /// Which participant.
     pub id: NodeId,
     /// Its records.
-    pub store: MemStore,
+    pub store: SimStore,
     /// Messages the broker may hand to this consumer, in arrival order.
     pub pending: Vec<Delivery>,
     /// Handled messages waiting for the flush that makes their effects durable (the
@@ -105,7 +105,7 @@ impl Node {
     fn new(id: NodeId, mutation: Option<Mutation>) -> Node {
         Node {
             id,
-            store: MemStore::default(),
+            store: SimStore::default(),
             pending: Vec::new(),
             group: Group::new(mutation),
         }
@@ -416,7 +416,7 @@ impl World {
     /// An admin operation: one transaction. The caller then flushes, as the admin endpoints
     /// do before replying; that flush also makes the consumer's committed work durable and
     /// releases its outbox, but does not ack its messages (that is the consumer's own flush).
-    fn admin<T>(&mut self, node: NodeId, f: impl Fn(&MemTx<'_>, u64) -> TxResult<T>) -> T {
+    fn admin<T>(&mut self, node: NodeId, f: impl Fn(&SimTx<'_>, u64) -> TxResult<T>) -> T {
         let now = self.node_now(node);
         self.nodes[node.index()]
             .store
@@ -628,14 +628,14 @@ impl World {
         let mut d = self.nodes[n].pending.remove(index);
         d.delivered += 1;
         let outbox_before = self.nodes[n].store.unflushed_outbox().len();
-        let commits_before = self.nodes[n].store.unflushed_commits();
+        let commits_before = self.nodes[n].store.commits();
         let result = self.handle(node, &d);
         let outcome = match &result {
             Ok(core::Outcome::Handled(h)) => Outcome::Handled(h.clone()),
             Ok(core::Outcome::Duplicate) => Outcome::Duplicate,
             Err(e) => Outcome::Failed(format!("{e:?}")),
         };
-        let wrote = self.nodes[n].store.unflushed_commits() != commits_before
+        let wrote = self.nodes[n].store.commits() != commits_before
             || self.nodes[n].store.unflushed_outbox().len() != outbox_before;
         match &outcome {
             Outcome::Handled(Handled::RetryAfter { .. } | Handled::DeadLetter { .. }) if wrote => {
@@ -790,7 +790,7 @@ impl World {
         let up_to = self
             .relay
             .up_to(store, store.flushed_up_to())
-            .expect("the memory store does not fail");
+            .expect("the store reads its outbox");
         store.outbox_len_up_to(up_to)
     }
 
@@ -859,14 +859,15 @@ impl World {
         }
         self.note(|_| {
             format!(
-                "CRASH {}: {lost} unflushed transactions lost, {back} messages back to the broker",
+                "CRASH {}: {lost} unflushed group commits lost, {back} messages back to the broker",
                 node.name()
             )
         });
         lost
     }
 
-    /// The relay publishes the oldest flushed outbox entry of `node`. With `keep`, the entry
+    /// The relay publishes the oldest flushed outbox record of `node` (one group commit's
+    /// events, published whole as the runtime's relay does). With `keep`, the record
     /// stays in the queue as if the process died between the PubAck and the removal, so it is
     /// published again later. A republished id is dropped by the broker's duplicate window when
     /// `dedup`, and stored again (delivered twice) otherwise. Returns false if the queue is
@@ -879,15 +880,24 @@ impl World {
         let batch = self
             .relay
             .batch(store, store.flushed_up_to(), 1)
-            .expect("the memory store does not fail");
-        let Some((_, entry)) = batch.first().cloned() else {
+            .expect("the store reads its outbox");
+        if batch.is_empty() {
             return false;
-        };
+        }
+        // A record (one group commit's events) is published whole, then removed.
         if !keep {
             store
-                .outbox_remove(&Relay::settled(&batch[..1], 1))
-                .expect("the memory store does not fail");
+                .outbox_remove(&Relay::settled(&batch, batch.len()))
+                .expect("the store removes published records");
         }
+        for (_, entry) in batch {
+            self.publish_entry(node, entry, keep, dedup);
+        }
+        true
+    }
+
+    /// The relay's publish of one outbox entry (see [`World::relay_publish`]).
+    fn publish_entry(&mut self, node: NodeId, entry: OutboxEntry, keep: bool, dedup: bool) {
         let event = match Event::decode(&entry.subject, entry.payload.as_bytes()) {
             Ok(e) => Rc::new(e),
             Err(e) => {
@@ -896,7 +906,7 @@ impl World {
                     node.name(),
                     entry.subject
                 ));
-                return true;
+                return;
             }
         };
         if event.id() != entry.event_id {
@@ -926,7 +936,7 @@ impl World {
                         if keep { ", entry kept" } else { "" }
                     )
                 });
-                return true;
+                return;
             }
         } else {
             self.by_id.insert(entry.event_id.clone(), event.clone());
@@ -940,7 +950,14 @@ impl World {
                 if keep { ", entry kept" } else { "" }
             )
         });
-        true
+    }
+
+    /// The node's store checkpoints: what it holds in memory goes into its trees (durable at
+    /// the next flush, which then trims the log records it covers and whose events are
+    /// published).
+    pub fn checkpoint(&mut self, node: NodeId) {
+        self.nodes[node.index()].store.checkpoint();
+        self.note(|_| format!("checkpoint {:<5}", node.name()));
     }
 
     /// Inbox pruning (retention passed): the node forgets every consumed event id. Safe by
@@ -987,11 +1004,10 @@ impl World {
         let skew = self.skew_ms[NodeId::Krw.index()];
         self.node(NodeId::Krw)
             .store
-            .live()
-            .keys(krw::EXPIRY_PREFIX)
-            .filter_map(krw::parse_expiry_key)
+            .keys_with_prefix(krw::EXPIRY_PREFIX)
+            .map(|k| k.expect("keys read"))
+            .find_map(|k| krw::parse_expiry_key(&k))
             .map(|(at, _)| at.saturating_add(grace).saturating_add_signed(-skew))
-            .next()
     }
 
     /// `node`'s clock: the broker's plus the node's skew.
@@ -1112,7 +1128,7 @@ fn describe_outcome(o: &Outcome) -> String {
 /// A run of one message through the runtime's core.
 fn commit_one<P: Participant>(
     participant: &P,
-    store: &MemStore,
+    store: &SimStore,
     event: &Event,
     prepared: &P::Prepared,
     now_ms: u64,

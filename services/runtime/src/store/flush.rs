@@ -85,16 +85,28 @@ impl Flusher {
     }
 
     pub(super) async fn flush(&self) -> Result<()> {
+        self.request()?
+            .await
+            .map_err(|_| RuntimeError::FlushThread("gone".into()))??;
+        Ok(())
+    }
+
+    /// [`Self::flush`], blocking the calling thread (which must not be an async runtime's).
+    pub(super) fn flush_blocking(&self) -> Result<()> {
+        self.request()?
+            .blocking_recv()
+            .map_err(|_| RuntimeError::FlushThread("gone".into()))??;
+        Ok(())
+    }
+
+    fn request(&self) -> Result<tokio::sync::oneshot::Receiver<FlushOutcome>> {
         let (done, outcome) = tokio::sync::oneshot::channel();
         self.requests
             .as_ref()
             .expect("requests live until drop")
             .send(done)
             .map_err(|_| RuntimeError::FlushThread("gone".into()))?;
-        outcome
-            .await
-            .map_err(|_| RuntimeError::FlushThread("gone".into()))??;
-        Ok(())
+        Ok(outcome)
     }
 }
 
@@ -186,13 +198,31 @@ impl Store {
     /// are trimmed; and when memory holds [`super::StoreOptions::checkpoint_entries`] writes,
     /// the background checkpoint is started.
     pub async fn flush(&self) -> Result<u64> {
+        let (tail, checkpointed) = self.begin_flush()?;
+        self.flusher.flush().await?;
+        self.end_flush(tail, checkpointed)
+    }
+
+    /// [`Store::flush`] for a caller outside any async runtime (the deterministic simulation),
+    /// blocking the calling thread until the same flush is done.
+    pub fn flush_blocking(&self) -> Result<u64> {
+        let (tail, checkpointed) = self.begin_flush()?;
+        self.flusher.flush_blocking()?;
+        self.end_flush(tail, checkpointed)
+    }
+
+    /// What a flush will cover: the last log id committed, and the checkpoint so far.
+    fn begin_flush(&self) -> Result<(u64, u64)> {
         self.shared.alive()?;
         let tail = {
             let _guard = self.shared.lock_writes();
             self.outbox_tail()
         };
-        let checkpointed = self.shared.checkpointed();
-        self.flusher.flush().await?;
+        Ok((tail, self.shared.checkpointed()))
+    }
+
+    /// After the flush: trims, starts a checkpoint if due, and raises the watermark.
+    fn end_flush(&self, tail: u64, checkpointed: u64) -> Result<u64> {
         // A crash injected while the flush ran (in the background checkpoint) kills the
         // process before anything rests on this flush.
         self.shared.alive()?;

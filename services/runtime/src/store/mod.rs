@@ -126,12 +126,30 @@ impl Store {
 
     /// A store in a temporary directory that sled deletes on drop (tests).
     pub fn temporary() -> Result<Store> {
+        Store::temporary_with(StoreOptions::default())
+    }
+
+    /// [`Store::temporary`] with these options (the simulation checkpoints when it chooses).
+    pub fn temporary_with(options: StoreOptions) -> Result<Store> {
         Store::from_db(
             sled::Config::new().temporary(true).open()?,
             None,
             None,
-            StoreOptions::default(),
+            options,
         )
+    }
+
+    /// The deterministic simulation's crash, taken in place: the store becomes what a restart
+    /// reads after the process died now. What was flushed survives; what was committed after
+    /// the last flush is lost (unless a checkpoint since wrote it into the trees, which sled
+    /// only keeps with everything written before it). Memory, the outbox and the watermark are
+    /// rebuilt from the trees and the log, as [`Store::open`] rebuilds them. Returns how many
+    /// log records (group commits, or parts of one) were lost.
+    pub fn crash_in_place(&self) -> Result<usize> {
+        let lost = self.shared.crash_after(*self.watermark.borrow())?;
+        self.watermark
+            .send_replace(self.shared.committed.load(Ordering::SeqCst));
+        Ok(lost)
     }
 
     /// Recovery: makes whatever survived a crash durable, replays the log records not yet

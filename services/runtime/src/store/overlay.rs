@@ -341,6 +341,27 @@ impl Shared {
         Ok(())
     }
 
+    /// A crash taken in place (the deterministic simulation's): the log records after
+    /// `flushed` are lost, except those a checkpoint has written into the trees since — sled
+    /// keeps a prefix of its writes, so tree writes that survive mean the log records written
+    /// before them did too — and memory is rebuilt from the trees and the log as a restart
+    /// rebuilds it. Returns how many log records were lost.
+    pub(super) fn crash_after(&self, flushed: u64) -> Result<usize> {
+        let _writes = self.lock_writes();
+        let keep = flushed.max(self.checkpointed());
+        let mut batch = sled::Batch::default();
+        let mut lost = 0;
+        for key in self.log.range(log_key(keep + 1)..).keys() {
+            batch.remove(key?);
+            lost += 1;
+        }
+        self.log.apply_batch(batch)?;
+        *self.overlay_mut() = Overlay::default();
+        *self.lock_outbox() = Outbox::default();
+        self.recover()?;
+        Ok(lost)
+    }
+
     /// Recovery: replays the log over the trees into memory, in order, and queues the events
     /// not yet published.
     pub(super) fn recover(&self) -> Result<()> {

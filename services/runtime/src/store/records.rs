@@ -1,8 +1,7 @@
 //! What service code sees of the store: [`Records`], read and write inside one handled event's
 //! unit of a transaction, and [`ReadRecords`], the committed records read outside any
 //! transaction (all `prepare` may see). Both are traits because the sled store ([`super::Tx`],
-//! [`super::Store`]) and the deterministic simulation's in-memory store implement them, so
-//! both run the same service code. Also the transaction's result type and its abort helpers.
+//! [`super::Store`]) and the deterministic simulation's wrapper of that store implement them. Also the transaction's result type and its abort helpers.
 
 use events::Event;
 use serde::de::DeserializeOwned;
@@ -60,7 +59,7 @@ pub trait ReadRecords {
 
 /// What a service's event handling may read and write: the per-saga and per-account records,
 /// the journal and the outbox. Implemented by the sled transaction ([`super::Tx`]) and by the
-/// deterministic simulation's in-memory store, so both run the same service code.
+/// deterministic simulation's wrapper of it.
 pub trait Records {
     /// Reads a raw state record.
     fn get_raw(&self, key: &str) -> TxResult<Option<Vec<u8>>>;

@@ -17,6 +17,18 @@ impl Store {
         self.journal_iter().collect()
     }
 
+    /// Every journal entry committed, in key order, read as a transaction reads it (memory over
+    /// the trees) without the checkpoint [`Store::journal_iter`] starts: what the simulation
+    /// compares its commit-order journal with after a crash.
+    pub fn journal_committed(&self) -> Result<Vec<JournalEntry>> {
+        self.merged(super::log::Space::Journal, b"")
+            .map(|item| {
+                let (k, v) = item?;
+                decode(&String::from_utf8_lossy(&k), &v)
+            })
+            .collect()
+    }
+
     /// Every journal entry, in key order, decoded one at a time.
     pub fn journal_iter(&self) -> impl Iterator<Item = Result<JournalEntry>> + '_ {
         // The journal tree holds what checkpoints wrote: checkpoint first, and end the walk

@@ -27,6 +27,9 @@
 # --duration seconds without and then with an audit running beside it, writing
 # docs/bench/audit.jsonl.
 #
+# --tracker runs fx-tracker beside the services in every system started (it consumes the whole
+# stream and keeps its own store, as in production); without it, no tracker runs.
+#
 # --store-scale runs sagas into one system until it holds --sagas (default 100,000), then for
 # each service: its resident memory, its store's bytes on disk, and how long a restart after a
 # SIGKILL takes until /readyz answers (recovery replays the log not yet trimmed), writing
@@ -38,8 +41,8 @@
 # used for it; "on" exports over OTLP/HTTP (protobuf) to a local sink that answers 200 and
 # counts what it received. Writes docs/bench/traces-<sync>.jsonl.
 #
-#   scripts/bench.sh [--sagas 25000] [--concurrency 256] [--duration 10] [--sync always|2m]
-#   scripts/bench.sh --compare-sync [--sagas 4000] [--concurrency 256] [--duration 10]
+#   scripts/bench.sh [--tracker] [--sagas 25000] [--concurrency 256] [--duration 10] [--sync always|2m]
+#   scripts/bench.sh --compare-sync [--tracker] [--sagas 4000] [--concurrency 256] [--duration 10]
 #   scripts/bench.sh --audit-scale [--sagas 1000000] [--sync always|2m]
 #   scripts/bench.sh --store-scale [--sagas 100000] [--sync always|2m]
 #   scripts/bench.sh --traces [--sagas 4000] [--concurrency 256] [--duration 10] [--sync always|2m]
@@ -49,7 +52,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 sagas=""; concurrency=""; duration=10; sync=always; compare=0; sweep=0; in_process=0; audit_scale=0
-traces=0; store_scale=0
+traces=0; store_scale=0; tracker=0
 # Venue latency of the system start_system starts; empty: fx-trade's embedded venue.
 venue_latency=""
 while (($#)); do
@@ -64,12 +67,13 @@ while (($#)); do
     --audit-scale) audit_scale=1; shift ;;
     --traces) traces=1; shift ;;
     --store-scale) store_scale=1; shift ;;
-    -h|--help) sed -n '2,47p' "$0"; exit 0 ;;
+    --tracker) tracker=1; shift ;;
+    -h|--help) sed -n '2,50p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 
-cargo build --release --quiet -p krw -p trade -p usd -p fxctl -p venue
+cargo build --release --quiet -p krw -p trade -p usd -p fxctl -p venue -p tracker
 # Where cargo put the build: $CARGO_TARGET_DIR when set, else ./target.
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
 work="$(mktemp -d)"
@@ -102,6 +106,11 @@ start_system() {
     for _ in $(seq 100); do curl -fs "$FX_VENUE_URL/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
   fi
   for s in krw trade usd; do start_service "$s"; done
+  if ((tracker)); then
+    FX_DATA_DIR="$dir/tracker" FX_HTTP_ADDR="127.0.0.1:$((port + 1))" RUST_LOG=warn \
+      "$bin/fx-tracker" >"$dir/tracker.log" 2>&1 &
+    pids+=($!)
+  fi
   for _ in $(seq 100); do "$bin/fxctl" audit >/dev/null 2>&1 && break; sleep 0.2; done
 }
 
@@ -134,7 +143,9 @@ rss() {
 run() {
   local line n
   line="$("$bin/fxctl" --json bench "$@" | tail -1)" || true
-  [[ "$line" == "{"* ]] && line="{\"broker_sync\":\"$sync\",${venue_latency:+\"venue\":\"$venue_kind\",\"venue_latency_ms\":$venue_latency,}${line#\{}"
+  local with_tracker=""
+  ((tracker)) && with_tracker='"tracker":true,'
+  [[ "$line" == "{"* ]] && line="{\"broker_sync\":\"$sync\",$with_tracker${venue_latency:+\"venue\":\"$venue_kind\",\"venue_latency_ms\":$venue_latency,}${line#\{}"
   echo "$line" | tee -a "$out"
   n="$(echo "$line" | sed -n 's/.*"sagas":\([0-9]*\).*/\1/p')"
   total=$((total + ${n:-0}))

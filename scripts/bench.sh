@@ -2,8 +2,8 @@
 # The documented benchmark (docs/benchmarks.md): a fresh broker and the three services from a
 # release build on this machine, then
 #   1. saturation: fxctl bench --sagas N --concurrency C --baseline (the null saga beside it),
-#   2. fixed offered load at 250, 500, 750, 1000, 1500, 2000, 2500 and 3000 sagas/s for
-#      D seconds each (up to saturation on the 2-core dev machine),
+#   2. fixed offered load at 250, 500, 750, 1000, 1500, 2000, 2500 and 3000 sagas/s (--rates)
+#      for D seconds each (up to saturation on the 2-core dev machine),
 #   3. after each run (each followed by fxctl audit, which reads every store whole), each
 #      service's resident memory and the sagas run so far (140,000 in all with the defaults),
 # writing docs/bench/results.jsonl and plotting docs/bench/latency.png (scripts/plot_latency.py).
@@ -42,6 +42,7 @@
 # counts what it received. Writes docs/bench/traces-<sync>.jsonl.
 #
 #   scripts/bench.sh [--tracker] [--sagas 25000] [--concurrency 256] [--duration 10] [--sync always|2m]
+#                    [--rates "250 500 750 1000 1500 2000 2500 3000"]
 #   scripts/bench.sh --compare-sync [--tracker] [--sagas 4000] [--concurrency 256] [--duration 10]
 #   scripts/bench.sh --audit-scale [--sagas 1000000] [--sync always|2m]
 #   scripts/bench.sh --store-scale [--sagas 100000] [--sync always|2m]
@@ -53,6 +54,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 sagas=""; concurrency=""; duration=10; sync=always; compare=0; sweep=0; in_process=0; audit_scale=0
 traces=0; store_scale=0; tracker=0
+# The offered loads of the default run, in sagas/s.
+rates="250 500 750 1000 1500 2000 2500 3000"
 # Venue latency of the system start_system starts; empty: fx-trade's embedded venue.
 venue_latency=""
 while (($#)); do
@@ -68,7 +71,8 @@ while (($#)); do
     --traces) traces=1; shift ;;
     --store-scale) store_scale=1; shift ;;
     --tracker) tracker=1; shift ;;
-    -h|--help) sed -n '2,50p' "$0"; exit 0 ;;
+    --rates) rates="$2"; shift 2 ;;
+    -h|--help) sed -n '2,51p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -317,7 +321,7 @@ out="docs/bench/results.jsonl"
 start_system "$sync"
 echo "== broker sync_interval $sync: saturation: ${sagas:-25000} sagas, concurrency $concurrency, with the null-saga baseline"
 run --sagas "${sagas:-25000}" --concurrency "$concurrency" --baseline
-for rate in 250 500 750 1000 1500 2000 2500 3000; do
+for rate in $rates; do
   echo "== offered load $rate sagas/s for ${duration}s"
   run --rate "$rate" --duration "$duration"
 done

@@ -148,6 +148,12 @@ fn endpoints(
             let rec = rec.ok_or_else(|| {
                 AdminError::not_found(format!("fx-krw has no record of saga {}", body.saga_id))
             })?;
+            // What was read may be committed but not yet flushed, and an operator acts on the
+            // answer (fxctl's refuse-credit asks whether the KRW is held): flush before
+            // answering, so that a crash cannot take back what the answer said (found by the
+            // simulation: a hold read here, then lost in a crash, refused a credit at fx-usd
+            // for a saga fx-krw then rejected).
+            store.flush().await.map_err(AdminError::internal)?;
             Ok(json!({
                 "saga_id": body.saga_id,
                 "user_id": rec.user,

@@ -85,6 +85,8 @@ enum Action {
     Prune,
     Intervene,
     Checkpoint,
+    /// A checkpoint that dies half way (a crash).
+    CheckpointCrash,
 }
 
 /// Runs one seed to the end and checks it; with `trace`, records every step.
@@ -284,6 +286,7 @@ fn step(
     if phase != Phase::Calm {
         table.push((Action::Duplicate, ws.duplicate));
         table.push((Action::Crash, ws.crash));
+        table.push((Action::CheckpointCrash, ws.checkpoint.min(ws.crash)));
     }
     if phase == Phase::Chaos {
         table.push((Action::Tick, ws.tick));
@@ -501,6 +504,14 @@ fn try_action(
             let node = NodeId::ALL[rng.gen_range(0..3)];
             world.checkpoint(node);
             *coverage.entry("step checkpoint".into()).or_default() += 1;
+            true
+        }
+        Action::CheckpointCrash => {
+            let node = NodeId::ALL[rng.gen_range(0..3)];
+            world.crash_during_checkpoint(node);
+            *coverage
+                .entry("step crash during checkpoint".into())
+                .or_default() += 1;
             true
         }
         Action::Prune => {

@@ -129,6 +129,28 @@ impl SimStore {
         self.store.checkpoint().expect("the checkpoint writes");
     }
 
+    /// A checkpoint that dies half way (the state tree written, the journal and inbox trees
+    /// not): the store refuses everything after it until [`SimStore::crash`] restarts it.
+    pub fn checkpoint_dying_half_way(&self) {
+        use runtime::{FaultAction, FaultPoint};
+        self.store.set_faults(std::sync::Arc::new(|p| {
+            if p == FaultPoint::DuringCheckpoint {
+                FaultAction::Crash
+            } else {
+                FaultAction::Continue
+            }
+        }));
+        let died = self.store.checkpoint();
+        self.store.set_faults(runtime::no_faults());
+        assert!(
+            matches!(
+                died,
+                Ok(()) | Err(runtime::RuntimeError::Crashed(FaultPoint::DuringCheckpoint))
+            ),
+            "{died:?}"
+        );
+    }
+
     /// The flushed watermark (what the relay may publish up to).
     pub fn flushed_up_to(&self) -> u64 {
         *self.store.watermark().borrow()
@@ -351,5 +373,28 @@ mod tests {
         s.checkpoint();
         assert_eq!(s.crash(), 0);
         assert!(s.durable().state.contains_key("c"));
+    }
+
+    #[test]
+    fn a_checkpoint_that_dies_half_way_keeps_what_it_covered_after_the_crash() {
+        let s = SimStore::default();
+        s.transact(|tx| {
+            tx.put_raw("a", b"1".to_vec())?;
+            tx.journal(&entry(Op::Hold))
+        })
+        .unwrap();
+        s.checkpoint_dying_half_way();
+        assert!(
+            s.store().flush_blocking().is_err(),
+            "a dead store flushes nothing"
+        );
+        // The state tree has the record, the journal tree not: the log, kept up to what the
+        // checkpoint covered, gives the journal line back.
+        assert_eq!(s.crash(), 0);
+        let data = s.durable();
+        assert!(data.state.contains_key("a"));
+        assert_eq!(data.journal_log.len(), 1);
+        assert_eq!(s.store().journal_entries().unwrap().len(), 1);
+        s.flush();
     }
 }

@@ -507,6 +507,9 @@ impl World {
                 let held = self.admin(NodeId::Krw, |tx, _| {
                     tx.get::<krw::SagaRecord>(&krw::records::saga_key(saga_id))
                 });
+                // fx-krw's `saga` endpoint flushes before it answers: what it said survives a
+                // crash.
+                self.flush(NodeId::Krw, false);
                 if held.is_none_or(|r| r.status != krw::SagaStatus::Held || &r.user != user_id) {
                     self.note(|w| {
                         format!(
@@ -958,6 +961,15 @@ impl World {
     pub fn checkpoint(&mut self, node: NodeId) {
         self.nodes[node.index()].store.checkpoint();
         self.note(|_| format!("checkpoint {:<5}", node.name()));
+    }
+
+    /// The node's process dies half way through a checkpoint (its state tree written, its
+    /// journal and inbox trees not), then restarts as after any crash. Returns how many group
+    /// commits were lost.
+    pub fn crash_during_checkpoint(&mut self, node: NodeId) -> usize {
+        self.nodes[node.index()].store.checkpoint_dying_half_way();
+        self.note(|_| format!("checkpoint {:<5} dies half way", node.name()));
+        self.crash(node)
     }
 
     /// Inbox pruning (retention passed): the node forgets every consumed event id. Safe by

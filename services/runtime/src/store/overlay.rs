@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::footprint::{Tally, TreeIndex, Written};
 use super::log::{log_id, log_key, LogRecord, Space, Writes};
@@ -83,6 +83,9 @@ pub(super) struct Shared {
     pub(super) committed: AtomicU64,
     /// The last log id whose writes a checkpoint has put in the trees (not yet flushed).
     checkpointed: AtomicU64,
+    /// The last log id whose writes a checkpoint has begun to put in the trees: some of them
+    /// may be there (what an in-place crash must keep the log up to; see [`Self::crash_after`]).
+    writing_through: AtomicU64,
     /// The last log id whose writes are durable in the trees.
     durable: AtomicU64,
     /// The log ids trimmed up to.
@@ -98,7 +101,7 @@ pub(super) struct Shared {
     faults: RwLock<FaultHook>,
     /// Where an injected crash stopped the store: from then on nothing reaches sled, as
     /// nothing would from a dead process.
-    crashed: OnceLock<FaultPoint>,
+    crashed: Mutex<Option<FaultPoint>>,
 }
 
 /// The events waiting for the relay.
@@ -135,6 +138,7 @@ impl Shared {
             checkpoint_lock: Mutex::new(()),
             committed: AtomicU64::new(0),
             checkpointed: AtomicU64::new(0),
+            writing_through: AtomicU64::new(0),
             durable: AtomicU64::new(0),
             trimmed: AtomicU64::new(0),
             outbox: Mutex::default(),
@@ -142,7 +146,7 @@ impl Shared {
             written: Written::default(),
             checkpoint_entries,
             faults: RwLock::new(crate::no_faults()),
-            crashed: OnceLock::new(),
+            crashed: Mutex::new(None),
         })
     }
 
@@ -162,7 +166,10 @@ impl Shared {
             .expect("fault hook lock is never poisoned")
             .clone();
         if hook(point) == FaultAction::Crash {
-            let _ = self.crashed.set(point);
+            self.crashed
+                .lock()
+                .expect("crash lock is never poisoned")
+                .get_or_insert(point);
             return Err(RuntimeError::Crashed(point));
         }
         Ok(())
@@ -170,8 +177,8 @@ impl Shared {
 
     /// `Err` once an injected crash stopped the store: every write path asks first.
     pub(super) fn alive(&self) -> Result<()> {
-        match self.crashed.get() {
-            Some(point) => Err(RuntimeError::Crashed(*point)),
+        match *self.crashed.lock().expect("crash lock is never poisoned") {
+            Some(point) => Err(RuntimeError::Crashed(point)),
             None => Ok(()),
         }
     }
@@ -272,6 +279,7 @@ impl Shared {
             overlay.frozen = Arc::new(std::mem::take(&mut overlay.active));
             self.committed.load(Ordering::SeqCst)
         };
+        self.writing_through.fetch_max(through, Ordering::SeqCst);
         self.write_frozen()?;
         self.checkpointed.fetch_max(through, Ordering::SeqCst);
         Ok(())
@@ -342,13 +350,14 @@ impl Shared {
     }
 
     /// A crash taken in place (the deterministic simulation's): the log records after
-    /// `flushed` are lost, except those a checkpoint has written into the trees since — sled
-    /// keeps a prefix of its writes, so tree writes that survive mean the log records written
-    /// before them did too — and memory is rebuilt from the trees and the log as a restart
-    /// rebuilds it. Returns how many log records were lost.
+    /// `flushed` are lost, except those a checkpoint has begun to write into the trees since —
+    /// sled keeps a prefix of its writes, so tree writes that survive mean the log records
+    /// written before them did too — and memory is rebuilt from the trees and the log as a
+    /// restart rebuilds it, by a process that has not crashed (an injected crash is forgotten).
+    /// Returns how many log records were lost.
     pub(super) fn crash_after(&self, flushed: u64) -> Result<usize> {
         let _writes = self.lock_writes();
-        let keep = flushed.max(self.checkpointed());
+        let keep = flushed.max(self.writing_through.load(Ordering::SeqCst));
         let mut batch = sled::Batch::default();
         let mut lost = 0;
         for key in self.log.range(log_key(keep + 1)..).keys() {
@@ -358,6 +367,7 @@ impl Shared {
         self.log.apply_batch(batch)?;
         *self.overlay_mut() = Overlay::default();
         *self.lock_outbox() = Outbox::default();
+        *self.crashed.lock().expect("crash lock is never poisoned") = None;
         self.recover()?;
         Ok(lost)
     }

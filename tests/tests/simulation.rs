@@ -836,3 +836,26 @@ fn the_simulation_catches_a_runtime_that_breaks_the_durability_rules() {
         assert!(caught > 0, "{mutation:?} went unnoticed in 300 seeds");
     }
 }
+
+/// Found by the simulation (seed 906, once checkpoints could die half way and shifted its
+/// schedule): fxctl's refuse-credit asks fx-krw whether the saga's KRW is held, and fx-krw
+/// answered from a hold committed but not yet flushed. A crash took the hold back after fx-usd
+/// had refused the credit, and fx-krw, redelivered the request, then rejected it: a saga with a
+/// refused credit and a rejection, but no hold. fx-krw now flushes before it answers, so the
+/// hold it reported survives the crash and the saga compensates.
+#[test]
+fn a_hold_reported_to_an_operator_survives_the_crash_that_follows() {
+    let mut w = world();
+    w.request(request(None));
+    // fx-krw holds the KRW in a group it has committed, not flushed.
+    w.deliver_kind(NodeId::Krw, EventKind::ExchangeRequested, saga(1));
+    let answers = w.intervene(events::InterventionAction::RefuseCredit, saga(1), &alice());
+    assert_eq!(answers, ["done"], "fx-usd refuses the credit");
+    assert_eq!(
+        w.crash(NodeId::Krw),
+        0,
+        "the hold fx-krw reported was flushed before it answered"
+    );
+    assert_eq!(settle_and_check(&mut w), SagaOutcome::Compensated);
+    assert_balances(&w, 2_000_000, "0.00");
+}

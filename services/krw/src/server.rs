@@ -189,3 +189,56 @@ fn endpoints(
         (intervention::REEMIT_ENDPOINT, reemit),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use events::{Event, ExchangeRequested};
+    use runtime::core::{handle_message, Input};
+
+    #[tokio::test]
+    async fn the_saga_endpoint_answers_only_what_a_crash_cannot_take_back() {
+        const T0: u64 = 1_800_000_000_000;
+        let store = Arc::new(Store::temporary().unwrap());
+        let service = Arc::new(KrwService::new(KrwConfig::default()));
+        let (alice, saga) = (UserId::parse("alice").unwrap(), SagaId::new_v7());
+        let funds = Krw::parse("2000000").unwrap();
+        store
+            .transact(|tx| crate::deposit(tx, SagaId::new_v7(), &alice, funds, "t", T0))
+            .unwrap();
+        store.flush().await.unwrap();
+        // The hold is committed; its group is not flushed.
+        let request = Event::ExchangeRequested(ExchangeRequested {
+            saga_id: saga,
+            user_id: alice.clone(),
+            krw_amount: Krw::parse("1400000").unwrap(),
+            min_usd_amount: None,
+        });
+        let input = Input::Decoded {
+            event: &request,
+            prepared: &(),
+        };
+        store
+            .transact(|tx| handle_message(&*service, tx, &input, T0))
+            .unwrap();
+        let committed = runtime::core::Storage::outbox_committed(&*store).unwrap();
+        assert!(*store.watermark().borrow() < committed, "not flushed yet");
+
+        let endpoints = endpoints(service, store.clone(), Arc::new(|| T0));
+        let (_, saga_endpoint) = endpoints.iter().find(|(n, _)| *n == "saga").unwrap();
+        let answer = saga_endpoint(AdminRequest {
+            payload: serde_json::to_vec(&json!({ "saga_id": saga, "user_id": alice }))
+                .unwrap()
+                .into(),
+            actor: "test".into(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(answer["status"]["state"], "held");
+        assert_eq!(
+            *store.watermark().borrow(),
+            committed,
+            "the hold it reported is flushed"
+        );
+    }
+}

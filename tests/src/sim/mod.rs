@@ -449,7 +449,18 @@ fn try_action(
             } else {
                 *coverage.entry("step crash".into()).or_default() += 1;
             }
-            if world.crash(node) > 0 {
+            // Sometimes sled wrote some of the unflushed group commits before the process died.
+            let survivors = if rng.gen_bool(0.3) {
+                rng.gen_range(1..=3)
+            } else {
+                0
+            };
+            if survivors > 0 {
+                *coverage
+                    .entry("step crash keeping unflushed work".into())
+                    .or_default() += 1;
+            }
+            if world.crash_keeping(node, survivors) > 0 {
                 *coverage.entry("step crash lost work".into()).or_default() += 1;
             }
             true

@@ -104,10 +104,14 @@ impl SimStore {
         self.outbox_between(before, after).len()
     }
 
-    /// A crash: what was committed after the last flush is lost. Returns how many log records
-    /// (group commits) were lost.
-    pub fn crash(&self) -> usize {
-        let lost = self.store.crash_in_place().expect("the store recovers");
+    /// A crash: what was committed after the last flush is lost, but for the oldest
+    /// `survivors` group commits of it, which reached the disk before the process died.
+    /// Returns how many log records (group commits) were lost.
+    pub fn crash(&self, survivors: usize) -> usize {
+        let lost = self
+            .store
+            .crash_in_place(survivors)
+            .expect("the store recovers");
         if lost > 0 {
             let kept: std::collections::BTreeSet<String> = self
                 .store
@@ -361,7 +365,7 @@ mod tests {
         })
         .unwrap();
         assert!(!s.is_flushed());
-        assert_eq!(s.crash(), 1);
+        assert_eq!(s.crash(0), 1);
         let data = s.durable();
         assert!(data.state.contains_key("a"));
         assert!(!data.state.contains_key("b"));
@@ -371,8 +375,16 @@ mod tests {
         // them, so that commit survives the crash too.
         s.transact(|tx| tx.put_raw("c", b"3".to_vec())).unwrap();
         s.checkpoint();
-        assert_eq!(s.crash(), 0);
+        assert_eq!(s.crash(0), 0);
         assert!(s.durable().state.contains_key("c"));
+        // Unflushed commits that reached the disk anyway: the oldest survive, in order.
+        for k in ["d", "e", "f"] {
+            s.transact(|tx| tx.put_raw(k, b"4".to_vec())).unwrap();
+        }
+        assert_eq!(s.crash(2), 1);
+        let data = s.durable();
+        assert!(data.state.contains_key("d") && data.state.contains_key("e"));
+        assert!(!data.state.contains_key("f"));
     }
 
     #[test]
@@ -390,7 +402,7 @@ mod tests {
         );
         // The state tree has the record, the journal tree not: the log, kept up to what the
         // checkpoint covered, gives the journal line back.
-        assert_eq!(s.crash(), 0);
+        assert_eq!(s.crash(0), 0);
         let data = s.durable();
         assert!(data.state.contains_key("a"));
         assert_eq!(data.journal_log.len(), 1);

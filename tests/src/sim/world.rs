@@ -844,11 +844,18 @@ impl World {
     /// The process dies: unflushed work is lost, unacked messages will be redelivered (and the
     /// dead letters of their batch were never stored), the relay queue (durable) survives, and
     /// fx-trade's in-memory circuit breaker starts afresh.
-    /// Returns how many committed transactions were lost.
+    /// Returns how many group commits were lost.
     pub fn crash(&mut self, node: NodeId) -> usize {
+        self.crash_keeping(node, 0)
+    }
+
+    /// [`World::crash`], where the oldest `survivors` unflushed group commits reached the disk
+    /// before the process died (sled wrote them on its own): their effects and events survive,
+    /// their messages were not acked, so the broker redelivers them as duplicates.
+    pub fn crash_keeping(&mut self, node: NodeId, survivors: usize) -> usize {
         let now = self.now_ms;
         let n = &mut self.nodes[node.index()];
-        let lost = n.store.crash();
+        let lost = n.store.crash(survivors);
         let lost_answers = n.group.crashed();
         let back = lost_answers.len();
         for d in lost_answers {

@@ -141,12 +141,15 @@ impl Store {
 
     /// The deterministic simulation's crash, taken in place: the store becomes what a restart
     /// reads after the process died now. What was flushed survives; what was committed after
-    /// the last flush is lost (unless a checkpoint since wrote it into the trees, which sled
-    /// only keeps with everything written before it). Memory, the outbox and the watermark are
-    /// rebuilt from the trees and the log, as [`Store::open`] rebuilds them. Returns how many
-    /// log records (group commits, or parts of one) were lost.
-    pub fn crash_in_place(&self) -> Result<usize> {
-        let lost = self.shared.crash_after(*self.watermark.borrow())?;
+    /// the last flush is lost, but for the oldest `survivors` log records of it (sled may have
+    /// written them before the crash) and what a checkpoint since wrote into the trees (which
+    /// sled only keeps with everything written before it). Memory, the outbox and the
+    /// watermark are rebuilt from the trees and the log, as [`Store::open`] rebuilds them.
+    /// Returns how many log records (group commits, or parts of one) were lost.
+    pub fn crash_in_place(&self, survivors: usize) -> Result<usize> {
+        let lost = self
+            .shared
+            .crash_after(*self.watermark.borrow(), survivors)?;
         self.watermark
             .send_replace(self.shared.committed.load(Ordering::SeqCst));
         Ok(lost)

@@ -354,13 +354,15 @@ impl Shared {
     /// sled keeps a prefix of its writes, so tree writes that survive mean the log records
     /// written before them did too — and memory is rebuilt from the trees and the log as a
     /// restart rebuilds it, by a process that has not crashed (an injected crash is forgotten).
-    /// Returns how many log records were lost.
-    pub(super) fn crash_after(&self, flushed: u64) -> Result<usize> {
+    /// `survivors`: how many of the records that could be lost reached the disk anyway (sled
+    /// may have written them before the crash; always the oldest, since what survives is a
+    /// prefix). Returns how many log records were lost.
+    pub(super) fn crash_after(&self, flushed: u64, survivors: usize) -> Result<usize> {
         let _writes = self.lock_writes();
         let keep = flushed.max(self.writing_through.load(Ordering::SeqCst));
         let mut batch = sled::Batch::default();
         let mut lost = 0;
-        for key in self.log.range(log_key(keep + 1)..).keys() {
+        for key in self.log.range(log_key(keep + 1)..).keys().skip(survivors) {
             batch.remove(key?);
             lost += 1;
         }

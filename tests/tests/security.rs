@@ -197,6 +197,13 @@ async fn a_client_cannot_mint_usd_by_publishing_a_credit() {
         .await
         .unwrap();
     assert!(ack.sequence > 0);
+    // The audit checks a system at rest: a saga in flight may show a service's record before
+    // the journal line the same group wrote (the audit says the store changed under it).
+    sys.wait_for_event(saga, EventKind::KrwCommitted).await;
+    assert_eq!(
+        sys.balance("alice").await,
+        balance("alice", "3600000", "0", "1000.00")
+    );
     sys.assert_audit_ok().await;
 }
 

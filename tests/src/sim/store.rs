@@ -115,7 +115,7 @@ impl SimStore {
         if lost > 0 {
             let kept: std::collections::BTreeSet<String> = self
                 .store
-                .journal_committed()
+                .journal_entries()
                 .expect("the journal reads")
                 .iter()
                 .map(JournalEntry::key)

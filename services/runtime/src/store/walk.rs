@@ -6,6 +6,7 @@
 use events::SagaId;
 use serde::de::DeserializeOwned;
 
+use super::log::Space;
 use super::records::decode;
 use super::{JournalEntry, Store};
 use crate::ledger::Line;
@@ -17,29 +18,14 @@ impl Store {
         self.journal_iter().collect()
     }
 
-    /// Every journal entry committed, in key order, read as a transaction reads it (memory over
-    /// the trees) without the checkpoint [`Store::journal_iter`] starts: what the simulation
-    /// compares its commit-order journal with after a crash.
-    pub fn journal_committed(&self) -> Result<Vec<JournalEntry>> {
-        self.merged(super::log::Space::Journal, b"")
-            .map(|item| {
-                let (k, v) = item?;
-                decode(&String::from_utf8_lossy(&k), &v)
-            })
-            .collect()
-    }
-
-    /// Every journal entry, in key order, decoded one at a time.
+    /// Every journal entry committed, in key order, decoded one at a time: memory over the
+    /// trees, as the records are read (see [`Store::by_saga`]), so that an audit under traffic
+    /// reads both from about the same moment.
     pub fn journal_iter(&self) -> impl Iterator<Item = Result<JournalEntry>> + '_ {
-        // The journal tree holds what checkpoints wrote: checkpoint first, and end the walk
-        // with its error if it fails.
-        let checkpoint = self.checkpoint().err().map(Err);
-        checkpoint
-            .into_iter()
-            .chain(self.shared.journal.iter().map(|item| {
-                let (k, v) = item?;
-                decode(&String::from_utf8_lossy(&k), &v)
-            }))
+        self.merged(Space::Journal, b"").map(|item| {
+            let (k, v) = item?;
+            decode(&String::from_utf8_lossy(&k), &v)
+        })
     }
 
     /// Every journal entry in the order of its own key `<saga_id>:<op>`, decoded one at a time,
@@ -54,10 +40,9 @@ impl Store {
     /// key sorts, so an audit still sees it next to the entries it may duplicate. Memory: the
     /// misfiled entries, none in a sound store.
     pub fn journal_iter_by_saga(&self) -> Result<impl Iterator<Item = Result<Line>> + '_> {
-        self.checkpoint()?;
         let mut misfiled_keys = std::collections::BTreeSet::new();
         let mut misfiled = Vec::new();
-        for item in self.shared.journal.iter() {
+        for item in self.merged(Space::Journal, b"") {
             let (k, v) = item?;
             if starts_as_keyed(&k, &v) {
                 continue;
@@ -72,13 +57,11 @@ impl Store {
         misfiled.sort_by(|a, b| a.0.cmp(&b.0));
         let mut misfiled = misfiled.into_iter().peekable();
         let mut stored = self
-            .shared
-            .journal
-            .iter()
+            .merged(Space::Journal, b"")
             .filter_map(move |item| match item {
                 Ok((k, _)) if misfiled_keys.contains(&k) => None,
                 Ok((k, v)) => Some(decode::<Line>(&String::from_utf8_lossy(&k), &v)),
-                Err(e) => Some(Err(e.into())),
+                Err(e) => Some(Err(e)),
             });
         let mut next_stored: Option<Result<Line>> = None;
         Ok(std::iter::from_fn(move || {
@@ -262,6 +245,42 @@ mod tests {
     use crate::ledger::Op;
     use crate::store::fixtures::entry;
     use crate::Records;
+
+    #[test]
+    fn the_journal_is_read_as_the_records_are_memory_over_the_trees_without_writing() {
+        let store = Store::temporary().unwrap();
+        let (a, b) = (
+            SagaId::from(uuid::Uuid::from_u128(1)),
+            SagaId::from(uuid::Uuid::from_u128(2)),
+        );
+        store
+            .transact(|tx| tx.journal(&entry(a, Op::Hold)))
+            .unwrap();
+        store.checkpoint().unwrap();
+        // The second group is in memory only, as a group committed during an audit is.
+        store
+            .transact(|tx| {
+                tx.put(&format!("order:{b}"), &1u32)?;
+                tx.journal(&entry(b, Op::Hold))
+            })
+            .unwrap();
+        let keys: Vec<String> = store
+            .journal_entries()
+            .unwrap()
+            .iter()
+            .map(JournalEntry::key)
+            .collect();
+        assert_eq!(keys, [entry(a, Op::Hold).key(), entry(b, Op::Hold).key()]);
+        let groups: Vec<_> = store
+            .by_saga::<SagaId, u32, 1>(["order:"])
+            .unwrap()
+            .collect::<Result<_>>()
+            .unwrap();
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[1].entries.len(), 1, "b's line beside its record");
+        assert_eq!(groups[1].records[0].as_ref().map(|(_, v)| *v), Some(1));
+        assert_eq!(store.shared.journal.len(), 1, "reading wrote nothing");
+    }
 
     #[test]
     fn the_journal_by_saga_puts_an_entry_stored_under_another_key_where_its_own_key_sorts() {

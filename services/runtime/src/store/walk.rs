@@ -246,13 +246,14 @@ mod tests {
     use crate::store::fixtures::entry;
     use crate::Records;
 
+    fn saga(n: u128) -> SagaId {
+        SagaId::from(uuid::Uuid::from_u128(n))
+    }
+
     #[test]
     fn the_journal_is_read_as_the_records_are_memory_over_the_trees_without_writing() {
         let store = Store::temporary().unwrap();
-        let (a, b) = (
-            SagaId::from(uuid::Uuid::from_u128(1)),
-            SagaId::from(uuid::Uuid::from_u128(2)),
-        );
+        let (a, b) = (saga(1), saga(2));
         store
             .transact(|tx| tx.journal(&entry(a, Op::Hold)))
             .unwrap();
@@ -285,11 +286,7 @@ mod tests {
     #[test]
     fn the_journal_by_saga_puts_an_entry_stored_under_another_key_where_its_own_key_sorts() {
         let store = Store::temporary().unwrap();
-        let (a, b, c) = (
-            SagaId::from(uuid::Uuid::from_u128(1)),
-            SagaId::from(uuid::Uuid::from_u128(2)),
-            SagaId::from(uuid::Uuid::from_u128(3)),
-        );
+        let (a, b, c) = (saga(1), saga(2), saga(3));
         store
             .transact(|tx| {
                 tx.journal(&entry(a, Op::Commit))?;
@@ -332,10 +329,7 @@ mod tests {
     #[test]
     fn an_entry_with_a_name_the_ledger_does_not_know_reaches_the_walk_as_a_line_that_says_so() {
         let store = Store::temporary().unwrap();
-        let (a, b) = (
-            SagaId::from(uuid::Uuid::from_u128(1)),
-            SagaId::from(uuid::Uuid::from_u128(2)),
-        );
+        let (a, b) = (saga(1), saga(2));
         store
             .transact(|tx| tx.journal(&entry(b, Op::Hold)))
             .unwrap();

@@ -131,7 +131,6 @@ fn endpoints(
             if let Handled::DeadLetter { message, .. } = h {
                 return Err(AdminError::bad_request(message));
             }
-            store.flush().await.map_err(AdminError::internal)?;
             let mut v = account_json(&store, &body.user_id)?;
             v["deposit_id"] = json!(id);
             Ok(v)
@@ -148,12 +147,6 @@ fn endpoints(
             let rec = rec.ok_or_else(|| {
                 AdminError::not_found(format!("fx-krw has no record of saga {}", body.saga_id))
             })?;
-            // What was read may be committed but not yet flushed, and an operator acts on the
-            // answer (fxctl's refuse-credit asks whether the KRW is held): flush before
-            // answering, so that a crash cannot take back what the answer said (found by the
-            // simulation: a hold read here, then lost in a crash, refused a credit at fx-usd
-            // for a saga fx-krw then rejected).
-            store.flush().await.map_err(AdminError::internal)?;
             Ok(json!({
                 "saga_id": body.saga_id,
                 "user_id": rec.user,
@@ -224,16 +217,31 @@ mod tests {
         let committed = runtime::core::Storage::outbox_committed(&*store).unwrap();
         assert!(*store.watermark().borrow() < committed, "not flushed yet");
 
-        let endpoints = endpoints(service, store.clone(), Arc::new(|| T0));
-        let (_, saga_endpoint) = endpoints.iter().find(|(n, _)| *n == "saga").unwrap();
-        let answer = saga_endpoint(AdminRequest {
-            payload: serde_json::to_vec(&json!({ "saga_id": saga, "user_id": alice }))
-                .unwrap()
-                .into(),
-            actor: "test".into(),
-        })
+        // Asked through the admin server over a real broker, as fxctl asks it.
+        let server = testkit::NatsServer::start();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let admin = runtime::admin::serve_admin(
+            client.clone(),
+            store.clone(),
+            "krw",
+            events::Partitioning::SINGLE,
+            "fx-krw admin (test)",
+            endpoints(service, store.clone(), Arc::new(|| T0)),
+        )
         .await
         .unwrap();
+        let served = tokio::spawn(admin);
+        let answer = runtime::admin::request_to(
+            &client,
+            "krw",
+            events::Partitioning::SINGLE,
+            "saga",
+            "test",
+            &json!({ "saga_id": saga, "user_id": alice }),
+        )
+        .await
+        .unwrap();
+        served.abort();
         assert_eq!(answer["status"]["state"], "held");
         assert_eq!(
             *store.watermark().borrow(),

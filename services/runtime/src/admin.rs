@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use events::{partition_of, Partitioning, UserId};
 
-use crate::{Result, RuntimeError};
+use crate::{Result, RuntimeError, Store};
 
 /// Prefix of every admin subject.
 pub const ADMIN_PREFIX: &str = "fxadmin";
@@ -114,8 +114,15 @@ fn misdirected(
 /// `fxadmin.<service>.<name>` (`fxadmin.<service>.p<k>.<name>` for partition `k`), and serves
 /// them until the returned future is dropped. A partitioned instance answers 421 for a
 /// `user_id` it does not own, before the handler runs.
+///
+/// Every answer leaves only once `store` holds durably what it was read from: the handler's
+/// own writes, and whatever the consumer had committed that the handler read. An operator
+/// acts on the answer (fxctl's refuse-credit asks fx-krw whether the saga's KRW is held), so a
+/// crash must not take back what it said; the simulation found that race on a read that had
+/// answered from a hold not yet flushed.
 pub async fn serve_admin(
     client: async_nats::Client,
+    store: Arc<Store>,
     service: &'static str,
     partitioning: Partitioning,
     description: &str,
@@ -138,6 +145,7 @@ pub async fn serve_admin(
     let group = svc.group(group_subject.clone());
     let mut tasks = Vec::new();
     for (name, handler) in endpoints {
+        let store = store.clone();
         let mut endpoint = group
             .endpoint(name)
             .await
@@ -156,7 +164,10 @@ pub async fn serve_admin(
                     actor,
                 };
                 let answer = match misdirected(service, partitioning, &request.payload) {
-                    Ok(()) => handler(request).await,
+                    Ok(()) => match handler(request).await {
+                        Ok(v) => store.flush().await.map(|_| v).map_err(AdminError::internal),
+                        Err(e) => Err(e),
+                    },
                     Err(e) => Err(e),
                 };
                 let reply = match answer {

@@ -44,3 +44,14 @@ pub type FaultHook = Arc<dyn Fn(FaultPoint) -> FaultAction + Send + Sync>;
 pub fn no_faults() -> FaultHook {
     Arc::new(|_| FaultAction::Continue)
 }
+
+/// The hook that crashes at `point`, every time it is reached.
+pub fn crash_at(point: FaultPoint) -> FaultHook {
+    Arc::new(move |p| {
+        if p == point {
+            FaultAction::Crash
+        } else {
+            FaultAction::Continue
+        }
+    })
+}

@@ -231,9 +231,9 @@ pub fn intervene<S: Intervene, R: Records>(
 }
 
 /// The admin handler of one intervention on `service`: reads the request, carries it out
-/// through [`intervene`] in one transaction, flushes when it emitted (the relay publishes
-/// only what is flushed), and answers with [`reply`]; a refusal is an error reply whose
-/// message starts with its machine reason.
+/// through [`intervene`] in one transaction, and answers with [`reply`] (which
+/// [`crate::admin::serve_admin`] sends once the store has flushed, so the relay may publish
+/// what it emitted); a refusal is an error reply whose message starts with its machine reason.
 pub fn endpoint<S: Intervene>(
     service: Arc<S>,
     store: Arc<Store>,
@@ -247,9 +247,6 @@ pub fn endpoint<S: Intervene>(
             let verdict = store
                 .transact(|tx| intervene(&*service, &*tx, action, &body, &req.actor, clock()))
                 .map_err(AdminError::internal)??;
-            if matches!(verdict, Verdict::Done(_)) {
-                store.flush().await.map_err(AdminError::internal)?;
-            }
             Ok(reply(service.name(), body.saga_id, action, &verdict))
         }
     })

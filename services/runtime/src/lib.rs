@@ -38,7 +38,7 @@ pub use broker::{connect, provision, ProvisionReport, DLQ_STREAM, STREAM};
 pub use config::{env_or, env_parse, NatsConfig, RuntimeConfig, StreamSettings};
 pub use decision::{Decision, Writes};
 pub use error::{Result, RuntimeError};
-pub use fault::{no_faults, FaultAction, FaultHook, FaultPoint};
+pub use fault::{crash_at, no_faults, FaultAction, FaultHook, FaultPoint};
 pub use participant::{Handled, Participant};
 pub use runtime::{consumer_config, durable_name, publish_message, system_clock, Clock, Runtime};
 pub use store::{

@@ -20,6 +20,7 @@ impl<P: Participant> Runtime<P> {
     ) -> Result<()> {
         let admin = serve_admin(
             self.client(),
+            self.store(),
             self.participant().name(),
             self.partitioning(),
             description,

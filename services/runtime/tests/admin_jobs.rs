@@ -27,6 +27,7 @@ async fn a_long_job_answers_at_once_with_its_progress_and_then_its_result() {
     });
     let admin = serve_admin(
         client.clone(),
+        Arc::new(runtime::Store::temporary().unwrap()),
         "jobs",
         Partitioning::SINGLE,
         "a test service with one long job",

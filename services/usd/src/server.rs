@@ -101,7 +101,6 @@ fn endpoints(
                 })
                 .map_err(AdminError::internal)?;
             outcome(o)?;
-            store.flush().await.map_err(AdminError::internal)?;
             let mut v = account_json(&store, &body.user_id)?;
             v["deposit_id"] = json!(id);
             Ok(v)
@@ -132,7 +131,6 @@ fn endpoints(
                     })
                     .map_err(AdminError::internal)?;
                 outcome(o)?;
-                store.flush().await.map_err(AdminError::internal)?;
                 account_json(&store, &body.user_id)
             }
         })

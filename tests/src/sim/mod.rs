@@ -4,8 +4,8 @@
 //! and conflicts, the house float, the venue's walk, the clocks), how the scheduler leans
 //! (swarm testing), and every choice it makes. The three services run their real handler code
 //! ([`runtime::Participant`], and fx-krw's expiry) against the runtime's own store (sled in a
-//! temporary directory, its group commit, log, checkpoint, trim and recovery: [`store`]), wired by a simulated broker that reorders,
-//! duplicates and redelivers, with crashes that lose unflushed work (also between flush and
+//! temporary directory, its group commit, log, checkpoint, trim and recovery: [`store`]),
+//! wired by a simulated broker that reorders, duplicates and redelivers, with crashes that lose unflushed work (also between flush and
 //! ack), relays that republish, inbox pruning, per-node clock skew, a clock that jumps past
 //! hold expiries, faults at the venue and in USD accounts, and operator interventions on
 //! random sagas at random moments (reemit, cancel, refuse-credit, through the services' own
@@ -19,7 +19,8 @@
 //! Not modelled: the broker losing a good message (ARCHITECTURE.md: forbidden by configuration),
 //! undecodable messages, admin requests racing a consumer batch inside one transaction,
 //! venue latency (a real timer), sled's own recovery of its files (a crash is taken in place:
-//! what was flushed survives, the rest is lost), and the tracker
+//! what was flushed survives, with what a checkpoint began to write and sometimes the oldest
+//! unflushed group commits; see [`store`]), and the tracker
 //! (invariants 5 and the read-model half of 6).
 
 pub mod check;

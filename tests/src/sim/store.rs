@@ -136,14 +136,9 @@ impl SimStore {
     /// A checkpoint that dies half way (the state tree written, the journal and inbox trees
     /// not): the store refuses everything after it until [`SimStore::crash`] restarts it.
     pub fn checkpoint_dying_half_way(&self) {
-        use runtime::{FaultAction, FaultPoint};
-        self.store.set_faults(std::sync::Arc::new(|p| {
-            if p == FaultPoint::DuringCheckpoint {
-                FaultAction::Crash
-            } else {
-                FaultAction::Continue
-            }
-        }));
+        use runtime::FaultPoint;
+        self.store
+            .set_faults(runtime::crash_at(FaultPoint::DuringCheckpoint));
         let died = self.store.checkpoint();
         self.store.set_faults(runtime::no_faults());
         assert!(

@@ -1,6 +1,6 @@
 //! The simulated world: three nodes (fx-krw, fx-trade, fx-usd) running the services' real
-//! handler code against the runtime's own store ([`SimStore`]), a broker with one stream and one consumer per node, the
-//! relays between them, a dead-letter stream, and one clock.
+//! handler code against the runtime's own store ([`SimStore`]), a broker with one stream and
+//! one consumer per node, the relays between them, a dead-letter stream, and one clock.
 //!
 //! Every method is one thing that can happen in the real system (a delivery, a flush, a crash,
 //! a publish, a timer, an operator action), so the random driver and the fixed scenarios in
@@ -507,7 +507,7 @@ impl World {
                 let held = self.admin(NodeId::Krw, |tx, _| {
                     tx.get::<krw::SagaRecord>(&krw::records::saga_key(saga_id))
                 });
-                // fx-krw's `saga` endpoint flushes before it answers: what it said survives a
+                // Every admin answer leaves after its store's flush: what it said survives a
                 // crash.
                 self.flush(NodeId::Krw, false);
                 if held.is_none_or(|r| r.status != krw::SagaStatus::Held || &r.user != user_id) {

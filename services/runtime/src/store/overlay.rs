@@ -160,12 +160,11 @@ impl Shared {
     /// Asks the fault hook about `point`: a crash there stops the store (see [`Self::alive`]).
     pub(super) fn fault(&self, point: FaultPoint) -> Result<()> {
         self.alive()?;
-        let hook = self
+        let crash = (self
             .faults
             .read()
-            .expect("fault hook lock is never poisoned")
-            .clone();
-        if hook(point) == FaultAction::Crash {
+            .expect("fault hook lock is never poisoned"))(point);
+        if crash == FaultAction::Crash {
             self.crashed
                 .lock()
                 .expect("crash lock is never poisoned")
@@ -418,17 +417,6 @@ mod tests {
     use crate::{Records, RuntimeError};
     use events::SagaId;
 
-    /// Makes `store` die at `point` (and stay dead).
-    fn crash_at(store: &Store, point: FaultPoint) {
-        store.set_faults(Arc::new(move |p| {
-            if p == point {
-                FaultAction::Crash
-            } else {
-                FaultAction::Continue
-            }
-        }));
-    }
-
     /// What every crash point leaves must read the same after a reopen: the log is replayed
     /// over whatever part of a checkpoint or a trim reached the trees.
     fn assert_recovered(store: &Store, saga: SagaId) {
@@ -482,7 +470,7 @@ mod tests {
             ("during a checkpoint", |s| {
                 Box::pin(async move {
                     s.flush().await.unwrap();
-                    crash_at(s, FaultPoint::DuringCheckpoint);
+                    s.set_faults(crate::crash_at(FaultPoint::DuringCheckpoint));
                     assert!(matches!(
                         s.checkpoint(),
                         Err(RuntimeError::Crashed(FaultPoint::DuringCheckpoint))
@@ -494,7 +482,7 @@ mod tests {
                 Box::pin(async move {
                     // The first two records have no events, so they are published already.
                     s.checkpoint().unwrap();
-                    crash_at(s, FaultPoint::BeforeTrim);
+                    s.set_faults(crate::crash_at(FaultPoint::BeforeTrim));
                     assert!(matches!(
                         s.flush().await,
                         Err(RuntimeError::Crashed(FaultPoint::BeforeTrim))

@@ -15,9 +15,10 @@
 //! `FX_BENCH_SAGAS` changes the saga count (default 20,000; 3 events each at fx-krw).
 //!
 //! After the run it prints where the bytes go ([`Store::footprint`], after a flush, less what
-//! the users' deposits left before it): per saga, what each tree holds (entries, key + value
-//! bytes) and what was written into it (per event: the bytes one group commit hands to sled
-//! per event), and the store's directory on disk.
+//! the users' deposits left before it): per saga, what each kind holds (entries, key + value
+//! bytes, wherever kept: in its own tree or in the saga's bundle, which `sagas` counts as
+//! stored) and what was handed to sled for it (per event: the bytes one group commit hands to
+//! sled), and the store's directory on disk.
 
 use std::time::Instant;
 
@@ -177,6 +178,9 @@ fn print_footprint(before: &Footprint, after: &Footprint, sagas: usize, events: 
             per(a.written_entries, b.written_entries, events),
         );
     }
+    // What the trees hold, once: entries kept in bundles count in their kind's line and in
+    // `sagas`.
+    let held = held - per(after.bundled_bytes, before.bundled_bytes, sagas);
     println!(
         "  all trees held per saga: {held:.0} B; written per event: {written:.0} B; \
          on disk per saga: {:.0} B ({:.0} B allocated; {:.1} MiB in all)",

@@ -19,8 +19,9 @@ pub enum FaultPoint {
     /// or may not be on disk. Recovery: if it survived, its writes are replayed and its events
     /// published, and the redelivered messages are duplicates; if not, as [`Self::BeforeLogWrite`].
     AfterLogWriteBeforeFlush,
-    /// A checkpoint wrote the `state` tree but not the `journal` and `inbox` trees. Recovery:
-    /// the log, not trimmed yet, is replayed over whatever part reached the trees.
+    /// A checkpoint wrote the keys that name no saga into their trees but not the sagas'
+    /// bundles. Recovery: the log, not trimmed yet, is replayed over whatever part reached the
+    /// trees.
     DuringCheckpoint,
     /// A checkpoint is durable; the log records it covers are not trimmed yet (sled applies the
     /// trim's removals as one batch, so this is the only point inside it). Recovery replays

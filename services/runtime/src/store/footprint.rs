@@ -6,8 +6,14 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::bundle;
+use super::log::Space;
+use super::overlay::bundle_id;
 use super::Store;
 use crate::{Result, RuntimeError};
+
+/// The length of the saga id a bundle leaves out of its entries' keys.
+const UUID_TEXT_LEN: usize = 36;
 
 /// One tree's share of a store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -25,8 +31,11 @@ pub struct TreeFootprint {
     pub written_bytes: u64,
 }
 
-/// A store's bytes: its four trees, and its directory on disk. The state, journal and inbox
-/// trees hold what checkpoints wrote: call [`Store::checkpoint`] first to count everything.
+/// A store's bytes: what it holds of each kind, and its directory on disk. State, journal
+/// and inbox count their entries wherever they are kept, in their own tree or in a saga's
+/// bundle (at their full keys' length); their written figures, and all of `sagas`, count what
+/// was handed to sled. They hold what checkpoints wrote: call [`Store::checkpoint`] first to
+/// count everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Footprint {
     /// Per-saga and per-account records.
@@ -37,6 +46,12 @@ pub struct Footprint {
     pub log: TreeFootprint,
     /// Remembered event ids.
     pub inbox: TreeFootprint,
+    /// The sagas' bundles: one entry per saga, holding its records, journal lines and inbox
+    /// marks (counted above too).
+    pub sagas: TreeFootprint,
+    /// Key and value bytes of the state, journal and inbox entries kept in bundles: counted in
+    /// those three at their full keys, and again, as the bundles encode them, in `sagas`.
+    pub bundled_bytes: u64,
     /// Sum of the lengths of the files under the store's directory (0 for a temporary store).
     /// Only what sled has flushed is there: flush first.
     pub disk_bytes: u64,
@@ -45,13 +60,14 @@ pub struct Footprint {
 }
 
 impl Footprint {
-    /// The four trees, named as the store names them.
-    pub fn trees(&self) -> [(&'static str, &TreeFootprint); 4] {
+    /// The five trees, named as the store names them.
+    pub fn trees(&self) -> [(&'static str, &TreeFootprint); 5] {
         [
             ("state", &self.state),
             ("journal", &self.journal),
             ("log", &self.log),
             ("inbox", &self.inbox),
+            ("sagas", &self.sagas),
         ]
     }
 }
@@ -60,7 +76,7 @@ impl Footprint {
 /// entries as checkpoints write them.
 #[derive(Default)]
 pub(super) struct Written {
-    trees: [(AtomicU64, AtomicU64); 4],
+    trees: [(AtomicU64, AtomicU64); 5],
 }
 
 /// The trees, as indices of [`Written`] and [`Tally`].
@@ -70,11 +86,12 @@ pub(super) enum TreeIndex {
     Journal = 1,
     Log = 2,
     Inbox = 3,
+    Sagas = 4,
 }
 
 /// The inserts of one transaction, added to [`Written`] once it commits.
 #[derive(Default)]
-pub(super) struct Tally([(u64, u64); 4]);
+pub(super) struct Tally([(u64, u64); 5]);
 
 impl Tally {
     pub(super) fn insert(&mut self, tree: TreeIndex, key: usize, value: usize) {
@@ -120,14 +137,33 @@ impl Store {
             Some(dir) => Footprint::disk(dir)?,
             None => (0, 0),
         };
-        Ok(Footprint {
+        let mut f = Footprint {
             state: tree(&self.shared.state, TreeIndex::State)?,
             journal: tree(&self.shared.journal, TreeIndex::Journal)?,
             log: tree(&self.shared.log, TreeIndex::Log)?,
             inbox: tree(&self.shared.inbox, TreeIndex::Inbox)?,
+            sagas: tree(&self.shared.sagas, TreeIndex::Sagas)?,
+            bundled_bytes: 0,
             disk_bytes,
             disk_allocated_bytes,
-        })
+        };
+        for item in self.shared.sagas.iter() {
+            let (k, v) = item?;
+            let id = bundle_id(&k)?;
+            for (space, rest, value) in bundle::decode(&id, &v)? {
+                let held = match space {
+                    Space::State => &mut f.state,
+                    Space::Journal => &mut f.journal,
+                    Space::Inbox => &mut f.inbox,
+                };
+                let (key, value) = ((rest.len() + UUID_TEXT_LEN) as u64, value.len() as u64);
+                held.entries += 1;
+                held.key_bytes += key;
+                held.value_bytes += value;
+                f.bundled_bytes += key + value;
+            }
+        }
+        Ok(f)
     }
 }
 
@@ -217,7 +253,16 @@ mod tests {
             ),
             (1, key_len, journal_bytes)
         );
-        assert_eq!(f.journal.written_bytes, key_len + journal_bytes);
+        // The line is kept in its saga's bundle: one entry, the saga id as its 16-byte key,
+        // written once; the journal tree itself was handed nothing.
+        assert_eq!(f.journal.written_entries, 0);
+        assert_eq!((f.sagas.entries, f.sagas.key_bytes), (1, 16));
+        assert_eq!(
+            (f.sagas.written_entries, f.sagas.written_bytes),
+            (1, 16 + f.sagas.value_bytes)
+        );
+        assert!(f.sagas.value_bytes > journal_bytes, "{f:?}");
+        assert_eq!(f.bundled_bytes, key_len + journal_bytes);
         assert_eq!(
             (f.inbox.entries, f.inbox.key_bytes, f.inbox.value_bytes),
             (1, 7, 8)

@@ -1,7 +1,9 @@
 //! The service's sled store: per-saga and per-account state, the journal, the outbox and the
 //! inbox. A group commit writes all of a run's effects as one log record (one sled write;
 //! see [`log`]), and keeps its writes in memory, read before the trees, until a background
-//! checkpoint writes them into the `state`, `journal` and `inbox` trees (see [`overlay`]).
+//! checkpoint writes them into the trees (see [`overlay`]): what names a saga into that saga's
+//! bundle in the `sagas` tree, one entry per saga (see [`bundle`]), the rest into the `state`,
+//! `journal` and `inbox` trees.
 //!
 //! Durability rule ("publish only what is durable"): nothing leaves the process until the sled
 //! write that produced it is flushed and fsynced (sled's flush alone does not survive a power
@@ -12,11 +14,13 @@
 //!
 //! One file per concern: [`journal`] (the journal line), [`records`] (what service code sees),
 //! [`tx`] (the group commit), [`log`] (the log record), [`overlay`] (state in memory, the
-//! checkpoint and the trim), [`outbox`] (the events the relay reads), [`flush`] (the
-//! group-commit flush and its thread), [`walk`] (journal reads and the by-saga merge the audits
-//! use), [`footprint`] (where the bytes go, for measurements), [`malloc`] (glibc tuning); this
-//! file holds the [`Store`] itself: opening and recovering it, plain reads, inbox pruning.
+//! checkpoint and the trim), [`bundle`] (a saga's keys as one entry), [`outbox`] (the events
+//! the relay reads), [`flush`] (the group-commit flush and its thread), [`walk`] (journal
+//! reads and the by-saga merge the audits use), [`footprint`] (where the bytes go, for
+//! measurements), [`malloc`] (glibc tuning); this file holds the [`Store`] itself: opening and
+//! recovering it, plain reads, inbox pruning.
 
+mod bundle;
 mod flush;
 mod footprint;
 mod journal;
@@ -167,6 +171,9 @@ impl Store {
         // Whatever survived a crash becomes durable before the relay may publish any of it.
         flush_durably(&db, files.as_mut()).map_err(RuntimeError::from)?;
         let shared = Arc::new(Shared::new(&db, options.checkpoint_entries)?);
+        if shared.migrate_to_bundles()? > 0 {
+            flush_durably(&db, files.as_mut()).map_err(RuntimeError::from)?;
+        }
         shared.recover()?;
         outbox::migrate_outbox(&shared, || {
             flush_durably(&db, files.as_mut()).map_err(RuntimeError::from)
@@ -220,71 +227,36 @@ impl Store {
         })
     }
 
-    /// The committed entries of `space` under `prefix`, in key order: the tree's, with what
-    /// memory holds over them (a newer value, or a removal).
+    /// The committed entries of `space` under `prefix`, in key order: the stored ones (the
+    /// tree's and the bundles'), with what memory holds over them (a newer value, or a
+    /// removal).
     fn merged<'a>(
         &'a self,
         space: Space,
         prefix: &[u8],
     ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a {
-        let mut memory = self
-            .shared
-            .overlay()
-            .prefixed(space, prefix)
-            .into_iter()
-            .peekable();
-        let mut tree = self.shared.tree(space).scan_prefix(prefix).peekable();
-        std::iter::from_fn(move || loop {
-            let tree_key = match tree.peek() {
-                Some(Ok((k, _))) => Some(k.clone()),
-                Some(Err(_)) => return tree.next().and_then(|r| r.err()).map(|e| Err(e.into())),
-                None => None,
-            };
-            let memory_first = match (memory.peek(), &tree_key) {
-                (None, None) => return None,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some((mk, _)), Some(tk)) => {
-                    if mk[..] == tk[..] {
-                        // Memory is newer than the tree for this key.
-                        tree.next();
-                    }
-                    mk[..] <= tk[..]
-                }
-            };
-            if memory_first {
-                match memory.next() {
-                    Some((k, Some(v))) => return Some(Ok((k, v))),
-                    _ => continue,
-                }
-            }
-            return tree
-                .next()
-                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into));
+        let memory = self.shared.overlay().prefixed(space, prefix);
+        overlay::newer_over(
+            self.shared.stored(space, prefix),
+            memory.into_iter().map(Ok),
+        )
+        .filter_map(|item| match item {
+            Ok((k, Some(v))) => Some(Ok((k, v))),
+            Ok((_, None)) => None,
+            Err(e) => Some(Err(e)),
         })
     }
 
     /// Forgets consumed event ids seen before `before_ms`. Safe because each service's per-saga
     /// state turns a replayed event into a no-op; the inbox is only the fast first line.
     pub fn prune_inbox(&self, before_ms: u64) -> Result<usize> {
-        self.checkpoint()?;
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for item in self.shared.inbox.iter() {
-            let (k, v) = item?;
-            if read_u64(&v) < before_ms {
-                batch.remove(k);
-                n += 1;
-            }
-        }
-        self.shared.inbox.apply_batch(batch)?;
-        Ok(n)
+        self.shared.prune_inbox(before_ms)
     }
 
     /// Number of remembered event ids (checkpoints first).
     pub fn inbox_len(&self) -> Result<usize> {
         self.checkpoint()?;
-        Ok(self.shared.inbox.len())
+        self.shared.inbox_stored()
     }
 }
 
@@ -338,6 +310,9 @@ fn read_u64(b: &[u8]) -> u64 {
 mod tests {
     use super::*;
     use crate::core::MessageTx;
+    use crate::ledger::Op;
+    use crate::Records;
+    use fixtures::entry;
 
     /// A store reopened after groups whose writes were never checkpointed (what a crash
     /// leaves: the log, no checkpoint) reads what they wrote, and publishes what was not yet
@@ -345,10 +320,8 @@ mod tests {
     /// and a second reopen reads the same from the trees.
     #[tokio::test]
     async fn a_reopened_store_replays_its_log_over_the_trees() {
-        use crate::ledger::Op;
-        use crate::Records;
         use events::SagaId;
-        use fixtures::{committed, entry};
+        use fixtures::committed;
 
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (SagaId::new_v7(), SagaId::new_v7());
@@ -425,10 +398,169 @@ mod tests {
     #[test]
     fn pruning_forgets_only_old_event_ids() {
         let store = Store::temporary().unwrap();
-        store.transact(|tx| tx.mark_seen("old", 10)).unwrap();
-        store.transact(|tx| tx.mark_seen("new", 1000)).unwrap();
-        assert_eq!(store.prune_inbox(500).unwrap(), 1);
-        assert!(!store.transact(|tx| tx.seen("old")).unwrap());
-        assert!(store.transact(|tx| tx.seen("new")).unwrap());
+        let saga = events::SagaId::new_v7();
+        // Event ids of a saga go into its bundle, beside its record; others into the inbox tree.
+        let (old_in_bundle, new_in_bundle) = (
+            saga.event_id(events::EventKind::TradeFilled),
+            saga.event_id(events::EventKind::UsdCredited),
+        );
+        store
+            .transact(|tx| {
+                tx.mark_seen("old", 10)?;
+                tx.mark_seen(&old_in_bundle, 10)?;
+                tx.put(&saga.between("saga:", &[]), &1u32)
+            })
+            .unwrap();
+        store
+            .transact(|tx| {
+                tx.mark_seen("new", 1000)?;
+                tx.mark_seen(&new_in_bundle, 1000)
+            })
+            .unwrap();
+        assert_eq!(store.inbox_len().unwrap(), 4);
+        assert_eq!(store.shared.sagas.len(), 1, "one bundle");
+        assert_eq!(store.prune_inbox(500).unwrap(), 2);
+        assert_eq!(store.inbox_len().unwrap(), 2);
+        for (id, seen) in [
+            ("old", false),
+            (&old_in_bundle, false),
+            ("new", true),
+            (&new_in_bundle, true),
+        ] {
+            assert_eq!(store.transact(|tx| tx.seen(id)).unwrap(), seen, "{id}");
+        }
+        assert_eq!(
+            store.get::<u32>(&saga.between("saga:", &[])).unwrap(),
+            Some(1),
+            "the record in the bundle stays"
+        );
+        // A bundle left with nothing goes.
+        store
+            .transact(|tx| tx.remove(&saga.between("saga:", &[])))
+            .unwrap();
+        assert_eq!(store.prune_inbox(5000).unwrap(), 2);
+        assert_eq!(store.shared.sagas.len(), 0);
+    }
+
+    /// A store written before bundles (every key in its own tree, no `layout` mark) opens with
+    /// its sagas' keys moved into bundles, and reads the same.
+    #[tokio::test]
+    async fn a_store_written_before_bundles_moves_into_them_when_it_opens_and_reads_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let sagas: Vec<events::SagaId> = (1..=3u128)
+            .map(|n| events::SagaId::from(uuid::Uuid::from_u128(n << 100)))
+            .collect();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let shared = &store.shared;
+            for (i, saga) in sagas.iter().enumerate() {
+                let line = entry(*saga, Op::Hold);
+                shared
+                    .journal
+                    .insert(line.key(), serde_json::to_vec(&line).unwrap())
+                    .unwrap();
+                shared
+                    .inbox
+                    .insert(
+                        saga.event_id(events::EventKind::TradeFilled),
+                        &7u64.to_be_bytes(),
+                    )
+                    .unwrap();
+                shared
+                    .state
+                    .insert(saga.between("saga:", &[]), serde_json::to_vec(&i).unwrap())
+                    .unwrap();
+            }
+            shared.state.insert("acct:alice", b"5".to_vec()).unwrap();
+            shared.inbox.insert("e1", &7u64.to_be_bytes()).unwrap();
+            shared.meta.remove(super::overlay::LAYOUT).unwrap();
+            store.flush().await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let shared = &store.shared;
+        assert_eq!(shared.sagas.len(), 3, "one bundle per saga");
+        assert_eq!(
+            (shared.state.len(), shared.journal.len(), shared.inbox.len()),
+            (1, 0, 1),
+            "what names no saga stays where it was"
+        );
+        let records: Vec<(String, usize)> = store.scan("saga:").unwrap();
+        let expected: Vec<(String, usize)> = sagas
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.between("saga:", &[]), i))
+            .collect();
+        assert_eq!(records, expected);
+        assert_eq!(
+            store.scan::<u32>("acct:").unwrap(),
+            [("acct:alice".into(), 5)]
+        );
+        assert_eq!(store.journal_entries().unwrap().len(), 3);
+        assert!(store
+            .transact(|tx| tx.seen(&sagas[1].event_id(events::EventKind::TradeFilled)))
+            .unwrap());
+        assert_eq!(store.inbox_len().unwrap(), 4);
+        // Done once: a second open finds the mark and moves nothing.
+        assert_eq!(store.shared.migrate_to_bundles().unwrap(), 0);
+    }
+
+    /// A scan reads bundles only for the kinds they hold, and in key order whatever the prefix:
+    /// one kind streams in saga order; a prefix short of a kind's colon sorts what it gathers.
+    #[test]
+    fn scans_see_bundled_records_in_key_order_with_memory_over_them() {
+        let store = Store::temporary().unwrap();
+        let (a, b) = (
+            events::SagaId::from(uuid::Uuid::from_u128(1 << 100)),
+            events::SagaId::from(uuid::Uuid::from_u128(2 << 100)),
+        );
+        store
+            .transact(|tx| {
+                tx.put(&b.between("saga:", &[]), &2u32)?;
+                tx.put(&a.between("dep:", &[]), &10u32)?;
+                tx.put("acct:alice", &5u32)?;
+                tx.put("sa", &0u32)
+            })
+            .unwrap();
+        store.checkpoint().unwrap();
+        // In memory only, over and beside the bundles.
+        store
+            .transact(|tx| {
+                tx.put(&a.between("saga:", &[]), &1u32)?;
+                tx.remove(&a.between("dep:", &[]))
+            })
+            .unwrap();
+        let keys = |prefix: &str| -> Vec<String> {
+            store
+                .scan::<u32>(prefix)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(
+            keys("saga:"),
+            [a.between("saga:", &[]), b.between("saga:", &[])]
+        );
+        assert_eq!(keys("dep:"), Vec::<String>::new(), "removed in memory");
+        assert_eq!(keys("acct:"), ["acct:alice"]);
+        assert_eq!(
+            keys(""),
+            [
+                "acct:alice".to_string(),
+                "sa".to_string(),
+                a.between("saga:", &[]),
+                b.between("saga:", &[])
+            ]
+        );
+        store.checkpoint().unwrap();
+        assert_eq!(
+            keys("s"),
+            [
+                "sa".to_string(),
+                a.between("saga:", &[]),
+                b.between("saga:", &[])
+            ]
+        );
+        assert_eq!(store.get::<u32>(&a.between("dep:", &[])).unwrap(), None);
     }
 }

@@ -4,19 +4,22 @@
 //! Two generations: `active` takes every group commit; a checkpoint swaps it into `frozen`
 //! (under the write lock, so between two groups), writes `frozen` into the trees without
 //! holding any lock the consumer needs, and then drops it. A read looks in `active`, then in
-//! `frozen`, then in the trees: a key only ever moves in that direction (active → frozen →
-//! tree, and `frozen` is dropped only after the trees hold it), so a read never misses a
-//! committed write.
+//! `frozen`, then in the trees (a key that names a saga in that saga's bundle: see
+//! [`super::bundle`]): a key only ever moves in that direction (active → frozen → tree, and
+//! `frozen` is dropped only after the trees hold it), so a read never misses a committed
+//! write. The checkpoint is the only writer of bundles while the store runs (inbox pruning
+//! takes its lock), so a bundle's read, merge and write back needs no other lock.
 //!
 //! Trimming: a log record goes once both are true: its writes are in the trees and durable
 //! (a checkpoint that covered it, then a flush), and its events are published. Both advance
 //! in log order, so the log is always a contiguous tail, and replaying that tail in order over
 //! the trees rebuilds exactly what memory held (see [`super::Store::open`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::bundle::{self, bundled, BundleId, BundleWrite};
 use super::footprint::{Tally, TreeIndex, Written};
 use super::log::{log_id, log_key, LogRecord, Space, Writes};
 use super::OutboxEntry;
@@ -70,10 +73,17 @@ pub(super) struct Shared {
     pub(super) state: sled::Tree,
     pub(super) journal: sled::Tree,
     pub(super) inbox: sled::Tree,
+    /// One entry per saga: its records, journal lines and inbox marks (see [`super::bundle`]).
+    pub(super) sagas: sled::Tree,
     pub(super) log: sled::Tree,
     /// `published`: the log id up to which every event is published (what a restart need not
-    /// publish again).
+    /// publish again); `layout`: `bundles` once the store keeps sagas in bundles;
+    /// `bundle-heads`: [`Self::heads`].
     pub(super) meta: sled::Tree,
+    /// The record kinds (`saga:`, `order:`) whose records bundles hold: a scan under a prefix
+    /// of no such kind (`acct:`, `exp:`) need not read the bundles. Registered before the first
+    /// bundle that holds one is written.
+    heads: RwLock<BTreeSet<Vec<u8>>>,
     pub(super) overlay: RwLock<Overlay>,
     /// Serializes group commits, and the checkpoint's swap between them.
     pub(super) write_lock: Mutex<()>,
@@ -123,6 +133,12 @@ impl Outbox {
 }
 
 pub(super) const PUBLISHED: &[u8] = b"published";
+pub(super) const LAYOUT: &[u8] = b"layout";
+const BUNDLES: &[u8] = b"bundles";
+const BUNDLE_HEADS: &[u8] = b"bundle-heads";
+
+/// Bundled keys a migration moves per step (one batch into `sagas`, one out of the old tree).
+const MIGRATION_CHUNK_ENTRIES: usize = 4096;
 
 impl Shared {
     pub(super) fn new(db: &sled::Db, checkpoint_entries: usize) -> Result<Shared> {
@@ -131,8 +147,10 @@ impl Shared {
             state: db.open_tree("state")?,
             journal: db.open_tree("journal")?,
             inbox: db.open_tree("inbox")?,
+            sagas: db.open_tree("sagas")?,
             log: db.open_tree("log")?,
             meta: db.open_tree("meta")?,
+            heads: RwLock::default(),
             overlay: RwLock::default(),
             write_lock: Mutex::new(()),
             checkpoint_lock: Mutex::new(()),
@@ -190,12 +208,237 @@ impl Shared {
         }
     }
 
-    /// A committed read: memory first, then the tree.
+    /// A committed read: memory first, then the saga's bundle or the space's tree.
     pub(super) fn read(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
         if let Some(v) = self.overlay().get(space, key) {
             return Ok(v);
         }
-        Ok(self.tree(space).get(key)?.map(|v| v.to_vec()))
+        match bundled(space, key) {
+            Some((id, rest)) => match self.sagas.get(id)? {
+                Some(b) => bundle::lookup(&id, &b, space, rest),
+                None => Ok(None),
+            },
+            None => Ok(self.tree(space).get(key)?.map(|v| v.to_vec())),
+        }
+    }
+
+    /// The stored entries of `space` under `prefix` (not memory), in key order: the space's
+    /// tree and the bundles merged, the bundle's entry winning where both hold a key (only a
+    /// write behind the store's back puts a bundled key in a tree).
+    pub(super) fn stored<'a>(&'a self, space: Space, prefix: &[u8]) -> Box<KeyValues<'a>> {
+        let tree = self.tree(space).scan_prefix(prefix).map(|r| {
+            r.map(|(k, v)| (k.to_vec(), Some(v.to_vec())))
+                .map_err(Into::into)
+        });
+        let bundles = self
+            .bundled_entries(space, prefix)
+            .map(|r| r.map(|(k, v)| (k, Some(v))));
+        Box::new(newer_over(tree, bundles))
+    }
+
+    /// The bundles' entries of `space` under `prefix`, in key order. Journal lines and inbox
+    /// marks begin with their saga id, so bundles in id order yield them in key order; so do
+    /// one kind's records (`saga:<id>`). A state prefix that stops short of a kind's colon may
+    /// match several kinds: those entries are gathered and sorted in memory (no service scans
+    /// that way).
+    fn bundled_entries<'a>(&'a self, space: Space, prefix: &[u8]) -> Box<Entries<'a>> {
+        let all = {
+            let prefix = prefix.to_vec();
+            self.sagas.iter().flat_map(move |item| {
+                let found = item.map_err(RuntimeError::from).and_then(|(k, v)| {
+                    let id = bundle_id(&k)?;
+                    bundle::entries(&id, &v, space, &prefix)
+                });
+                let out: Vec<Result<(Vec<u8>, Vec<u8>)>> = match found {
+                    Ok(entries) => entries.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                out
+            })
+        };
+        if space != Space::State {
+            return Box::new(all);
+        }
+        let heads = self.heads.read().expect("heads lock is never poisoned");
+        match bundle::head_of(prefix) {
+            Some(head) if heads.contains(head) => Box::new(all),
+            Some(_) => Box::new(std::iter::empty()),
+            None if !heads.iter().any(|h| h.starts_with(prefix)) => Box::new(std::iter::empty()),
+            None => match all.collect::<Result<Vec<_>>>() {
+                Ok(mut entries) => {
+                    entries.sort();
+                    Box::new(entries.into_iter().map(Ok))
+                }
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            },
+        }
+    }
+
+    /// Record kinds newly held by bundles become known before a bundle holds one.
+    fn register_heads(&self, new: BTreeSet<Vec<u8>>) -> Result<()> {
+        let mut heads = self.heads.write().expect("heads lock is never poisoned");
+        let before = heads.len();
+        heads.extend(new);
+        if heads.len() > before {
+            let list: Vec<&serde_bytes::Bytes> =
+                heads.iter().map(|h| serde_bytes::Bytes::new(h)).collect();
+            let bytes = bincode::serialize(&list).expect("heads encode");
+            self.meta.insert(BUNDLE_HEADS, bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Loads the record kinds bundles hold (at open).
+    fn load_heads(&self) -> Result<()> {
+        if let Some(bytes) = self.meta.get(BUNDLE_HEADS)? {
+            let list: Vec<serde_bytes::ByteBuf> =
+                bincode::deserialize(&bytes).map_err(|e| RuntimeError::Corrupt {
+                    key: "meta/bundle-heads".into(),
+                    message: e.to_string(),
+                })?;
+            let mut heads = self.heads.write().expect("heads lock is never poisoned");
+            heads.extend(list.into_iter().map(serde_bytes::ByteBuf::into_vec));
+        }
+        Ok(())
+    }
+
+    /// The kinds among `writes`' bundled state keys not known yet.
+    fn new_heads<'w>(
+        &self,
+        writes: impl Iterator<Item = &'w BundleWrite<'w>>,
+    ) -> BTreeSet<Vec<u8>> {
+        let heads = self.heads.read().expect("heads lock is never poisoned");
+        writes
+            .filter(|(space, rest, _)| *space == Space::State && !heads.contains(*rest))
+            .map(|(_, rest, _)| rest.to_vec())
+            .collect()
+    }
+
+    /// Writes `writes` into their sagas' bundles: per saga, its bundle read, the writes taken
+    /// over it, the bundle written back (or removed, once empty); one batch per chunk of sagas.
+    fn write_bundles(
+        &self,
+        by_saga: &BTreeMap<BundleId, Vec<BundleWrite<'_>>>,
+        tally: &mut Tally,
+    ) -> Result<()> {
+        self.register_heads(self.new_heads(by_saga.values().flatten()))?;
+        let sagas: Vec<_> = by_saga.iter().collect();
+        for chunk in sagas.chunks(CHECKPOINT_BATCH_ENTRIES) {
+            let mut batch = sled::Batch::default();
+            for (id, writes) in chunk {
+                let old = self.sagas.get(id)?;
+                match bundle::merge(id, old.as_deref(), writes)? {
+                    Some(b) => {
+                        tally.insert(TreeIndex::Sagas, id.len(), b.len());
+                        batch.insert(&id[..], b);
+                    }
+                    None if old.is_some() => batch.remove(&id[..]),
+                    None => {}
+                }
+            }
+            self.sagas.apply_batch(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Moves a store written before bundles into them (at open, before anything else writes):
+    /// every bundled key of the state, journal and inbox trees goes into its saga's bundle,
+    /// a chunk at a time, written into `sagas` before it is removed from its tree. A crash half
+    /// way leaves keys in both places with the same value, and the next open carries on. Done
+    /// once: `layout` in `meta` says so. Returns the entries moved.
+    pub(super) fn migrate_to_bundles(&self) -> Result<usize> {
+        self.load_heads()?;
+        if self.meta.get(LAYOUT)?.as_deref() == Some(BUNDLES) {
+            return Ok(0);
+        }
+        let mut moved = 0;
+        for space in Space::ALL {
+            let mut chunk: Vec<(sled::IVec, sled::IVec)> = Vec::new();
+            let mut items = self.tree(space).iter();
+            loop {
+                let next = items.next().transpose()?;
+                if let Some((k, v)) = next.as_ref() {
+                    if bundled(space, k).is_some() {
+                        chunk.push((k.clone(), v.clone()));
+                    }
+                }
+                if chunk.len() >= MIGRATION_CHUNK_ENTRIES || (next.is_none() && !chunk.is_empty()) {
+                    let mut by_saga: BTreeMap<BundleId, Vec<BundleWrite<'_>>> = BTreeMap::new();
+                    for (k, v) in &chunk {
+                        let (id, rest) = bundled(space, k).expect("chosen as bundled");
+                        by_saga.entry(id).or_default().push((space, rest, Some(v)));
+                    }
+                    self.write_bundles(&by_saga, &mut Tally::default())?;
+                    let mut batch = sled::Batch::default();
+                    for (k, _) in &chunk {
+                        batch.remove(k.clone());
+                    }
+                    self.tree(space).apply_batch(batch)?;
+                    moved += chunk.len();
+                    chunk.clear();
+                }
+                if next.is_none() {
+                    break;
+                }
+            }
+        }
+        self.meta.insert(LAYOUT, BUNDLES)?;
+        Ok(moved)
+    }
+
+    /// Forgets the inbox marks written before `before_ms`, in the inbox tree and in the
+    /// bundles. Runs with no checkpoint beside it (both rewrite bundles).
+    pub(super) fn prune_inbox(&self, before_ms: u64) -> Result<usize> {
+        self.checkpoint()?;
+        let _one = self
+            .checkpoint_lock
+            .lock()
+            .expect("checkpoint lock is never poisoned");
+        self.alive()?;
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in self.inbox.iter() {
+            let (k, v) = item?;
+            if super::read_u64(&v) < before_ms {
+                batch.remove(k);
+                n += 1;
+            }
+        }
+        self.inbox.apply_batch(batch)?;
+        let mut batch = sled::Batch::default();
+        for item in self.sagas.iter() {
+            let (k, v) = item?;
+            let id = bundle_id(&k)?;
+            let old: Vec<BundleWrite<'_>> = bundle::decode(&id, &v)?
+                .into_iter()
+                .filter(|(space, _, t)| *space == Space::Inbox && super::read_u64(t) < before_ms)
+                .map(|(space, rest, _)| (space, &rest[..], None))
+                .collect();
+            if old.is_empty() {
+                continue;
+            }
+            n += old.len();
+            match bundle::merge(&id, Some(&v), &old)? {
+                Some(b) => batch.insert(k, b),
+                None => batch.remove(k),
+            }
+        }
+        self.sagas.apply_batch(batch)?;
+        Ok(n)
+    }
+
+    /// Inbox marks held in the trees (the inbox tree's and the bundles').
+    pub(super) fn inbox_stored(&self) -> Result<usize> {
+        let mut n = self.inbox.len();
+        for item in self.sagas.iter() {
+            let (k, v) = item?;
+            let id = bundle_id(&k)?;
+            n += bundle::decode(&id, &v)?
+                .iter()
+                .filter(|(space, _, _)| *space == Space::Inbox)
+                .count();
+        }
+        Ok(n)
     }
 
     pub(super) fn overlay(&self) -> std::sync::RwLockReadGuard<'_, Overlay> {
@@ -284,20 +527,29 @@ impl Shared {
         Ok(())
     }
 
-    /// Writes the frozen generation into the trees, then forgets it.
+    /// Writes the frozen generation into the trees, then forgets it: the keys of no saga into
+    /// their spaces' trees, then the sagas' bundles.
     fn write_frozen(&self) -> Result<()> {
         let frozen = self.overlay().frozen.clone();
         if frozen.is_empty() {
             return Ok(());
         }
         let mut tally = Tally::default();
+        let mut by_saga: BTreeMap<BundleId, Vec<BundleWrite<'_>>> = BTreeMap::new();
         for space in Space::ALL {
-            if space == Space::Journal {
-                // The state tree is written, the journal and inbox trees are not.
-                self.fault(FaultPoint::DuringCheckpoint)?;
+            let mut plain = Vec::new();
+            for (k, v) in frozen.space(space) {
+                match bundled(space, k) {
+                    Some((id, rest)) => {
+                        by_saga
+                            .entry(id)
+                            .or_default()
+                            .push((space, rest, v.as_deref()))
+                    }
+                    None => plain.push((k, v)),
+                }
             }
-            let writes: Vec<_> = frozen.space(space).iter().collect();
-            for chunk in writes.chunks(CHECKPOINT_BATCH_ENTRIES) {
+            for chunk in plain.chunks(CHECKPOINT_BATCH_ENTRIES) {
                 let mut batch = sled::Batch::default();
                 for (k, v) in chunk {
                     match v {
@@ -311,6 +563,9 @@ impl Shared {
                 self.tree(space).apply_batch(batch)?;
             }
         }
+        // The trees are written, the bundles are not.
+        self.fault(FaultPoint::DuringCheckpoint)?;
+        self.write_bundles(&by_saga, &mut tally)?;
         self.written.add(&tally);
         self.overlay_mut().frozen = Arc::default();
         Ok(())
@@ -397,6 +652,51 @@ impl Shared {
         self.committed.store(last, Ordering::SeqCst);
         Ok(())
     }
+}
+
+/// A stream of entries in key order, `None` for a removal.
+pub(super) type KeyValues<'a> = dyn Iterator<Item = Result<(Vec<u8>, Option<Vec<u8>>)>> + 'a;
+type Entries<'a> = dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a;
+
+/// Two streams in key order as one, `newer`'s entry winning where both hold a key. An error
+/// is yielded as soon as it heads either stream.
+pub(super) fn newer_over<'a>(
+    older: impl Iterator<Item = Result<(Vec<u8>, Option<Vec<u8>>)>> + 'a,
+    newer: impl Iterator<Item = Result<(Vec<u8>, Option<Vec<u8>>)>> + 'a,
+) -> impl Iterator<Item = Result<(Vec<u8>, Option<Vec<u8>>)>> + 'a {
+    let mut older = older.peekable();
+    let mut newer = newer.peekable();
+    std::iter::from_fn(move || {
+        if matches!(older.peek(), Some(Err(_))) {
+            return older.next();
+        }
+        if matches!(newer.peek(), Some(Err(_))) {
+            return newer.next();
+        }
+        let order = match (older.peek(), newer.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(Ok((o, _))), Some(Ok((n, _)))) => o.cmp(n),
+            _ => unreachable!("errors are taken above"),
+        };
+        match order {
+            std::cmp::Ordering::Less => older.next(),
+            std::cmp::Ordering::Equal => {
+                older.next();
+                newer.next()
+            }
+            std::cmp::Ordering::Greater => newer.next(),
+        }
+    })
+}
+
+/// A `sagas` tree key as a bundle id.
+pub(super) fn bundle_id(key: &[u8]) -> Result<BundleId> {
+    key.try_into().map_err(|_| RuntimeError::Corrupt {
+        key: format!("sagas/{}", String::from_utf8_lossy(key)),
+        message: format!("a bundle key is 16 bytes, not {}", key.len()),
+    })
 }
 
 fn tree_index(space: Space) -> TreeIndex {

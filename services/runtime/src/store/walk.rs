@@ -280,7 +280,11 @@ mod tests {
         assert_eq!(groups.len(), 2);
         assert_eq!(groups[1].entries.len(), 1, "b's line beside its record");
         assert_eq!(groups[1].records[0].as_ref().map(|(_, v)| *v), Some(1));
-        assert_eq!(store.shared.journal.len(), 1, "reading wrote nothing");
+        assert_eq!(
+            store.shared.sagas.len(),
+            1,
+            "reading wrote nothing: a's bundle alone"
+        );
     }
 
     #[test]

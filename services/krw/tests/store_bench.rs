@@ -12,7 +12,8 @@
 //! cargo test --release -p krw --test store_bench -- --ignored --nocapture --test-threads=1
 //! ```
 //!
-//! `FX_BENCH_SAGAS` changes the saga count (default 20,000; 3 events each at fx-krw).
+//! `FX_BENCH_SAGAS` changes the saga count (default 20,000; 3 events each at fx-krw; 1,000
+//! users, one more per 50 sagas beyond 50,000).
 //!
 //! After the run it prints where the bytes go ([`Store::footprint`], after a flush, less what
 //! the users' deposits left before it): per saga, what each kind holds (entries, key + value
@@ -31,13 +32,20 @@ const T0: u64 = 1_800_000_000_000;
 /// Sagas per pipeline stage in one batch: every stage at once, as at saturation (60 events).
 const SAGAS_PER_STAGE: usize = 20;
 const USERS: usize = 1_000;
+/// Most sagas per user: 50 of 1,500,000 KRW stay within a deposit of 100,000,000 and the
+/// default daily limit of the same (more sagas than 50 per 1,000 users bring more users).
+const SAGAS_PER_USER: usize = 50;
 
-fn user(i: usize) -> UserId {
-    UserId::parse(&format!("bench-{}", i % USERS)).unwrap()
+fn users(sagas: usize) -> usize {
+    USERS.max(sagas.div_ceil(SAGAS_PER_USER))
+}
+
+fn user(i: usize, users: usize) -> UserId {
+    UserId::parse(&format!("bench-{}", i % users)).unwrap()
 }
 
 /// Stage 0: the request; 1: the fill (pins the hold); 2: the credit (commits it).
-fn event(stage: usize, saga: SagaId, i: usize) -> Event {
+fn event(stage: usize, saga: SagaId, i: usize, users: usize) -> Event {
     let (krw, usd) = (
         Krw::parse("1500000").unwrap(),
         Usd::parse("1071.42").unwrap(),
@@ -45,20 +53,20 @@ fn event(stage: usize, saga: SagaId, i: usize) -> Event {
     match stage {
         0 => Event::ExchangeRequested(ExchangeRequested {
             saga_id: saga,
-            user_id: user(i),
+            user_id: user(i, users),
             krw_amount: krw,
             min_usd_amount: None,
         }),
         1 => Event::TradeFilled(TradeFilled {
             saga_id: saga,
-            user_id: user(i),
+            user_id: user(i, users),
             krw_amount: krw,
             usd_amount: usd,
             rate: serde_json::from_str("\"1400\"").unwrap(),
         }),
         _ => Event::UsdCredited(UsdCredited {
             saga_id: saga,
-            user_id: user(i),
+            user_id: user(i, users),
             usd_amount: usd,
         }),
     }
@@ -85,10 +93,11 @@ async fn run(batched: bool) {
     let store = Store::open(dir.path()).unwrap();
     let svc = KrwService::new(KrwConfig::default());
     let amount = Krw::parse("100000000").unwrap();
-    for i in 0..USERS {
+    let users = users(sagas);
+    for i in 0..users {
         let id = SagaId::new_v7();
         store
-            .transact(|tx| deposit(tx, id, &user(i), amount, "bench", T0))
+            .transact(|tx| deposit(tx, id, &user(i, users), amount, "bench", T0))
             .unwrap();
     }
     store.checkpoint().unwrap();
@@ -112,7 +121,7 @@ async fn run(batched: bool) {
                 .skip(g * SAGAS_PER_STAGE)
                 .take(SAGAS_PER_STAGE)
             {
-                batch.push(event(stage, *id, i));
+                batch.push(event(stage, *id, i, users));
             }
         }
         let outcomes: Vec<Handled> = if batched {
@@ -145,7 +154,7 @@ async fn run(batched: bool) {
 
     // Every saga held and committed: two journal entries each, beside the deposits.
     assert_eq!(applied, events, "every event applied");
-    assert_eq!(store.journal_entries().unwrap().len(), USERS + 2 * sagas);
+    assert_eq!(store.journal_entries().unwrap().len(), users + 2 * sagas);
     println!(
         "{}: {sagas} sagas, {events} events: {:.1} µs CPU per event, {:.0} events/s ({:.2} s wall, {:.2} s CPU)",
         if batched { "batched" } else { "per_event" },

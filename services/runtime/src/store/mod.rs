@@ -442,6 +442,39 @@ mod tests {
         assert_eq!(store.shared.sagas.len(), 0);
     }
 
+    /// Pruning walks the trees a chunk at a time, to the end: whole chunks (512 bundles, two
+    /// of 256) and a part chunk (300 ids in the inbox tree), the old marks all gone, the new
+    /// ones all kept.
+    #[test]
+    fn pruning_goes_through_every_chunk_and_stops_at_the_end() {
+        let store = Store::temporary().unwrap();
+        let sagas: Vec<events::SagaId> = (0..512u128)
+            .map(|n| events::SagaId::from(uuid::Uuid::from_u128((n + 1) << 64)))
+            .collect();
+        store
+            .transact(|tx| {
+                for (i, saga) in sagas.iter().enumerate() {
+                    let at = if i % 2 == 0 { 10 } else { 1000 };
+                    tx.mark_seen(&saga.event_id(events::EventKind::TradeFilled), at)?;
+                }
+                for i in 0..300 {
+                    tx.mark_seen(&format!("e{i}"), if i % 3 == 0 { 10 } else { 1000 })?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(store.inbox_len().unwrap(), 812);
+        assert_eq!(store.prune_inbox(500).unwrap(), 256 + 100);
+        assert_eq!(store.inbox_len().unwrap(), 256 + 200);
+        assert_eq!(store.shared.sagas.len(), 256, "emptied bundles go");
+        assert!(store
+            .transact(|tx| tx.seen(&sagas[1].event_id(events::EventKind::TradeFilled)))
+            .unwrap());
+        assert!(!store
+            .transact(|tx| tx.seen(&sagas[510].event_id(events::EventKind::TradeFilled)))
+            .unwrap());
+    }
+
     /// A store written before bundles (every key in its own tree, no `layout` mark) opens with
     /// its sagas' keys moved into bundles, and reads the same.
     #[tokio::test]

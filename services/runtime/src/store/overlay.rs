@@ -387,44 +387,78 @@ impl Shared {
     }
 
     /// Forgets the inbox marks written before `before_ms`, in the inbox tree and in the
-    /// bundles. Runs with no checkpoint beside it (both rewrite bundles).
+    /// bundles. A chunk of [`CHECKPOINT_BATCH_ENTRIES`] entries at a time, each its own sled
+    /// batch (a batch holds up every other write, the group commit's too, until it is applied),
+    /// and each chunk of bundles with the checkpoint lock held, since both rewrite bundles; a
+    /// checkpoint waits for one chunk, not for the whole pass.
     pub(super) fn prune_inbox(&self, before_ms: u64) -> Result<usize> {
         self.checkpoint()?;
-        let _one = self
-            .checkpoint_lock
-            .lock()
-            .expect("checkpoint lock is never poisoned");
-        self.alive()?;
-        let mut batch = sled::Batch::default();
+        let old = |v: &[u8]| super::read_u64(v) < before_ms;
         let mut n = 0;
-        for item in self.inbox.iter() {
-            let (k, v) = item?;
-            if super::read_u64(&v) < before_ms {
-                batch.remove(k);
-                n += 1;
-            }
-        }
-        self.inbox.apply_batch(batch)?;
-        let mut batch = sled::Batch::default();
-        for item in self.sagas.iter() {
-            let (k, v) = item?;
-            let id = bundle_id(&k)?;
-            let old: Vec<BundleWrite<'_>> = bundle::decode(&id, &v)?
+        self.in_chunks(
+            &self.inbox,
+            || (),
+            |k, v, batch| {
+                if old(v) {
+                    batch.remove(k);
+                    n += 1;
+                }
+                Ok(())
+            },
+        )?;
+        let one_checkpoint = || {
+            self.checkpoint_lock
+                .lock()
+                .expect("checkpoint lock is never poisoned")
+        };
+        self.in_chunks(&self.sagas, one_checkpoint, |k, v, batch| {
+            let id = bundle_id(k)?;
+            let marks: Vec<BundleWrite<'_>> = bundle::decode(&id, v)?
                 .into_iter()
-                .filter(|(space, _, t)| *space == Space::Inbox && super::read_u64(t) < before_ms)
+                .filter(|(space, _, t)| *space == Space::Inbox && old(t))
                 .map(|(space, rest, _)| (space, &rest[..], None))
                 .collect();
-            if old.is_empty() {
-                continue;
+            if !marks.is_empty() {
+                n += marks.len();
+                match bundle::merge(&id, Some(v), &marks)? {
+                    Some(b) => batch.insert(k, b),
+                    None => batch.remove(k),
+                }
             }
-            n += old.len();
-            match bundle::merge(&id, Some(&v), &old)? {
-                Some(b) => batch.insert(k, b),
-                None => batch.remove(k),
+            Ok(())
+        })?;
+        Ok(n)
+    }
+
+    /// Walks `tree` in chunks of [`CHECKPOINT_BATCH_ENTRIES`] entries: `each` sees every entry
+    /// of a chunk and fills the chunk's batch, which is applied before `hold`'s guard, taken
+    /// for the chunk's reads, is released.
+    fn in_chunks<G>(
+        &self,
+        tree: &sled::Tree,
+        hold: impl Fn() -> G,
+        mut each: impl FnMut(&sled::IVec, &sled::IVec, &mut sled::Batch) -> Result<()>,
+    ) -> Result<()> {
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let _held = hold();
+            self.alive()?;
+            let mut batch = sled::Batch::default();
+            let (mut seen, mut more) = (0, false);
+            for item in tree.range(from.clone()..) {
+                let (k, v) = item?;
+                if seen == CHECKPOINT_BATCH_ENTRIES {
+                    (from, more) = (k.to_vec(), true);
+                    break;
+                }
+                seen += 1;
+                each(&k, &v, &mut batch)?;
+            }
+            tree.apply_batch(batch)?;
+            if !more {
+                return Ok(());
             }
         }
-        self.sagas.apply_batch(batch)?;
-        Ok(n)
     }
 
     /// Inbox marks held in the trees (the inbox tree's and the bundles').

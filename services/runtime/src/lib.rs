@@ -16,8 +16,10 @@
 //! - [`ledger`]: the journal's typed currencies, accounts and ops, and what every audit
 //!   shares: the lenient reading of stored entries, the journal replay, the report shape.
 //! - [`broker`]: connecting with retry, provisioning `FX` and `FX_DLQ`, dead letters.
+//! - [`jemalloc!`]: installs jemalloc as a binary's global allocator (see [`allocator`]).
 
 pub mod admin;
+pub mod allocator;
 pub mod broker;
 mod config;
 pub mod core;
@@ -45,4 +47,6 @@ pub use store::{
     abort, aborted, outbox_entry, Footprint, JournalEntry, OutboxEntry, ReadRecords, Records,
     SagaGroup, SagaKey, Store, StoreOptions, TreeFootprint, Tx, TxResult, CHECKPOINT_ENTRIES,
 };
+/// The allocator [`jemalloc!`] installs.
+pub use tikv_jemallocator::Jemalloc;
 pub use trace::traceparent;

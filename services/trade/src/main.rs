@@ -2,6 +2,8 @@
 
 use runtime::{telemetry, RuntimeConfig};
 
+runtime::jemalloc!();
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _telemetry = telemetry::init("fx-trade");

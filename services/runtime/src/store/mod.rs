@@ -17,15 +17,14 @@
 //! checkpoint and the trim), [`bundle`] (a saga's keys as one entry), [`outbox`] (the events
 //! the relay reads), [`flush`] (the group-commit flush and its thread), [`walk`] (journal
 //! reads and the by-saga merge the audits use), [`footprint`] (where the bytes go, for
-//! measurements), [`malloc`] (glibc tuning); this file holds the [`Store`] itself: opening and
-//! recovering it, plain reads, inbox pruning.
+//! measurements); this file holds the [`Store`] itself: opening and recovering it, plain
+//! reads, inbox pruning.
 
 mod bundle;
 mod flush;
 mod footprint;
 mod journal;
 mod log;
-mod malloc;
 mod outbox;
 mod overlay;
 mod records;
@@ -49,7 +48,6 @@ use flush::{flush_durably, Checkpoints, Flusher};
 pub use footprint::{Footprint, TreeFootprint};
 pub use journal::JournalEntry;
 use log::Space;
-use malloc::fixed_mmap_threshold;
 pub use outbox::{outbox_entry, OutboxEntry};
 use overlay::Shared;
 pub use overlay::CHECKPOINT_ENTRIES;
@@ -104,7 +102,6 @@ impl Store {
     /// Opens (or creates) the store in `dir`, fsyncs what sled created, and flushes once so
     /// that whatever survived a crash is publishable.
     pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Store> {
-        fixed_mmap_threshold();
         durable::create_dir_all(dir).map_err(|e| RuntimeError::Config {
             var: "FX_DATA_DIR",
             message: format!("cannot create {}: {e}", dir.display()),

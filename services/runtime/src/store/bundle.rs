@@ -35,8 +35,8 @@ use crate::{Result, RuntimeError};
 /// ids' lowercase hyphenated text, so bundles come in the order of the keys they hold).
 pub(super) type BundleId = [u8; 16];
 
-/// The length of a hyphenated saga id.
-const ID_LEN: usize = 36;
+/// The length of a hyphenated saga id (what a bundled key holds beside its `rest`).
+pub(super) const ID_LEN: usize = 36;
 
 /// The saga id `text` spells, when it spells one as keys do (lowercase, hyphenated): only
 /// then does the key rebuilt from the id's bytes equal the key written.

@@ -12,9 +12,6 @@ use super::overlay::bundle_id;
 use super::Store;
 use crate::{Result, RuntimeError};
 
-/// The length of the saga id a bundle leaves out of its entries' keys.
-const UUID_TEXT_LEN: usize = 36;
-
 /// One tree's share of a store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TreeFootprint {
@@ -156,7 +153,7 @@ impl Store {
                     Space::Journal => &mut f.journal,
                     Space::Inbox => &mut f.inbox,
                 };
-                let (key, value) = ((rest.len() + UUID_TEXT_LEN) as u64, value.len() as u64);
+                let (key, value) = ((rest.len() + bundle::ID_LEN) as u64, value.len() as u64);
                 held.entries += 1;
                 held.key_bytes += key;
                 held.value_bytes += value;

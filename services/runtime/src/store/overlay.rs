@@ -354,35 +354,41 @@ impl Shared {
         let mut moved = 0;
         for space in Space::ALL {
             let mut chunk: Vec<(sled::IVec, sled::IVec)> = Vec::new();
-            let mut items = self.tree(space).iter();
-            loop {
-                let next = items.next().transpose()?;
-                if let Some((k, v)) = next.as_ref() {
-                    if bundled(space, k).is_some() {
-                        chunk.push((k.clone(), v.clone()));
-                    }
+            for item in self.tree(space).iter() {
+                let (k, v) = item?;
+                if bundled(space, &k).is_some() {
+                    chunk.push((k, v));
                 }
-                if chunk.len() >= MIGRATION_CHUNK_ENTRIES || (next.is_none() && !chunk.is_empty()) {
-                    let mut by_saga: BTreeMap<BundleId, Vec<BundleWrite<'_>>> = BTreeMap::new();
-                    for (k, v) in &chunk {
-                        let (id, rest) = bundled(space, k).expect("chosen as bundled");
-                        by_saga.entry(id).or_default().push((space, rest, Some(v)));
-                    }
-                    self.write_bundles(&by_saga, &mut Tally::default())?;
-                    let mut batch = sled::Batch::default();
-                    for (k, _) in &chunk {
-                        batch.remove(k.clone());
-                    }
-                    self.tree(space).apply_batch(batch)?;
-                    moved += chunk.len();
-                    chunk.clear();
-                }
-                if next.is_none() {
-                    break;
+                if chunk.len() == MIGRATION_CHUNK_ENTRIES {
+                    moved += self.move_into_bundles(space, &mut chunk)?;
                 }
             }
+            moved += self.move_into_bundles(space, &mut chunk)?;
         }
         self.meta.insert(LAYOUT, BUNDLES)?;
+        Ok(moved)
+    }
+
+    /// One step of [`Self::migrate_to_bundles`]: `chunk`'s entries (all bundled keys of
+    /// `space`) written into their bundles, then removed from the tree; the chunk is emptied.
+    fn move_into_bundles(
+        &self,
+        space: Space,
+        chunk: &mut Vec<(sled::IVec, sled::IVec)>,
+    ) -> Result<usize> {
+        let mut by_saga: BTreeMap<BundleId, Vec<BundleWrite<'_>>> = BTreeMap::new();
+        for (k, v) in chunk.iter() {
+            let (id, rest) = bundled(space, k).expect("chosen as bundled");
+            by_saga.entry(id).or_default().push((space, rest, Some(v)));
+        }
+        self.write_bundles(&by_saga, &mut Tally::default())?;
+        let mut batch = sled::Batch::default();
+        for (k, _) in chunk.iter() {
+            batch.remove(k.clone());
+        }
+        self.tree(space).apply_batch(batch)?;
+        let moved = chunk.len();
+        chunk.clear();
         Ok(moved)
     }
 
